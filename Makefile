@@ -1,0 +1,45 @@
+# Two commands do all set-up on a fresh machine: `make demo` (the whole pipeline) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SITE_DIR ?= /usr/share/doc/python3.11/html
+TORCH_VERSION ?= 2.13.0
+CONFIG ?= configs/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install demo test site ui bench clean-runs
+
+$(BIN)/memlm: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned, so that this machine's CPU wheel is used rather than a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/memlm
+
+site:
+	@if [ -d "$(SITE_DIR)" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing the offline default site (python3.11-doc) ..."; \
+		(apt-get install -y -qq python3.11-doc >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq python3.11-doc >/dev/null)) || \
+		echo "Could not install python3.11-doc."; \
+	fi
+	@test -d "$(SITE_DIR)" || { echo "No site at $(SITE_DIR): set crawl.site_dir in $(CONFIG) to any folder of HTML, or crawl.start_urls to a live site."; exit 1; }
+
+demo: install site
+	$(BIN)/memlm run --config $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: install
+	$(BIN)/memlm ui --config $(CONFIG)
+
+bench: install
+	$(BIN)/python bench/memory.py
+
+clean-runs:
+	rm -rf runs mlflow/mlflow.db mlflow/artifacts

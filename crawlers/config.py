@@ -1,0 +1,47 @@
+"""Settings of the crawl stage (the `crawl:` section of the memlm config)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_SITE_DIR = Path("/usr/share/doc/python3.11/html")
+
+
+class CrawlConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start_urls: list[str] = Field(
+        default_factory=list,
+        description="Where the crawl starts. Empty: serve `site_dir` on 127.0.0.1 and start at its index.",
+    )
+    site_dir: Path | None = Field(
+        default=DEFAULT_SITE_DIR,
+        description="A folder of HTML served locally when `start_urls` is empty (the offline default).",
+    )
+    serve_port: int = Field(
+        default=8731, ge=0, le=65535,
+        description="Port for serving `site_dir`. Fixed by default so that page URLs, and so the "
+        "train/validation split, stay the same from run to run; 0 picks a free port.",
+    )
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="Domains to stay on. Empty: the domains of the start URLs."
+    )
+    allow: list[str] = Field(default_factory=list, description="URL regexes to follow (empty: all).")
+    deny: list[str] = Field(
+        default_factory=lambda: [r"/_sources/", r"/_static/", r"/_images/", r"/_downloads/", r"\?"],
+        description="URL regexes never to follow.",
+    )
+    max_pages: int = Field(default=600, ge=1, description="Stop after storing this many HTML pages.")
+    max_depth: int = Field(default=8, ge=0, description="Link depth limit from the start URLs (0: no limit).")
+    obey_robots: bool = True
+    download_maxsize_mb: float = Field(default=8.0, gt=0, description="Responses larger than this are skipped.")
+    download_timeout_s: float = Field(default=20.0, gt=0)
+    concurrency: int = Field(default=16, ge=1, le=256)
+    user_agent: str = "memlm (+https://github.com/memlm/memlm)"
+
+    @model_validator(mode="after")
+    def _needs_a_start(self) -> "CrawlConfig":
+        if not self.start_urls and self.site_dir is None:
+            raise ValueError("set crawl.start_urls to a site, or crawl.site_dir to a folder of HTML to serve")
+        return self

@@ -1,0 +1,1 @@
+"""Prefect flows that orchestrate the memlm stages, and the `memlm` command line."""

@@ -1,0 +1,211 @@
+"""The `memlm` command line. Heavy libraries are imported inside commands so that --help stays fast."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's local (ephemeral) server needs 13-25 s to start on a new database on 2 cores; its default
+# patience is 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+app = typer.Typer(help="memlm: from a website to a registered language model, with as little memory as possible.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: built-in defaults).")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Run even if the inputs did not change.")]
+
+
+def _load(config_path: Path | None):
+    from flows.config import ConfigError, load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _run_flow(flow_name: str, config_path: Path | None, **kwargs):
+    config = _load(config_path)
+    from flows import pipeline
+
+    flow = getattr(pipeline, flow_name)
+    try:
+        return config, flow(config_path=str(config_path) if config_path else None, config=config, **kwargs)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _print_outcomes(outcomes) -> None:
+    from flows.pipeline import headline
+
+    stages = Table(title="stages", show_header=True)
+    stages.add_column("stage")
+    stages.add_column("status")
+    stages.add_column("time (s)", justify="right")
+    for o in outcomes:
+        stages.add_row(o.name, "[dim]skipped (inputs unchanged)[/]" if o.skipped else "[green]ran[/]", f"{o.elapsed_s}")
+    console.print(stages)
+    figures = Table(title="summary", show_header=False)
+    for name, value in headline(outcomes).items():
+        if value is not None:
+            figures.add_row(name, str(value))
+    console.print(figures)
+    modules = next((o.details.get("memory", {}).get("modules") for o in outcomes if o.name == "train"), None)
+    if modules:
+        table = Table(title="memory by module (tracked step)")
+        for col in ("module", "params MiB", "activations MiB"):
+            table.add_column(col, justify="left" if col == "module" else "right")
+        for row in modules:
+            table.add_row(row["module"], f"{row['params_bytes'] / 2**20:.2f}", f"{row['activation_bytes'] / 2**20:.2f}")
+        console.print(table)
+    samples = next((o.summary.get("samples") for o in outcomes if o.name == "evaluate"), None)
+    for sample in samples or []:
+        console.print(f"[bold]{sample['prompt']}[/] → {sample['text']!r}", highlight=False)
+
+
+@app.command()
+def run(config: ConfigOption = None, force: ForceOption = False):
+    """Run the whole pipeline: crawl, clean, split, tokenize, train, evaluate and register."""
+    _, outcomes = _run_flow("pipeline_flow", config, force=force)
+    _print_outcomes(outcomes)
+
+
+def _stage_command(name: str, flow_name: str, help_text: str, forceable: bool = True):
+    if forceable:
+        def command(config: ConfigOption = None, force: ForceOption = False):
+            _, outcome = _run_flow(flow_name, config, force=force)
+            _print_outcomes([outcome])
+    else:
+        def command(config: ConfigOption = None):
+            _, outcome = _run_flow(flow_name, config)
+            _print_outcomes([outcome])
+    command.__doc__ = help_text
+    app.command(name=name)(command)
+
+
+_stage_command("crawl", "crawl_flow", "Crawl the configured site into the raw page store.", forceable=False)
+_stage_command("clean", "clean_flow", "Extract, filter and deduplicate the crawled pages.")
+_stage_command("split", "split_flow", "Split documents into train and validation by URL hash.")
+_stage_command("tokenize", "tokenize_flow", "Train the BPE tokenizer and write the token files.")
+_stage_command("train", "train_flow", "Train the model (resumes an interrupted run).")
+_stage_command("evaluate", "evaluate_flow", "Evaluate the trained model and register it in MLflow.")
+
+
+@app.command("serve-site")
+def serve_site(directory: Path, port: int = typer.Option(8731, help="Port on 127.0.0.1 (0: any free port).")):
+    """Serve a folder of HTML on 127.0.0.1, as the crawl does for `crawl.site_dir`."""
+    from crawlers.site_server import make_server
+
+    try:
+        server = make_server(directory, port=port)
+    except (FileNotFoundError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"serving {directory} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+@app.command()
+def ui(config: ConfigOption = None,
+       mlflow_port: int = typer.Option(5000, help="MLflow UI port."),
+       prefect_port: int = typer.Option(4200, help="Prefect UI port.")):
+    """Start the MLflow UI (over the local store) and the Prefect server and UI; Ctrl-C stops both."""
+    cfg = _load(config)
+    bin_dir = Path(sys.executable).parent
+    Path("mlflow").mkdir(exist_ok=True)
+    servers = {
+        "MLflow": (subprocess.Popen([str(bin_dir / "mlflow"), "server", "--backend-store-uri",
+                                     cfg.mlflow.resolved_tracking_uri(), "--host", "127.0.0.1",
+                                     "--port", str(mlflow_port), "--workers", "1"]),
+                   f"http://127.0.0.1:{mlflow_port}/health", f"http://127.0.0.1:{mlflow_port}"),
+        "Prefect": (subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(prefect_port)]),
+                    f"http://127.0.0.1:{prefect_port}/api/health", f"http://127.0.0.1:{prefect_port}"),
+    }
+    try:
+        for name, (proc, health, url) in servers.items():
+            if not _wait_healthy(health, proc, 90):
+                err.print(f"[red]error:[/] the {name} server did not answer at {health}")
+                raise typer.Exit(1)
+            console.print(f"{name} UI: [bold]{url}[/]")
+        console.print(f"Runs are in the MLflow experiment [bold]{cfg.mlflow.experiment}[/], models under "
+                      f"[bold]{cfg.mlflow.registered_model}[/]; flow runs in Prefect's Runs page. Ctrl-C stops both.")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+        for proc, _, _ in servers.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint folder.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p")],
+    max_new_tokens: int = 80, temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0, seed: int = 0,
+    config: ConfigOption = None,
+):
+    """Generate text from a registered model or a checkpoint folder."""
+    cfg = _load(config)
+    params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    if Path(model).is_dir():
+        from tokenizers import Tokenizer
+
+        from model.checkpoint import load_gpt
+        from model.generate import generate_text
+
+        tokenizer_file = Path(model) / "tokenizer.json"
+        if not tokenizer_file.exists():
+            tokenizer_file = Path(cfg.run_dir) / "tokens" / "tokenizer.json"
+        text = generate_text(load_gpt(Path(model)), Tokenizer.from_file(str(tokenizer_file)), prompt,
+                             max_new_tokens, temperature, top_k, top_p, seed)
+    else:
+        import mlflow
+
+        mlflow.set_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+        try:
+            loaded = mlflow.pyfunc.load_model(model)
+        except Exception as exc:  # MLflow raises several types for a reference it cannot resolve
+            err.print(f"[red]error:[/] cannot load model {model!r}: {str(exc).splitlines()[0]}")
+            raise typer.Exit(2) from None
+        text = loaded.predict([prompt], params=params)[0]
+    console.print(text, highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,95 @@
+"""The memlm configuration: one YAML file, validated by pydantic, every field with an offline default."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from corpus.config import CleanConfig, SplitConfig, TokenizeConfig
+from crawlers.config import CrawlConfig
+from model.config import EvalConfig, ModelConfig, TrainConfig
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
+DEFAULT_ARTIFACTS_DIR = Path("mlflow/artifacts")
+
+
+class MlflowConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str = Field(
+        default=DEFAULT_TRACKING_URI, description="MLflow store; the MLFLOW_TRACKING_URI variable overrides it."
+    )
+    experiment: str = "memlm"
+    registered_model: str = Field(default="memlm-demo", description="Model registry name for trained models.")
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="Where `memlm ui` serves MLflow (for links).")
+
+    def resolved_tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+
+
+class MemlmConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="demo", description="Names this pipeline in Prefect and MLflow.")
+    run_dir: Path = Field(default=Path("runs/demo"), description="Where stage outputs go.")
+    crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the field and what is allowed."""
+
+
+def _describe(error: dict, model: type[BaseModel] = MemlmConfig) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_fields(error["loc"][:-1], model)
+        return f"{where}: unknown field; allowed here: {', '.join(allowed)}"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{where}: {error['msg']}{shown}"
+
+
+def _allowed_fields(loc: tuple, model: type[BaseModel]) -> list[str]:
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def parse_config(data: dict, source: str = "config") -> MemlmConfig:
+    try:
+        return MemlmConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(f"{source}: {_describe(first)}{suffix}") from None
+
+
+def load_config(path: str | Path | None) -> MemlmConfig:
+    """Read and validate a YAML config; None gives the defaults."""
+    if path is None:
+        return MemlmConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (crawl:, train:, ...) at the top level")
+    return parse_config(data, str(path))

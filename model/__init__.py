@@ -1,0 +1,1 @@
+"""PyTorch side of memlm: the GPT, memory techniques, training, evaluation and generation."""

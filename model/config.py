@@ -1,0 +1,74 @@
+"""Settings of the model stages (the `model:`, `train:` and `evaluate:` sections of the config)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arch: Literal["gpt"] = "gpt"
+    n_layer: int = Field(default=4, ge=1)
+    n_head: int = Field(default=4, ge=1)
+    n_embd: int = Field(default=256, ge=8)
+    block_size: int = Field(default=128, ge=8, description="Context length in tokens.")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    bias: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for PyTorch (default: all cores).")
+    seed: int = 1337
+    batch_size: int = Field(default=16, ge=1, description="Sequences per optimizer step.")
+    max_steps: int = Field(default=300, ge=1)
+    max_minutes: float | None = Field(
+        default=None, gt=0, description="Stop early (with a checkpoint) when training has run this long."
+    )
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr: float = Field(default=3e-4, ge=0)
+    warmup_steps: int = Field(default=30, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(default=1.0, ge=0, description="Max gradient norm (0: no clipping).")
+    eval_interval: int = Field(default=100, ge=1, description="Steps between validation passes.")
+    eval_batches: int = Field(default=20, ge=1, description="Batches per periodic validation pass.")
+    checkpoint_interval: int = Field(default=100, ge=1)
+    log_interval: int = Field(default=10, ge=1, description="Steps between logged training metrics.")
+    memory_sample_steps: list[int] = Field(
+        default_factory=lambda: [1, 2], description="Steps whose memory is measured in full (on CPU)."
+    )
+    memory_sample_every: int = Field(default=100, ge=1, description="And every this many steps after.")
+    resume: bool = Field(default=True, description="Continue from the last checkpoint when one exists.")
+
+    @model_validator(mode="after")
+    def _lr_order(self) -> "TrainConfig":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_batches: int | None = Field(
+        default=None, ge=1, description="Validation batches for the final figures (default: the whole split)."
+    )
+    prompts: list[str] = Field(
+        default_factory=lambda: ["The Python", "def main(", "A list is"],
+        description="Fixed prompts for sample generations.",
+    )
+    max_new_tokens: int = Field(default=60, ge=1)
+    temperature: float = Field(default=0.8, ge=0)
+    top_k: int | None = Field(default=40, ge=1)
+    seed: int = 0

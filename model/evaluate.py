@@ -1,0 +1,76 @@
+"""Evaluate stage: validation loss, perplexity, bits per byte, and sample generations from fixed prompts."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from model.checkpoint import load_gpt
+from model.config import EvalConfig
+from model.data import TokenFile
+from model.generate import generate_text
+from model.gpt import GPT
+from model.hardware import resolve_device
+
+REPORT_FILE = "report.json"
+SAMPLES_FILE = "samples.md"
+
+
+@dataclass
+class EvalResult:
+    report_file: Path
+    samples_file: Path
+    report: dict
+
+
+@torch.no_grad()
+def evaluate_loss(model: GPT, tokens: TokenFile, batch_size: int, device: torch.device,
+                  max_batches: int | None = None) -> tuple[float, int]:
+    """Mean cross-entropy per token (nats) over the leading windows of a split, and the tokens scored."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in tokens.sequential_batches(batch_size, device, max_batches):
+        total += model.loss(model(x), y).item() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return total / count, count
+
+
+def bits_per_byte(loss_nats: float, split_tokens: int, split_bytes: int) -> float:
+    """Loss per token in bits, times tokens per byte of the split's UTF-8 text: comparable across tokenizers."""
+    return loss_nats / math.log(2) * split_tokens / split_bytes
+
+
+def evaluate(checkpoint_dir: Path, tokens_dir: Path, config: EvalConfig, out_dir: Path,
+             batch_size: int = 16, device: str = "auto") -> EvalResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((Path(tokens_dir) / "manifest.json").read_text())
+    dev = resolve_device(device)
+    model = load_gpt(checkpoint_dir, dev)
+    val = TokenFile(Path(tokens_dir) / "val.bin", model.config.block_size, manifest["dtype"])
+    loss, scored = evaluate_loss(model, val, batch_size, dev, config.max_batches)
+    split = manifest["splits"]["val"]
+    tokenizer = Tokenizer.from_file(str(Path(tokens_dir) / "tokenizer.json"))
+    samples = [
+        {"prompt": p, "text": generate_text(model, tokenizer, p, config.max_new_tokens, config.temperature,
+                                            config.top_k, seed=config.seed + i)}
+        for i, p in enumerate(config.prompts)
+    ]
+    report = {
+        "val_loss": round(loss, 5),
+        "perplexity": round(math.exp(loss), 3),
+        "bits_per_byte": round(bits_per_byte(loss, split["tokens"], split["bytes"]), 5),
+        "tokens_scored": scored,
+        "val_tokens": split["tokens"],
+        "samples": samples,
+    }
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    samples_md = "\n\n".join(f"### Prompt: {s['prompt']!r}\n\n```\n{s['text']}\n```" for s in samples)
+    (out_dir / SAMPLES_FILE).write_text(samples_md + "\n")
+    return EvalResult(out_dir / REPORT_FILE, out_dir / SAMPLES_FILE, report)

@@ -1,0 +1,34 @@
+"""What the device can do: resolve it, and measure its matrix-multiply peak for FLOPs utilization."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but PyTorch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024,
+                      seconds: float = 0.5) -> float:
+    """FLOP/s of a square matrix multiply in `dtype`, measured now (the yardstick for MFU)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)  # warm-up
+    _sync(device)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        n += 1
+    _sync(device)
+    return 2 * size**3 * n / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

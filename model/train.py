@@ -1,0 +1,227 @@
+"""Train stage: AdamW, warmup + cosine schedule, gradient clipping, periodic validation, checkpoints
+with optimizer and RNG state, and resume from the last checkpoint."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import has_checkpoint, load_model_config, load_train_state, save_checkpoint
+from model.config import ModelConfig, TrainConfig
+from model.data import TokenFile
+from model.evaluate import evaluate_loss
+from model.gpt import GPT, GPTConfig
+from model.hardware import matmul_peak_flops, resolve_device
+from model.memory import MemoryTracker
+
+CHECKPOINT_DIR = "checkpoint"
+HISTORY_FILE = "history.jsonl"
+MEMORY_FILE = "memory.json"
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+ProgressCallback = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: Path
+    history_file: Path
+    memory_file: Path
+    steps: int
+    resumed_from: int
+    n_params: int
+    train_loss: float
+    val_loss_start: float
+    val_loss: float
+    tokens_per_s: float
+    mfu: float
+    peak_memory_mib: float
+    memory: dict
+    elapsed_s: float
+    stopped_early: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at `max_steps` (steps count from 1)."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / max(1, cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - cfg.min_lr)
+
+
+def build_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms, biases); fused kernels on CUDA."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **kernel)
+
+
+def _rng_state(device: torch.device, data_rng: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": data_rng.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device, data_rng: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    data_rng.set_state(state["data"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: Path,
+          on_metrics: MetricsCallback | None = None, on_progress: ProgressCallback | None = None) -> TrainResult:
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokens_dir = Path(tokens_dir)
+    manifest = json.loads((tokens_dir / "manifest.json").read_text())
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data_rng = torch.Generator().manual_seed(cfg.seed)
+
+    gpt_cfg = GPTConfig(vocab_size=manifest["vocab_size"], **model_cfg.model_dump(exclude={"arch"}))
+    train_tokens = TokenFile(tokens_dir / "train.bin", gpt_cfg.block_size, manifest["dtype"])
+    val_tokens = TokenFile(tokens_dir / "val.bin", gpt_cfg.block_size, manifest["dtype"])
+
+    model = GPT(gpt_cfg).to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    history_file = out_dir / HISTORY_FILE
+    start_step, state = 0, None
+    if cfg.resume and has_checkpoint(ckpt_dir):
+        if load_model_config(ckpt_dir) != gpt_cfg:
+            raise ValueError(
+                f"the checkpoint in {ckpt_dir} is for another model shape; "
+                "delete it or set train.resume: false to start over"
+            )
+        from safetensors.torch import load_model
+
+        load_model(model, str(ckpt_dir / "model.safetensors"), device=str(device))
+        state = load_train_state(ckpt_dir)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], device, data_rng)
+        start_step = state["step"]
+    else:
+        history_file.unlink(missing_ok=True)
+
+    tracker = MemoryTracker(model, optimizer, device, cfg.memory_sample_steps, cfg.memory_sample_every,
+                            snapshot_path=out_dir / "cuda_memory_snapshot.pickle")
+    peak_flops = matmul_peak_flops(device)
+    flops_per_token = model.flops_per_token()
+    tokens_per_step = cfg.batch_size * gpt_cfg.block_size
+
+    def validate() -> float:
+        return evaluate_loss(model, val_tokens, cfg.batch_size, device, cfg.eval_batches)[0]
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        with open(history_file, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if on_metrics:
+            on_metrics(metrics, step)
+
+    val_loss_start = state["val_loss_start"] if state else validate()
+    if state is None:
+        log({"val/loss": val_loss_start}, 0)
+    val_loss = state["val_loss"] if state else val_loss_start
+    model.train()
+    step, loss_value, stopped_early = start_step, float("nan"), False
+    window_tokens, window_start = 0, time.perf_counter()
+    tokens_per_s = 0.0
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with tracker.track(step):
+            x, y = train_tokens.random_batch(cfg.batch_size, data_rng, device)
+            with tracker.phase("forward"):
+                hidden = model(x)
+                with tracker.scope("loss"):
+                    loss = model.loss(hidden, y)
+            del hidden
+            with tracker.phase("backward"):
+                loss.backward()
+            with tracker.phase("optimizer"):
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                             if cfg.grad_clip > 0 else None)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        del loss
+        window_tokens += tokens_per_step
+        elapsed_window = time.perf_counter() - window_start
+        metrics = {"train/loss": loss_value, "train/lr": lr}
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        if device.type == "cuda":
+            metrics["memory/step_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        if tracker.wants(step) and tracker.last is not None:
+            metrics.update(tracker.last.metrics())
+        if step % cfg.log_interval == 0 or step == cfg.max_steps or tracker.wants(step):
+            tokens_per_s = window_tokens / elapsed_window
+            metrics["train/tokens_per_s"] = tokens_per_s
+            metrics["train/mfu"] = flops_per_token * tokens_per_s / peak_flops
+            log(metrics, step)
+            window_tokens, window_start = 0, time.perf_counter()
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            val_loss = validate()
+            log({"val/loss": val_loss}, step)
+            window_start = time.perf_counter()
+        out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+        if step % cfg.checkpoint_interval == 0 or step == cfg.max_steps or out_of_time:
+            if out_of_time and step % cfg.eval_interval != 0:
+                val_loss = validate()
+                log({"val/loss": val_loss}, step)
+            save_checkpoint(ckpt_dir, model, {
+                "step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(device, data_rng),
+                "val_loss_start": val_loss_start, "val_loss": val_loss,
+            })
+        if on_progress:
+            on_progress(step, cfg.max_steps, {"loss": loss_value, "val_loss": val_loss})
+        if out_of_time:
+            stopped_early = step < cfg.max_steps
+            break
+
+    memory = _memory_summary(tracker, device)
+    memory_file = out_dir / MEMORY_FILE
+    memory_file.write_text(json.dumps(memory, indent=2))
+    return TrainResult(
+        checkpoint_dir=ckpt_dir,
+        history_file=history_file,
+        memory_file=memory_file,
+        steps=step,
+        resumed_from=start_step,
+        n_params=model.num_params(),
+        train_loss=loss_value,
+        val_loss_start=val_loss_start,
+        val_loss=val_loss,
+        tokens_per_s=tokens_per_s,
+        mfu=flops_per_token * tokens_per_s / peak_flops,
+        peak_memory_mib=memory.get("peak_mib", 0.0),
+        memory=memory,
+        elapsed_s=round(time.monotonic() - started, 1),
+        stopped_early=stopped_early,
+        extra={"peak_flops": peak_flops, "flops_per_token": flops_per_token},
+    )
+
+
+def _memory_summary(tracker: MemoryTracker, device: torch.device) -> dict:
+    peak = tracker.peak
+    if peak is None:
+        return {"device": str(device), "tracked_steps": []}
+    return {**peak.to_dict(), "tracked_steps": [r.step for r in tracker.reports],
+            "timeline": peak.timeline, "phase_starts_ms": peak.phase_starts_ms}
