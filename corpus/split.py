@@ -1,11 +1,13 @@
 """Split stage: a document's side (train or validation) is decided by a hash of its canonical URL alone,
-so adding pages never moves an old page from one side to the other."""
+so adding pages never moves an old page from one side to the other. Scheme and port are left out of the
+hash: the same site served over https or on another port splits the same way."""
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from corpus.config import SplitConfig
 from corpus.jsonl import file_sha256, read_jsonl
@@ -25,8 +27,13 @@ class EmptySplitError(ValueError):
     pass
 
 
+def split_key(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{(parts.hostname or '').lower()}{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
+
+
 def side_of(url: str, config: SplitConfig) -> str:
-    digest = hashlib.sha256(f"{config.salt}\0{url}".encode()).digest()
+    digest = hashlib.sha256(f"{config.salt}\0{split_key(url)}".encode()).digest()
     position = int.from_bytes(digest[:8], "big") / 2**64
     return "val" if position < config.val_fraction else "train"
 

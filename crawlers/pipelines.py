@@ -32,6 +32,7 @@ class PageStorePipeline:
         self.out_dir = Path(crawler.settings.get("MEMLM_OUT_DIR"))
         self.max_pages = crawler.settings.getint("MEMLM_MAX_PAGES")
         self.pages: list[tuple[str, str]] = []
+        self.stored_urls: set[str] = set()
         self.by_status: dict[str, int] = {}
         self._file = None
 
@@ -44,9 +45,14 @@ class PageStorePipeline:
         self._file = open(self.out_dir / PAGES_FILE, "w", encoding="utf-8")
 
     def process_item(self, item):
+        if item["final_url"] in self.stored_urls:
+            # Two links that redirect to one page: store it once.
+            self.crawler.stats.inc_value("memlm/skipped/duplicate_url")
+            raise DropItem("page already stored")
         if len(self.pages) >= self.max_pages:
             self.crawler.stats.inc_value("memlm/skipped/max_pages")
             raise DropItem("page limit reached")
+        self.stored_urls.add(item["final_url"])
         self._file.write(json.dumps(item, ensure_ascii=False) + "\n")
         self._file.flush()
         self.pages.append((item["final_url"], item["sha256"]))

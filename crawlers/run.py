@@ -90,6 +90,11 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
     manifest_file.write_text(json.dumps(manifest, indent=2))
     if on_progress:
         on_progress(manifest["pages"], config.max_pages)
+    if manifest["pages"] == 0:
+        raise CrawlError(
+            f"the crawl stored no pages from {', '.join(start_urls)} (skipped: {manifest['skipped'] or 'nothing'}); "
+            f"check the start URLs, crawl.allow/deny and robots.txt; log: {log_file}"
+        )
     return CrawlResult(pages_file, manifest_file, manifest)
 
 

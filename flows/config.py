@@ -12,7 +12,6 @@ from crawlers.config import CrawlConfig
 from model.config import EvalConfig, ModelConfig, TrainConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
-DEFAULT_ARTIFACTS_DIR = Path("mlflow/artifacts")
 
 
 class MlflowConfig(BaseModel):

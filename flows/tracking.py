@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flows.config import DEFAULT_ARTIFACTS_DIR, DEFAULT_TRACKING_URI, MemlmConfig
+from flows.config import DEFAULT_TRACKING_URI, MemlmConfig
 
 
 def setup_mlflow(config: MemlmConfig) -> str:
@@ -19,11 +19,18 @@ def setup_mlflow(config: MemlmConfig) -> str:
     if experiment is not None:
         mlflow.set_experiment(config.mlflow.experiment)
         return experiment.experiment_id
-    # With the local SQLite store, artifacts go beside it in mlflow/artifacts (not ./mlruns).
-    location = DEFAULT_ARTIFACTS_DIR.resolve().as_uri() if uri == DEFAULT_TRACKING_URI else None
+    location = _artifacts_beside(uri)
     experiment_id = mlflow.create_experiment(config.mlflow.experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _artifacts_beside(uri: str) -> str | None:
+    """With a SQLite store, artifacts go in an `artifacts` folder beside the database (for the default
+    store: mlflow/artifacts), not in ./mlruns of whatever folder the command ran in."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:

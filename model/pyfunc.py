@@ -19,39 +19,24 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         self.model = load_gpt(Path(context.artifacts["checkpoint"]), "cpu")
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
 
-    def predict(self, context, model_input, params: dict | None = None) -> list[str]:
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
         from model.generate import generate_text
 
         options = {**GENERATION_DEFAULTS, **(params or {})}
-        prompts = _prompts(model_input)
         return [
             generate_text(self.model, self.tokenizer, prompt, int(options["max_new_tokens"]),
                           float(options["temperature"]), int(options["top_k"]) or None,
                           float(options["top_p"]), seed=int(options["seed"]) + i)
-            for i, prompt in enumerate(prompts)
+            for i, prompt in enumerate(model_input)
         ]
-
-
-def _prompts(model_input) -> list[str]:
-    if hasattr(model_input, "columns"):  # pandas DataFrame, as pyfunc passes it
-        column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
-        return [str(v) for v in model_input[column].tolist()]
-    if isinstance(model_input, str):
-        return [model_input]
-    if isinstance(model_input, dict):
-        value = model_input.get("prompt", "")
-        return [value] if isinstance(value, str) else list(value)
-    return [str(v) for v in model_input]
 
 
 def log_text_generator(checkpoint_dir: Path, tokenizer_file: Path, registered_model: str | None,
                        example_prompt: str = "The Python"):
     """Log the model to the active MLflow run (and register it); returns MLflow's ModelInfo."""
-    import pandas as pd
     from mlflow.models import infer_signature
 
-    signature = infer_signature(pd.DataFrame({"prompt": [example_prompt]}), ["generated text"],
-                                params=GENERATION_DEFAULTS)
+    signature = infer_signature([example_prompt], ["generated text"], params=GENERATION_DEFAULTS)
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=TextGenerator(),

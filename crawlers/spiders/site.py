@@ -6,12 +6,13 @@ import json
 from datetime import datetime, timezone
 from urllib.parse import urlparse
 
-from scrapy.http import HtmlResponse, Response
+from scrapy.exceptions import DownloadCancelledError
+from scrapy.http import HtmlResponse, Request, Response
 from scrapy.linkextractors import LinkExtractor
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.spiders import CrawlSpider, Rule
-from twisted.internet.error import DNSLookupError, TCPTimedOutError, TimeoutError as TwistedTimeoutError
-from scrapy.exceptions import DownloadCancelledError
+from twisted.internet.error import DNSLookupError, TCPTimedOutError
+from twisted.internet.error import TimeoutError as TwistedTimeoutError
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
 
@@ -46,6 +47,12 @@ class SiteSpider(CrawlSpider):
         extractor = LinkExtractor(allow=_list_arg(allow), deny=_list_arg(deny))
         self.rules = (Rule(extractor, callback="parse_page", follow=True, errback="record_failure"),)
         super().__init__(*args, **kwargs)
+
+    async def start(self):
+        # Start URLs get the same failure accounting as followed links, and go through the duplicate
+        # filter so that a link back to a start page does not fetch it again.
+        for url in self.start_urls:
+            yield Request(url, callback=self._parse, errback=self.record_failure)
 
     def parse_start_url(self, response: Response):
         return self.parse_page(response)

@@ -1,0 +1,76 @@
+"""Shared fixtures: a test website served on 127.0.0.1, its crawl, and the corpus built from it."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from crawlers.config import CrawlConfig  # noqa: E402
+from crawlers.site_server import serve_site  # noqa: E402
+from flows.config import MemlmConfig  # noqa: E402
+from tests.site import build_site  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    expected = build_site(root)
+    return root, expected
+
+
+@pytest.fixture(scope="session")
+def site_url(site):
+    with serve_site(site[0]) as url:
+        yield url
+
+
+def small_config(tmp_path, site_url: str, **overrides) -> MemlmConfig:
+    """A config that runs the whole pipeline on the test site in seconds."""
+    data = {
+        "name": "test",
+        "run_dir": str(tmp_path / "run"),
+        "crawl": {"start_urls": [site_url + "index.html"], "max_pages": 50, "site_dir": None},
+        "clean": {"min_words": 20},
+        "split": {"val_fraction": 0.3},
+        "tokenize": {"vocab_size": 400},
+        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+        "train": {"batch_size": 8, "max_steps": 30, "warmup_steps": 5, "eval_interval": 10, "eval_batches": 2,
+                  "checkpoint_interval": 10, "log_interval": 5, "lr": 0.01, "min_lr": 0.001, "threads": 2},
+        "evaluate": {"prompts": ["The list"], "max_new_tokens": 12},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow/mlflow.db", "registered_model": "memlm-test"},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return MemlmConfig.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def crawled(site_url, tmp_path_factory):
+    from crawlers.run import crawl
+
+    out = tmp_path_factory.mktemp("crawl")
+    return crawl(CrawlConfig(start_urls=[site_url + "index.html"], max_pages=50, site_dir=None), out)
+
+
+@pytest.fixture(scope="session")
+def corpus(crawled, tmp_path_factory, site_url):
+    """clean → split → tokenize on the crawled test site; returns (config, dirs)."""
+    from corpus.clean import clean
+    from corpus.split import split
+    from corpus.tokenize import tokenize
+
+    root = tmp_path_factory.mktemp("corpus")
+    config = small_config(root, site_url)
+    cleaned = clean(crawled.pages_file, root / "clean", config.clean)
+    parts = split(cleaned.docs_file, root / "split", config.split)
+    tokens = tokenize(parts.files, root / "tokens", config.tokenize)
+    return config, {"root": root, "clean": cleaned, "split": parts, "tokens": tokens}

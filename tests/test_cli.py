@@ -1,0 +1,55 @@
+"""The memlm command line: a bad config gives one line naming the field, exit code 2, before any work."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MEMLM = [str(Path(sys.executable).parent / "memlm")] if shutil.which("memlm", path=str(Path(sys.executable).parent)) \
+    else [sys.executable, "-m", "flows.cli"]
+
+
+def memlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*MEMLM, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    ("train:\n  lr: -1\n", "train.lr: Input should be greater than 0 (got -1)"),
+    ("train:\n  learning_rate: 0.1\n", "train.learning_rate: unknown field; allowed here: batch_size"),
+    ("model:\n  n_embd: 100\n  n_head: 3\n", "model: Value error, n_embd (100) must be a multiple of n_head (3)"),
+    ("train: [1, 2\n", "not valid YAML"),
+    ("- just\n- a list\n", "expected a mapping of sections"),
+])
+def test_bad_config_gives_one_line_and_exit_code_2(tmp_path, yaml_text, expected):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    result = memlm("run", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow").exists()  # no work started
+
+
+def test_missing_config_file(tmp_path):
+    result = memlm("train", "--config", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nope.yaml: no such config file" in result.stderr
+
+
+def test_demo_config_is_valid():
+    from flows.config import load_config
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    assert config.crawl.site_dir == Path("/usr/share/doc/python3.11/html")
+    assert config.mlflow.registered_model == "memlm-demo"
+
+
+def test_help_lists_every_command(tmp_path):
+    result = memlm("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("run", "crawl", "clean", "split", "tokenize", "train", "evaluate", "ui", "serve-site", "generate"):
+        assert command in result.stdout

@@ -1,0 +1,60 @@
+"""The crawl over a real HTTP server on 127.0.0.1 with real Scrapy."""
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import pytest
+
+from crawlers.config import CrawlConfig
+from crawlers.run import CrawlError, crawl
+
+pytestmark = pytest.mark.integration
+
+
+def stored_paths(pages_file) -> list[str]:
+    return sorted(urlsplit(json.loads(line)["final_url"]).path.lstrip("/") for line in open(pages_file))
+
+
+def test_crawl_stores_exactly_the_allowed_html_pages(crawled, site):
+    _, expected = site
+    assert stored_paths(crawled.pages_file) == expected["stored"]
+
+
+def test_crawl_manifest_counts_what_was_skipped_and_why(crawled):
+    m = crawled.manifest
+    assert m["pages"] == len(list(open(crawled.pages_file)))
+    assert m["pages_by_status"] == {"200": m["pages"]}
+    assert m["skipped"]["robots_disallowed"] == 1
+    assert m["skipped"]["http_404"] == 1
+    assert m["skipped"]["not_html"] == 1
+    assert m["skipped"]["offsite"] >= 2
+    assert len(m["content_digest"]) == 64
+
+
+def test_page_records_hold_the_raw_page_and_its_digest(crawled):
+    import hashlib
+
+    record = json.loads(open(crawled.pages_file).readline())
+    assert {"url", "final_url", "status", "fetched_at", "content_type", "encoding", "sha256", "html"} <= set(record)
+    assert record["content_type"] == "text/html"
+    assert record["sha256"] == hashlib.sha256(record["html"].encode(record["encoding"])).hexdigest()
+
+
+def test_page_limit_and_depth_limit(site_url, tmp_path):
+    limited = crawl(CrawlConfig(start_urls=[site_url + "index.html"], max_pages=3, site_dir=None), tmp_path / "a")
+    assert limited.manifest["pages"] == 3
+    shallow = crawl(CrawlConfig(start_urls=[site_url + "lists.html"], max_depth=1, site_dir=None), tmp_path / "b")
+    # lists.html links to the two navigation pages and one neighbour; depth 1 stops there.
+    assert stored_paths(shallow.pages_file) == ["about.html", "dictionaries.html", "index.html", "lists.html"]
+
+
+def test_unreachable_start_url_fails_with_a_clear_error(tmp_path):
+    with pytest.raises(CrawlError, match="no pages"):
+        crawl(CrawlConfig(start_urls=["http://127.0.0.1:9/"], max_pages=2, download_timeout_s=2, site_dir=None),
+              tmp_path)
+
+
+def test_missing_site_dir_says_how_to_fix_it(tmp_path):
+    with pytest.raises(CrawlError, match="site_dir .* does not exist.*start_urls"):
+        crawl(CrawlConfig(site_dir=tmp_path / "nope"), tmp_path / "out")

@@ -1,0 +1,52 @@
+"""Decoding: the KV cache changes nothing but speed; seeded sampling repeats; bad parameters are refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.generate import generate
+from model.gpt import GPT, GPTConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=97, block_size=24, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def test_cached_and_uncached_greedy_decoding_give_the_same_tokens(model):
+    prompt = torch.tensor([[5, 17, 42, 8]])
+    cached = generate(model, prompt, 20, temperature=0, use_cache=True)  # fills the 24-token context
+    plain = generate(model, prompt, 20, temperature=0, use_cache=False)
+    assert torch.equal(cached, plain)
+
+
+def test_decoding_past_the_context_length_keeps_going(model):
+    # Past block_size the cache restarts over the last half block (as cropping the context would).
+    out = generate(model, torch.tensor([[5, 17, 42, 8]]), 60, temperature=0, use_cache=True)
+    assert out.shape == (1, 64) and int(out.max()) < 97
+
+
+def test_seeded_sampling_is_reproducible(model):
+    prompt = torch.tensor([[1, 2, 3]])
+    runs = [generate(model, prompt, 20, temperature=1.0, top_k=20, top_p=0.9,
+                     generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_top_p_keeps_only_the_nucleus(model):
+    prompt = torch.tensor([[1, 2, 3]])
+    greedy = generate(model, prompt, 1, temperature=0)
+    tiny_nucleus = generate(model, prompt, 1, temperature=1.0, top_p=1e-6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(greedy, tiny_nucleus)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -1.0}, "temperature"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+])
+def test_bad_generation_parameters_are_refused(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(model, torch.tensor([[1]]), 3, **kwargs)

@@ -1,0 +1,99 @@
+"""The whole pipeline as a real Prefect flow, logging to a real MLflow store, on the test site."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(prefect_harness, site_url, tmp_path_factory):
+    from flows.pipeline import pipeline_flow
+    from tests.conftest import small_config
+
+    config = small_config(tmp_path_factory.mktemp("pipeline"), site_url)
+    first = pipeline_flow(config=config)
+    second = pipeline_flow(config=config)
+    return config, first, second
+
+
+def test_pipeline_runs_every_stage_then_skips_unchanged_ones(pipeline_run):
+    _, first, second = pipeline_run
+    assert [o.name for o in first] == ["crawl", "clean", "split", "tokenize", "train", "evaluate"]
+    assert not any(o.skipped for o in first)
+    # The crawl always runs (a site can change); everything after it found its inputs unchanged.
+    assert [o.skipped for o in second] == [False, True, True, True, True, True]
+    assert second[-1].summary == first[-1].summary
+
+
+def test_mlflow_holds_params_metrics_datasets_and_artifacts(pipeline_run):
+    import mlflow
+
+    config, first, _ = pipeline_run
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    train = next(o for o in first if o.name == "train").summary
+    run = mlflow.get_run(train["mlflow_run_id"])
+    assert run.data.params["model.n_embd"] == "32"
+    assert run.data.params["crawl.max_pages"] == "50"
+    for metric in ("train/loss", "val/loss", "train/tokens_per_s", "memory/peak_mib", "memory/activations_mib",
+                   "memory/backward/peak_mib", "eval/bits_per_byte", "eval/perplexity"):
+        assert metric in run.data.metrics, metric
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+    assert len(history) >= 5 and history[-1].value < history[0].value
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train.bin", "val.bin"}
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "data/tokens")}
+    assert {"data/tokens/manifest.json", "data/tokens/tokenizer.json"} <= artifacts
+    plots = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/loss_curve.png", "plots/memory_timeline.png"}
+    eval_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "eval")}
+    assert "eval/samples.md" in eval_files
+
+
+def test_registered_model_version_loads_and_generates(pipeline_run):
+    import mlflow
+
+    config, first, _ = pipeline_run
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    evaluation = first[-1].summary
+    assert evaluation["registered_model"] == "memlm-test" and evaluation["registered_version"] == 1
+    version = mlflow.MlflowClient().get_model_version("memlm-test", "1")
+    assert float(version.tags["bits_per_byte"]) == pytest.approx(evaluation["bits_per_byte"])
+    model = mlflow.pyfunc.load_model("models:/memlm-test/1")
+    texts = model.predict(["The list", "A dictionary"], params={"max_new_tokens": 8, "temperature": 0.0})
+    assert len(texts) == 2
+    assert texts[0].startswith("The list") and len(texts[0]) > len("The list")
+    again = model.predict(["The list"], params={"max_new_tokens": 8, "temperature": 0.0})
+    assert again[0] == texts[0]
+
+
+def test_new_page_reruns_the_stages_after_the_crawl(pipeline_run, site, tmp_path):
+    """Adding a page changes the crawl's content digest, so cleaning onwards runs again."""
+    from flows.pipeline import pipeline_flow
+    from tests.site import page
+
+    config, first, _ = pipeline_run
+    root, _ = site
+    extra = root / "extra.html"
+    extra.write_text(page("Extra", "<p>" + " ".join(["The interpreter reads the file with care."] * 12) + "</p>",
+                          []))
+    index = root / "index.html"
+    original = index.read_text()
+    index.write_text(original.replace("</body>", '<a href="/extra.html">extra</a></body>'))
+    try:
+        config = config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 5})})
+        third = pipeline_flow(config=config)
+    finally:
+        index.write_text(original)
+        extra.unlink()
+    assert [o.skipped for o in third] == [False] * 6
+    assert third[0].summary["pages"] == first[0].summary["pages"] + 1
+    assert third[-1].summary["registered_version"] == 2
