@@ -17,7 +17,8 @@ class CleanConfig(BaseModel):
     )
     min_stop_words: int = Field(default=2, ge=0, description="Drop documents with fewer stop words (not prose).")
     max_chars: int = Field(default=1_000_000, ge=1, description="Drop documents longer than this after extraction.")
-    batch_size: int = Field(default=32, ge=1, description="Documents per spaCy `nlp.pipe` batch.")
+    batch_size: int = Field(default=16, ge=1, description="Pages per worker chunk and spaCy `nlp.pipe` batch.")
+    workers: int = Field(default=0, ge=0, description="Processes that clean pages in parallel (0: one per core).")
 
 
 class SplitConfig(BaseModel):
