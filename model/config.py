@@ -24,6 +24,36 @@ class ModelConfig(BaseModel):
         return self
 
 
+class MemoryConfig(BaseModel):
+    """Memory techniques, each a switch; they compose. `model/techniques.py` says which pairs are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    micro_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="Sequences per forward/backward; batch_size / micro_batch_size steps are accumulated.",
+    )
+    activation_checkpointing: Literal["none", "full", "selective"] = Field(
+        default="none", description="Recompute activations in backward: every block, or a selection."
+    )
+    checkpoint_every: int = Field(default=2, ge=1, description="selective: checkpoint every k-th block.")
+    checkpoint_part: Literal["block", "attention", "mlp"] = Field(
+        default="block", description="selective: the whole block, or only its attention or MLP sub-block."
+    )
+    loss_chunk_size: int = Field(
+        default=1024, ge=0,
+        description="Tokens per chunk of the chunked cross-entropy, which never holds the full logits "
+        "(0: the plain loss over full logits).",
+    )
+    precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"] = "fp32"
+    optimizer: Literal["adamw", "adafactor", "adamw8bit"] = "adamw"
+    optimizer_in_backward: bool = Field(
+        default=False, description="Step each parameter in its gradient hook and free the gradient at once."
+    )
+    activation_offload: bool = Field(default=False, description="Keep saved activations in pinned CPU memory (CUDA).")
+    compile: bool = Field(default=False, description="torch.compile the model.")
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,12 +80,24 @@ class TrainConfig(BaseModel):
     )
     memory_sample_every: int = Field(default=100, ge=1, description="And every this many steps after.")
     resume: bool = Field(default=True, description="Continue from the last checkpoint when one exists.")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")
-    def _lr_order(self) -> "TrainConfig":
+    def _consistent(self) -> "TrainConfig":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        micro = self.memory.micro_batch_size
+        if micro is not None and self.batch_size % micro:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of memory.micro_batch_size ({micro})")
         return self
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.memory.micro_batch_size or self.batch_size
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.batch_size // self.micro_batch_size
 
 
 class EvalConfig(BaseModel):

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from model.losses import linear_cross_entropy
 
 
 @dataclass
@@ -87,10 +90,31 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
+        # Activation checkpointing (a memory technique, see model/techniques.py): which part of this block
+        # keeps only its input in forward and recomputes the rest in backward.
+        self.checkpoint: str = "none"  # "none", "block", "attention" or "mlp"
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
-        return x + self.mlp(self.ln_2(x))
+        recompute = self.training and cache is None and torch.is_grad_enabled()
+        if recompute and self.checkpoint == "block":
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x, cache, layer, recompute)
+
+    def _forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                 recompute: bool = False) -> torch.Tensor:
+        if recompute and self.checkpoint == "attention":
+            x = x + checkpoint(self._attention, x, use_reentrant=False)
+        else:
+            x = x + self._attention(x, cache, layer)
+        if recompute and self.checkpoint == "mlp":
+            return x + checkpoint(self._mlp, x, use_reentrant=False)
+        return x + self._mlp(x)
+
+    def _attention(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        return self.attn(self.ln_1(x), cache, layer)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -104,6 +128,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
+        self.loss_chunk_size = 0  # a memory technique: see model/techniques.py
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections keeps the residual stream's variance in check.
         for name, p in self.named_parameters():
@@ -141,5 +166,5 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(hidden)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))
+        """Mean next-token cross-entropy; chunked (never the full logits) when `loss_chunk_size` > 0."""
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size)

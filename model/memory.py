@@ -4,7 +4,8 @@ A tracked step runs under the PyTorch profiler with memory profiling on, which r
 and free inside operators (exact on CPU; on CUDA the caching allocator's view). Each allocation is then
 given a category from what the step did with it, told to the profiler as named marks:
 - parameters, gradients and optimizer state that exist when the step starts are found by identity;
-- a tensor that autograd saves for backward (a saved-tensors hook) is an activation;
+- memory allocated in a forward phase and still alive when the backward phase starts is an activation
+  (what autograd saved, and the inputs that activation checkpointing keeps);
 - a gradient accumulated into a parameter (a post-accumulate-grad hook) is a gradient;
 - optimizer state created during the step is found by identity at its end;
 - everything else allocated during the step is a temporary.
@@ -211,15 +212,6 @@ class MemoryTracker:
         for name, module in _top_level_modules(self.model):
             handles.append(module.register_forward_pre_hook(lambda m, a, n=name: _mark(f"enter::{n}")))
             handles.append(module.register_forward_hook(lambda m, a, o, n=name: _mark(f"exit::{n}")))
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            if t.device == self.device:
-                _mark(f"note::activations::{t.untyped_storage().data_ptr()}")
-            return t
-
-        saved = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        saved.__enter__()
-        handles.append(_Exit(saved))
         return handles
 
     def _module_table(self, report: MemoryReport) -> list[dict]:
@@ -238,16 +230,6 @@ class MemoryTracker:
             if name not in {r["module"] for r in rows}:
                 rows.append({"module": name, "params_bytes": 0, "activation_bytes": nbytes})
         return rows
-
-
-class _Exit:
-    """Lets a context manager be removed like a hook handle."""
-
-    def __init__(self, ctx):
-        self.ctx = ctx
-
-    def remove(self) -> None:
-        self.ctx.__exit__(None, None, None)
 
 
 def _walk(events) -> Iterator:
@@ -271,6 +253,8 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
     for i, (ptr, (nbytes, cat)) in enumerate(baseline.items()):
         live[ptr], category[-(i + 1)], size[-(i + 1)] = -(i + 1), cat, nbytes
     stream: list[tuple[str, int, int | str]] = []
+    phase = "other"
+    from_forward: set[int] = set()
     for e in events:
         kind = e.typed[0]
         if kind == _EventType.Allocation:
@@ -280,6 +264,8 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
             if f.alloc_size > 0:
                 alloc_id = len(stream)
                 live[f.ptr], category[alloc_id], size[alloc_id] = alloc_id, "temporaries", f.alloc_size
+                if phase == "forward":
+                    from_forward.add(alloc_id)
                 stream.append(("alloc", e.start_time_ns, alloc_id))
             elif (alloc_id := live.pop(f.ptr, None)) is not None:
                 stream.append(("free", e.start_time_ns, alloc_id))
@@ -293,6 +279,12 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
                 if alloc_id is not None and category[alloc_id] == "temporaries":
                     category[alloc_id] = cat
             else:
+                if mark.startswith("phase::"):
+                    phase = mark.split("::", 1)[1]
+                    if phase == "backward":
+                        for alloc_id in live.values():
+                            if alloc_id in from_forward and category[alloc_id] == "temporaries":
+                                category[alloc_id] = "activations"
                 stream.append(("mark", e.start_time_ns, mark))
 
     index = {c: i for i, c in enumerate(CATEGORIES)}
@@ -311,6 +303,8 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
             if ref.startswith("phase::"):
                 phase = "other" if ref == "phase::end" else ref.split("::", 1)[1]
                 phase_starts.setdefault(phase, (t - t0) / 1e6)
+                if sum(sizes) > phase_best.get(phase, (-1,))[0]:
+                    phase_best[phase] = (sum(sizes), list(sizes))
             elif ref.startswith("enter::"):
                 scopes.append(ref.split("::", 1)[1])
             elif ref.startswith("exit::") and scopes:

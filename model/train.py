@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from model.evaluate import evaluate_loss
 from model.gpt import GPT, GPTConfig
 from model.hardware import matmul_peak_flops, resolve_device
 from model.memory import MemoryTracker
+from model.techniques import apply_to_model, build_optimizer, check, forward_context, grad_scaler
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.jsonl"
@@ -55,15 +57,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - cfg.min_lr)
 
 
-def build_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on norms, biases); fused kernels on CUDA."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **kernel)
-
-
 def _rng_state(device: torch.device, data_rng: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "data": data_rng.get_state()}
     if device.type == "cuda":
@@ -95,8 +88,15 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     train_tokens = TokenFile(tokens_dir / "train.bin", gpt_cfg.block_size, manifest["dtype"])
     val_tokens = TokenFile(tokens_dir / "val.bin", gpt_cfg.block_size, manifest["dtype"])
 
+    mem = cfg.memory
+    technique_warnings = check(cfg, device)
+    for warning in technique_warnings:
+        warnings.warn(warning, stacklevel=2)
     model = GPT(gpt_cfg).to(device)
+    apply_to_model(model, mem)
     optimizer = build_optimizer(model, cfg, device)
+    scaler = grad_scaler(device, mem)
+    forward = torch.compile(model) if mem.compile else model
     ckpt_dir = out_dir / CHECKPOINT_DIR
     history_file = out_dir / HISTORY_FILE
     start_step, state = 0, None
@@ -146,22 +146,31 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
             group["lr"] = lr
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        loss_value = 0.0
         with tracker.track(step):
-            x, y = train_tokens.random_batch(cfg.batch_size, data_rng, device)
-            with tracker.phase("forward"):
-                hidden = model(x)
-                with tracker.scope("loss"):
-                    loss = model.loss(hidden, y)
-            del hidden
-            with tracker.phase("backward"):
-                loss.backward()
+            for _ in range(cfg.grad_accum_steps):
+                x, y = train_tokens.random_batch(cfg.micro_batch_size, data_rng, device)
+                with tracker.phase("forward"), forward_context(device, mem):
+                    hidden = forward(x)
+                    with tracker.scope("loss"):
+                        loss = model.loss(hidden, y) / cfg.grad_accum_steps
+                del hidden
+                with tracker.phase("backward"):
+                    (scaler.scale(loss) if scaler else loss).backward()
+                loss_value += loss.item()
+                del loss
             with tracker.phase("optimizer"):
-                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                             if cfg.grad_clip > 0 else None)
-                optimizer.step()
+                grad_norm = None
+                if cfg.grad_clip > 0:
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
-        del loss
         window_tokens += tokens_per_step
         elapsed_window = time.perf_counter() - window_start
         metrics = {"train/loss": loss_value, "train/lr": lr}
@@ -215,7 +224,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
         memory=memory,
         elapsed_s=round(time.monotonic() - started, 1),
         stopped_early=stopped_early,
-        extra={"peak_flops": peak_flops, "flops_per_token": flops_per_token},
+        extra={"peak_flops": peak_flops, "flops_per_token": flops_per_token, "warnings": technique_warnings},
     )
 
 

@@ -1,0 +1,133 @@
+"""The memory techniques of `train.memory`, applied to a model and its training loop.
+
+Refused combinations, each with the reason given to the user:
+- optimizer_in_backward with gradient accumulation: a parameter would be stepped after every micro-batch
+  instead of once per batch.
+- optimizer_in_backward with grad_clip > 0: clipping needs the norm of all gradients before any step.
+- optimizer_in_backward with fp16-mixed: the gradient scaler must unscale and check every gradient for
+  overflow before any step.
+- fp16-mixed, activation_offload and adamw8bit on CPU: they need CUDA.
+bf16 modes on a CPU without native bf16 run, with a warning (about 10x slower than fp32 here).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from model.config import MemoryConfig, TrainConfig
+from model.gpt import GPT
+from model.optim import AdamWFP32Math, OptimizerInBackward
+
+
+class TechniqueError(ValueError):
+    """A combination of memory techniques that cannot work; the message says why and what to change."""
+
+
+def check(cfg: TrainConfig, device: torch.device) -> list[str]:
+    """Raise TechniqueError for refused combinations; return warnings for ones that run poorly."""
+    mem = cfg.memory
+    cpu = device.type == "cpu"
+    if mem.optimizer_in_backward and cfg.grad_accum_steps > 1:
+        raise TechniqueError(
+            "train.memory.optimizer_in_backward steps each parameter as soon as its gradient is ready, so it "
+            "cannot accumulate gradients over micro-batches: unset memory.micro_batch_size or turn "
+            "optimizer_in_backward off")
+    if mem.optimizer_in_backward and cfg.grad_clip > 0:
+        raise TechniqueError(
+            "train.memory.optimizer_in_backward cannot clip gradients by their global norm (each parameter "
+            "is stepped before the others' gradients exist): set train.grad_clip: 0")
+    if mem.optimizer_in_backward and mem.precision == "fp16-mixed":
+        raise TechniqueError(
+            "train.memory.optimizer_in_backward cannot run with fp16-mixed: the gradient scaler must see every "
+            "gradient before any step; use bf16-mixed or fp32")
+    if cpu and mem.precision == "fp16-mixed":
+        raise TechniqueError("train.memory.precision fp16-mixed needs CUDA; on CPU use fp32 or bf16-mixed")
+    if cpu and mem.activation_offload:
+        raise TechniqueError(
+            "train.memory.activation_offload moves activations from the GPU to CPU memory; on CPU there is "
+            "nowhere to move them: turn it off, or use activation_checkpointing")
+    if mem.optimizer == "adamw8bit":
+        if cpu:
+            raise TechniqueError("train.memory.optimizer adamw8bit needs CUDA; on CPU use adamw or adafactor")
+        try:
+            import torchao.optim  # noqa: F401
+        except ImportError:
+            raise TechniqueError("train.memory.optimizer adamw8bit needs torchao: pip install torchao") from None
+    warnings = []
+    if mem.precision.startswith("bf16") and cpu and not _cpu_has_native_bf16():
+        warnings.append(
+            f"precision {mem.precision}: this CPU has no native bf16, so bf16 runs about 10x slower than fp32 "
+            "here; fp32 is the fast choice on this machine")
+    if mem.precision == "bf16-true" and mem.optimizer == "adafactor":
+        warnings.append("bf16-true with adafactor: Adafactor keeps its factored state in the weights' dtype")
+    return warnings
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def apply_to_model(model: GPT, mem: MemoryConfig) -> None:
+    """Set the model's activation checkpointing and loss chunking, and its weights' dtype."""
+    for i, block in enumerate(model.blocks):
+        if mem.activation_checkpointing == "full":
+            block.checkpoint = "block"
+        elif mem.activation_checkpointing == "selective" and i % mem.checkpoint_every == 0:
+            block.checkpoint = mem.checkpoint_part
+        else:
+            block.checkpoint = "none"
+    model.loss_chunk_size = mem.loss_chunk_size
+    if mem.precision == "bf16-true":
+        model.to(torch.bfloat16)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
+    """The configured optimizer, weight decay on matrices only; per parameter when stepped in backward."""
+    mem = cfg.memory
+
+    def make(groups: list[dict]) -> torch.optim.Optimizer:
+        if mem.optimizer == "adafactor":
+            return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=not mem.optimizer_in_backward)
+        if mem.optimizer == "adamw8bit":
+            from torchao.optim import AdamW8bit
+
+            return AdamW8bit(groups, lr=cfg.lr, betas=cfg.betas)
+        if mem.precision == "bf16-true":
+            return AdamWFP32Math(groups, lr=cfg.lr, betas=cfg.betas)
+        kernel = {"fused": True} if device.type == "cuda" else {"foreach": not mem.optimizer_in_backward}
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **kernel)
+
+    if mem.optimizer_in_backward:
+        return OptimizerInBackward(model, make, cfg.weight_decay)
+    params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
+    return make([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}])
+
+
+def autocast(device: torch.device, mem: MemoryConfig):
+    if mem.precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if mem.precision == "fp16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def forward_context(device: torch.device, mem: MemoryConfig) -> Iterator[None]:
+    """Autocast for mixed precision, and saved activations kept in pinned CPU memory when offloading."""
+    with autocast(device, mem):
+        if mem.activation_offload:
+            with torch.autograd.graph.save_on_cpu(pin_memory=True):
+                yield
+        else:
+            yield
+
+
+def grad_scaler(device: torch.device, mem: MemoryConfig) -> torch.amp.GradScaler | None:
+    return torch.amp.GradScaler(device.type) if mem.precision == "fp16-mixed" else None

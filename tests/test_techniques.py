@@ -1,0 +1,171 @@
+"""Memory techniques: each gives the plain computation's results, trains, saves memory, and the
+combinations that cannot work are refused with a message that says why."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from model.config import MemoryConfig, TrainConfig
+from model.gpt import GPT, GPTConfig
+from model.losses import linear_cross_entropy
+from model.memory import MemoryTracker
+from model.techniques import TechniqueError, apply_to_model, build_optimizer, check
+from model.train import train
+
+CPU = torch.device("cpu")
+
+
+def tiny_gpt(**memory) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=4, n_head=2, n_embd=32))
+    apply_to_model(model, MemoryConfig(**memory))
+    return model
+
+
+def loss_and_grads(model: GPT, x, y):
+    model.zero_grad(set_to_none=True)
+    loss = model.loss(model(x), y)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 300, (4, 32), generator=g), torch.randint(0, 300, (4, 32), generator=g)
+
+
+@pytest.mark.parametrize("memory", [
+    {"loss_chunk_size": 7},
+    {"loss_chunk_size": 1000},
+    {"activation_checkpointing": "full"},
+    {"activation_checkpointing": "selective", "checkpoint_every": 2, "checkpoint_part": "block"},
+    {"activation_checkpointing": "selective", "checkpoint_every": 1, "checkpoint_part": "attention"},
+    {"activation_checkpointing": "selective", "checkpoint_every": 1, "checkpoint_part": "mlp"},
+    {"activation_checkpointing": "full", "loss_chunk_size": 16},
+])
+def test_technique_gives_the_plain_loss_and_gradients(batch, memory):
+    plain_loss, plain_grads = loss_and_grads(tiny_gpt(loss_chunk_size=0), *batch)
+    loss, grads = loss_and_grads(tiny_gpt(**memory), *batch)
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_chunked_loss_matches_under_bf16_autocast(batch):
+    torch.manual_seed(0)
+    h = torch.randn(64, 32, requires_grad=True)
+    w = torch.randn(300, 32, requires_grad=True)
+    t = torch.randint(0, 300, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = linear_cross_entropy(h, w, t, 0)
+        chunked = linear_cross_entropy(h, w, t, 16)
+    assert chunked.item() == pytest.approx(full.item(), rel=2e-2)
+    g_full = torch.autograd.grad(full, (h, w))
+    g_chunk = torch.autograd.grad(chunked, (h, w))
+    for a, b in zip(g_full, g_chunk):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+
+
+def run(corpus, tmp_path, steps=25, **overrides):
+    config, parts = corpus
+    memory = overrides.pop("memory", {})
+    cfg = config.train.model_copy(update={"max_steps": steps, "eval_interval": steps, "memory": MemoryConfig(**memory),
+                                          **overrides})
+    cfg = TrainConfig.model_validate(cfg.model_dump())
+    return train(config.model, cfg, parts["tokens"].manifest_file.parent, tmp_path)
+
+
+def losses(result) -> list[float]:
+    return [json.loads(line)["train/loss"] for line in open(result.history_file) if "train/loss" in line]
+
+
+@pytest.mark.integration
+def test_gradient_accumulation_follows_the_full_batch(corpus, tmp_path):
+    full = run(corpus, tmp_path / "full", steps=6, log_interval=1)
+    accumulated = run(corpus, tmp_path / "acc", steps=6, log_interval=1, memory={"micro_batch_size": 2})
+    assert losses(accumulated) == pytest.approx(losses(full), rel=1e-4)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("overrides", [
+    {"memory": {"activation_checkpointing": "full"}},
+    {"memory": {"activation_checkpointing": "selective", "checkpoint_part": "mlp"}},
+    {"memory": {"loss_chunk_size": 64}},
+    {"memory": {"micro_batch_size": 4}},
+    {"memory": {"optimizer": "adafactor"}, "lr": 1.0, "min_lr": 0.1},
+    {"memory": {"optimizer_in_backward": True}, "grad_clip": 0.0},
+    {"memory": {"optimizer_in_backward": True, "optimizer": "adafactor"}, "grad_clip": 0.0, "lr": 1.0, "min_lr": 0.1},
+    {"memory": {"precision": "bf16-mixed"}},
+    {"memory": {"precision": "bf16-true"}},
+], ids=["full-ckpt", "selective-mlp", "chunked", "accumulation", "adafactor", "opt-in-backward",
+        "adafactor-in-backward", "bf16-mixed", "bf16-true"])
+def test_each_switch_trains(corpus, tmp_path, overrides):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run(corpus, tmp_path, **overrides)
+    history = losses(result)
+    assert sum(history[-2:]) / 2 < 0.8 * history[0], history
+    assert result.val_loss < result.val_loss_start
+
+
+@pytest.mark.integration
+def test_optimizer_in_backward_resumes(corpus, tmp_path):
+    memory = {"optimizer_in_backward": True}
+    run(corpus, tmp_path, steps=10, grad_clip=0.0, memory=memory)
+    resumed = run(corpus, tmp_path, steps=12, grad_clip=0.0, memory=memory)
+    assert resumed.resumed_from == 10
+
+
+@pytest.mark.parametrize("train_cfg, message", [
+    ({"grad_clip": 0.0, "memory": {"optimizer_in_backward": True, "micro_batch_size": 2}}, "cannot accumulate"),
+    ({"grad_clip": 1.0, "memory": {"optimizer_in_backward": True}}, "grad_clip: 0"),
+    ({"memory": {"precision": "fp16-mixed"}}, "fp16-mixed needs CUDA"),
+    ({"memory": {"activation_offload": True}}, "nowhere to move them"),
+    ({"memory": {"optimizer": "adamw8bit"}}, "adamw8bit needs CUDA"),
+])
+def test_refused_combinations_say_why(train_cfg, message):
+    with pytest.raises(TechniqueError, match=message):
+        check(TrainConfig.model_validate({"batch_size": 4, **train_cfg}), CPU)
+
+
+def test_bf16_on_this_cpu_warns_when_it_is_slow():
+    from model.techniques import _cpu_has_native_bf16
+
+    found = check(TrainConfig.model_validate({"memory": {"precision": "bf16-mixed"}}), CPU)
+    assert bool(found) != _cpu_has_native_bf16()
+
+
+def tracked_step(**memory) -> dict:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=2048, block_size=64, n_layer=4, n_head=2, n_embd=64))
+    apply_to_model(model, MemoryConfig(**memory))
+    cfg = TrainConfig.model_validate({"grad_clip": 0.0, "memory": memory})
+    opt = build_optimizer(model, cfg, CPU)
+    tracker = MemoryTracker(model, opt, CPU, sample_steps=[1, 2])
+    x, y = torch.randint(0, 2048, (8, 64)), torch.randint(0, 2048, (8, 64))
+    for step in (1, 2):
+        with tracker.track(step):
+            with tracker.phase("forward"):
+                loss = model.loss(model(x), y)
+            with tracker.phase("backward"):
+                loss.backward()
+            with tracker.phase("optimizer"):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    return tracker.last
+
+
+def test_techniques_cut_the_memory_they_target():
+    plain = tracked_step(loss_chunk_size=0)
+    checkpointed = tracked_step(loss_chunk_size=0, activation_checkpointing="full")
+    chunked = tracked_step(loss_chunk_size=64)
+    in_backward = tracked_step(loss_chunk_size=0, optimizer_in_backward=True)
+    assert checkpointed.phases["forward"]["breakdown"]["activations"] < 0.5 * plain.phases["forward"]["breakdown"]["activations"]
+    assert chunked.peak_bytes < plain.peak_bytes - 2 * 8 * 64 * 2048 * 4 * 0.9  # two full fp32 logits copies
+    assert in_backward.phases["optimizer"]["breakdown"]["gradients"] == 0
+    assert max(p["breakdown"]["gradients"] for p in in_backward.phases.values()) < \
+        max(p["breakdown"]["gradients"] for p in plain.phases.values())
