@@ -40,10 +40,20 @@ class MemoryConfig(BaseModel):
     checkpoint_part: Literal["block", "attention", "mlp"] = Field(
         default="block", description="selective: the whole block, or only its attention or MLP sub-block."
     )
+    mlp_chunks: int = Field(
+        default=1, ge=1,
+        description="Tiled MLP: run each block's MLP over this many sequence slices, each recomputed in "
+        "backward, so the 4x-wide hidden layer exists for one slice at a time (1: off).",
+    )
     loss_chunk_size: int = Field(
         default=1024, ge=0,
         description="Tokens per chunk of the chunked cross-entropy, which never holds the full logits "
         "(0: the plain loss over full logits).",
+    )
+    late_head_grad: bool = Field(
+        default=False,
+        description="With the chunked loss: compute the tied output head's weight gradient at the end of "
+        "backward, beside the embedding's, instead of holding it through the whole backward pass.",
     )
     precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"] = "fp32"
     optimizer: Literal["adamw", "adafactor", "adamw8bit"] = "adamw"

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from model.losses import linear_cross_entropy
+from model.losses import LateHeadGrad, linear_cross_entropy
 
 
 @dataclass
@@ -93,11 +93,14 @@ class Block(nn.Module):
         # Activation checkpointing (a memory technique, see model/techniques.py): which part of this block
         # keeps only its input in forward and recomputes the rest in backward.
         self.checkpoint: str = "none"  # "none", "block", "attention" or "mlp"
+        # Tiled MLP (also a memory technique): the MLP runs over this many slices of the sequence, each
+        # recomputed in backward, so its 4x-wide hidden layer exists for one slice at a time.
+        self.mlp_chunks: int = 1
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         recompute = self.training and cache is None and torch.is_grad_enabled()
         if recompute and self.checkpoint == "block":
-            return checkpoint(self._forward, x, use_reentrant=False)
+            return checkpoint(self._forward, x, None, 0, True, use_reentrant=False)
         return self._forward(x, cache, layer, recompute)
 
     def _forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
@@ -106,6 +109,9 @@ class Block(nn.Module):
             x = x + checkpoint(self._attention, x, use_reentrant=False)
         else:
             x = x + self._attention(x, cache, layer)
+        if recompute and self.mlp_chunks > 1 and x.size(1) >= self.mlp_chunks:
+            return x + torch.cat([checkpoint(self._mlp, part, use_reentrant=False)
+                                  for part in x.chunk(self.mlp_chunks, dim=1)], dim=1)
         if recompute and self.checkpoint == "mlp":
             return x + checkpoint(self._mlp, x, use_reentrant=False)
         return x + self._mlp(x)
@@ -128,7 +134,8 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
-        self.loss_chunk_size = 0  # a memory technique: see model/techniques.py
+        self.loss_chunk_size = 0  # memory techniques: see model/techniques.py
+        self.late_head_grad: LateHeadGrad | None = None
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections keeps the residual stream's variance in check.
         for name, p in self.named_parameters():
@@ -167,4 +174,4 @@ class GPT(nn.Module):
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; chunked (never the full logits) when `loss_chunk_size` > 0."""
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size)
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size, self.late_head_grad)

@@ -75,6 +75,14 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     return storage.data_ptr(), storage.nbytes()
 
 
+def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors that hold a tensor subclass's data (such as torchao's 8-bit optimizer state)."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return [inner for name in names for inner in _plain_tensors(getattr(t, name))]
+    return [t]
+
+
 def _top_level_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Children, with a ModuleList expanded (blocks.0, blocks.1, ...), so a GPT shows one row a layer."""
     out = []
@@ -107,6 +115,15 @@ class MemoryTracker:
         self.snapshot_path = snapshot_path
         self.reports: list[MemoryReport] = []
         self._active = False
+        self._module_hooks: list = []
+        # Registered now, before an optimizer that steps in backward registers its own, so that a gradient
+        # is noted before that optimizer frees it. They do nothing outside tracked steps.
+        self._grad_hooks = [p.register_post_accumulate_grad_hook(self._note_gradient)
+                            for p in dict.fromkeys(model.parameters()) if p.requires_grad]
+
+    def _note_gradient(self, param: torch.Tensor) -> None:
+        if self._active and param.grad is not None:
+            _mark(f"note::gradients::{param.grad.untyped_storage().data_ptr()}")
 
     @property
     def last(self) -> MemoryReport | None:
@@ -184,7 +201,7 @@ class MemoryTracker:
             for state in self.optimizer.state.values():
                 for value in state.values():
                     if isinstance(value, torch.Tensor):
-                        yield "optimizer_state", value
+                        yield from (("optimizer_state", t) for t in _plain_tensors(value))
 
     def _baseline(self) -> dict[int, tuple[int, str]]:
         live: dict[int, tuple[int, str]] = {}
@@ -201,14 +218,6 @@ class MemoryTracker:
 
     def _install_hooks(self) -> list:
         handles = []
-
-        def on_grad(param: torch.Tensor) -> None:
-            if param.grad is not None:
-                _mark(f"note::gradients::{param.grad.untyped_storage().data_ptr()}")
-
-        for p in self.model.parameters():
-            if p.requires_grad:
-                handles.append(p.register_post_accumulate_grad_hook(on_grad))
         for name, module in _top_level_modules(self.model):
             handles.append(module.register_forward_pre_hook(lambda m, a, n=name: _mark(f"enter::{n}")))
             handles.append(module.register_forward_hook(lambda m, a, o, n=name: _mark(f"exit::{n}")))

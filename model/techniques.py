@@ -6,7 +6,9 @@ Refused combinations, each with the reason given to the user:
 - optimizer_in_backward with grad_clip > 0: clipping needs the norm of all gradients before any step.
 - optimizer_in_backward with fp16-mixed: the gradient scaler must unscale and check every gradient for
   overflow before any step.
-- fp16-mixed, activation_offload and adamw8bit on CPU: they need CUDA.
+- late_head_grad without the chunked loss (loss_chunk_size 0): it postpones that loss's head gradient.
+- fp16-mixed and activation_offload on CPU: they need CUDA.
+- adamw8bit without torchao installed.
 bf16 modes on a CPU without native bf16 run, with a warning (about 10x slower than fp32 here).
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from model.config import MemoryConfig, TrainConfig
 from model.gpt import GPT
+from model.losses import LateHeadGrad
 from model.optim import AdamWFP32Math, OptimizerInBackward
 
 
@@ -43,20 +46,26 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
         raise TechniqueError(
             "train.memory.optimizer_in_backward cannot run with fp16-mixed: the gradient scaler must see every "
             "gradient before any step; use bf16-mixed or fp32")
+    if mem.late_head_grad and mem.loss_chunk_size == 0:
+        raise TechniqueError(
+            "train.memory.late_head_grad postpones the chunked loss's head gradient: set memory.loss_chunk_size "
+            "(for example 256)")
     if cpu and mem.precision == "fp16-mixed":
         raise TechniqueError("train.memory.precision fp16-mixed needs CUDA; on CPU use fp32 or bf16-mixed")
     if cpu and mem.activation_offload:
         raise TechniqueError(
             "train.memory.activation_offload moves activations from the GPU to CPU memory; on CPU there is "
             "nowhere to move them: turn it off, or use activation_checkpointing")
+    warnings = []
     if mem.optimizer == "adamw8bit":
-        if cpu:
-            raise TechniqueError("train.memory.optimizer adamw8bit needs CUDA; on CPU use adamw or adafactor")
         try:
             import torchao.optim  # noqa: F401
         except ImportError:
-            raise TechniqueError("train.memory.optimizer adamw8bit needs torchao: pip install torchao") from None
-    warnings = []
+            raise TechniqueError(
+                "train.memory.optimizer adamw8bit needs torchao: pip install 'memlm[lowbit]' (or torchao), "
+                "or use adamw or adafactor") from None
+        if cpu:
+            warnings.append("adamw8bit on CPU: torchao compiles its step kernels first (about 30 s here)")
     if mem.precision.startswith("bf16") and cpu and not _cpu_has_native_bf16():
         warnings.append(
             f"precision {mem.precision}: this CPU has no native bf16, so bf16 runs about 10x slower than fp32 "
@@ -82,7 +91,11 @@ def apply_to_model(model: GPT, mem: MemoryConfig) -> None:
             block.checkpoint = mem.checkpoint_part
         else:
             block.checkpoint = "none"
+        block.mlp_chunks = mem.mlp_chunks
     model.loss_chunk_size = mem.loss_chunk_size
+    if model.late_head_grad is not None:
+        model.late_head_grad.handle.remove()
+    model.late_head_grad = LateHeadGrad(model.lm_head.weight) if mem.late_head_grad else None
     if mem.precision == "bf16-true":
         model.to(torch.bfloat16)
 
@@ -100,8 +113,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
             return AdamW8bit(groups, lr=cfg.lr, betas=cfg.betas)
         if mem.precision == "bf16-true":
             return AdamWFP32Math(groups, lr=cfg.lr, betas=cfg.betas)
-        kernel = {"fused": True} if device.type == "cuda" else {"foreach": not mem.optimizer_in_backward}
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **kernel)
+        # The fused kernel (CUDA and CPU) updates in one pass, with no parameter-sized temporaries.
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
     if mem.optimizer_in_backward:
         return OptimizerInBackward(model, make, cfg.weight_decay)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from model.evaluate import evaluate_loss
 from model.gpt import GPT, GPTConfig
 from model.hardware import matmul_peak_flops, resolve_device
 from model.memory import MemoryTracker
-from model.techniques import apply_to_model, build_optimizer, check, forward_context, grad_scaler
+from model.step import TrainStep
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.jsonl"
@@ -88,15 +87,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     train_tokens = TokenFile(tokens_dir / "train.bin", gpt_cfg.block_size, manifest["dtype"])
     val_tokens = TokenFile(tokens_dir / "val.bin", gpt_cfg.block_size, manifest["dtype"])
 
-    mem = cfg.memory
-    technique_warnings = check(cfg, device)
-    for warning in technique_warnings:
-        warnings.warn(warning, stacklevel=2)
     model = GPT(gpt_cfg).to(device)
-    apply_to_model(model, mem)
-    optimizer = build_optimizer(model, cfg, device)
-    scaler = grad_scaler(device, mem)
-    forward = torch.compile(model) if mem.compile else model
+    train_step = TrainStep(model, cfg, device, snapshot_path=out_dir / "cuda_memory_snapshot.pickle")
+    optimizer, tracker = train_step.optimizer, train_step.tracker
     ckpt_dir = out_dir / CHECKPOINT_DIR
     history_file = out_dir / HISTORY_FILE
     start_step, state = 0, None
@@ -117,8 +110,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     else:
         history_file.unlink(missing_ok=True)
 
-    tracker = MemoryTracker(model, optimizer, device, cfg.memory_sample_steps, cfg.memory_sample_every,
-                            snapshot_path=out_dir / "cuda_memory_snapshot.pickle")
     peak_flops = matmul_peak_flops(device)
     flops_per_token = model.flops_per_token()
     tokens_per_step = cfg.batch_size * gpt_cfg.block_size
@@ -142,40 +133,16 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     tokens_per_s = 0.0
     for step in range(start_step + 1, cfg.max_steps + 1):
         lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        train_step.set_lr(lr)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        loss_value = 0.0
-        with tracker.track(step):
-            for _ in range(cfg.grad_accum_steps):
-                x, y = train_tokens.random_batch(cfg.micro_batch_size, data_rng, device)
-                with tracker.phase("forward"), forward_context(device, mem):
-                    hidden = forward(x)
-                    with tracker.scope("loss"):
-                        loss = model.loss(hidden, y) / cfg.grad_accum_steps
-                del hidden
-                with tracker.phase("backward"):
-                    (scaler.scale(loss) if scaler else loss).backward()
-                loss_value += loss.item()
-                del loss
-            with tracker.phase("optimizer"):
-                grad_norm = None
-                if cfg.grad_clip > 0:
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        loss_value, grad_norm = train_step(
+            step, lambda n: train_tokens.random_batch(n, data_rng, device))
         window_tokens += tokens_per_step
         elapsed_window = time.perf_counter() - window_start
         metrics = {"train/loss": loss_value, "train/lr": lr}
         if grad_norm is not None:
-            metrics["train/grad_norm"] = float(grad_norm)
+            metrics["train/grad_norm"] = grad_norm
         if device.type == "cuda":
             metrics["memory/step_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         if tracker.wants(step) and tracker.last is not None:
@@ -224,7 +191,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
         memory=memory,
         elapsed_s=round(time.monotonic() - started, 1),
         stopped_early=stopped_early,
-        extra={"peak_flops": peak_flops, "flops_per_token": flops_per_token, "warnings": technique_warnings},
+        extra={"peak_flops": peak_flops, "flops_per_token": flops_per_token, "warnings": train_step.warnings},
     )
 
 

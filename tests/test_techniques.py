@@ -125,11 +125,19 @@ def test_optimizer_in_backward_resumes(corpus, tmp_path):
     ({"grad_clip": 1.0, "memory": {"optimizer_in_backward": True}}, "grad_clip: 0"),
     ({"memory": {"precision": "fp16-mixed"}}, "fp16-mixed needs CUDA"),
     ({"memory": {"activation_offload": True}}, "nowhere to move them"),
-    ({"memory": {"optimizer": "adamw8bit"}}, "adamw8bit needs CUDA"),
 ])
 def test_refused_combinations_say_why(train_cfg, message):
     with pytest.raises(TechniqueError, match=message):
         check(TrainConfig.model_validate({"batch_size": 4, **train_cfg}), CPU)
+
+
+def test_adamw8bit_without_torchao_says_how_to_get_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    monkeypatch.setitem(sys.modules, "torchao.optim", None)
+    with pytest.raises(TechniqueError, match="adamw8bit needs torchao: pip install"):
+        check(TrainConfig.model_validate({"memory": {"optimizer": "adamw8bit"}}), CPU)
 
 
 def test_bf16_on_this_cpu_warns_when_it_is_slow():

@@ -1,0 +1,244 @@
+"""Memory benchmark: memlm's techniques against Hugging Face GPT-2 on the same model and data.
+
+Reference config: GPT with 6 layers, width 384, 6 heads, vocabulary 16384, sequence 256, batch 8, AdamW
+(lr 1e-3, 3 warm-up steps, no gradient clipping so that every row follows the same recipe), fp32 unless
+the row says otherwise, 2 threads. Each row runs in its own process; its peak and breakdown come from
+memlm's MemoryTracker over steps 2 and 3 (live tensor bytes), its speed from the untracked steps after.
+
+    python bench/memory.py                      # every default row, table on stdout
+    python bench/memory.py --rows memlm-baseline,hf-gpt2 --steps 10 --json out.json
+
+Data: the demo corpus (runs/demo/split/train.jsonl) re-tokenized to a 16384-token BPE when it exists,
+else a synthetic Zipf-Markov token stream (said in the output).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REFERENCE = {"n_layer": 6, "n_embd": 384, "n_head": 6, "vocab_size": 16384, "block_size": 256, "batch_size": 8}
+LR, WARMUP = 1e-3, 3
+PLAIN = {"loss_chunk_size": 0}
+BEST_ADAMW = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128, "late_head_grad": True,
+              "optimizer_in_backward": True}
+
+# name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate.
+ROWS: dict[str, dict] = {
+    "memlm-baseline": {"impl": "memlm", "memory": PLAIN},
+    "memlm-ckpt-full": {"impl": "memlm", "memory": {**PLAIN, "activation_checkpointing": "full"}},
+    "memlm-ckpt-selective": {"impl": "memlm", "memory": {**PLAIN, "activation_checkpointing": "selective",
+                                                         "checkpoint_every": 2}},
+    "memlm-chunked-loss": {"impl": "memlm", "memory": {"loss_chunk_size": 512}},
+    "memlm-accum-2x4": {"impl": "memlm", "memory": {**PLAIN, "micro_batch_size": 2}},
+    "memlm-adafactor": {"impl": "memlm", "memory": {**PLAIN, "optimizer": "adafactor"}, "lr": 3e-2},
+    "memlm-opt-in-backward": {"impl": "memlm", "memory": {**PLAIN, "optimizer_in_backward": True}},
+    "memlm-bf16-mixed": {"impl": "memlm", "memory": {**PLAIN, "precision": "bf16-mixed"}, "default": False},
+    "memlm-tiled-mlp": {"impl": "memlm", "memory": {**PLAIN, "activation_checkpointing": "full", "mlp_chunks": 4}},
+    "memlm-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW},
+    "memlm-best-any": {"impl": "memlm", "memory": {**BEST_ADAMW, "optimizer": "adafactor"}, "lr": 3e-2},
+    "memlm-fastest": {"impl": "memlm", "memory": {"loss_chunk_size": 512}},
+    "memlm-default": {"impl": "memlm", "memory": {}},
+    "hf-gpt2": {"impl": "hf", "checkpointing": False},
+    "hf-gpt2-ckpt": {"impl": "hf", "checkpointing": True},
+}
+
+
+def prepare_data(out_dir: Path, source: Path | None) -> tuple[Path, str]:
+    """Token file for the benchmark (cached); returns its path and a description of the data."""
+    import numpy as np
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if source is not None and source.exists():
+        bin_file = out_dir / f"corpus-{REFERENCE['vocab_size']}.bin"
+        if not bin_file.exists():
+            from corpus.config import TokenizeConfig
+            from corpus.tokenize import encode_split, train_tokenizer
+
+            tokenizer = train_tokenizer(source, TokenizeConfig(vocab_size=REFERENCE["vocab_size"]))
+            encode_split(tokenizer, source, bin_file)
+        return bin_file, f"{source} re-tokenized to {REFERENCE['vocab_size']} tokens"
+    bin_file = out_dir / "synthetic.bin"
+    if not bin_file.exists():
+        rng = np.random.default_rng(0)
+        vocab = REFERENCE["vocab_size"]
+        # Each token's successor is drawn from a few preferred tokens: learnable structure, Zipf frequencies.
+        successors = rng.zipf(1.3, size=(vocab, 4)) % vocab
+        tokens = np.empty(2_000_000, dtype=np.uint16)
+        tokens[0] = 1
+        choice = rng.integers(0, 4, size=len(tokens))
+        noise = rng.random(len(tokens)) < 0.1
+        random_tokens = rng.zipf(1.2, size=len(tokens)) % vocab
+        for i in range(1, len(tokens)):
+            tokens[i] = random_tokens[i] if noise[i] else successors[tokens[i - 1], choice[i]]
+        tokens.tofile(bin_file)
+    return bin_file, "synthetic Zipf-Markov tokens (run `make demo` first to benchmark on the real corpus)"
+
+
+def hf_model(checkpointing: bool):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=REFERENCE["vocab_size"], n_positions=REFERENCE["block_size"],
+                        n_embd=REFERENCE["n_embd"], n_layer=REFERENCE["n_layer"], n_head=REFERENCE["n_head"],
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+    config._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(config)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def run_row(name: str, steps: int, data_file: Path, threads: int) -> dict:
+    import torch
+
+    from model.config import TrainConfig
+    from model.data import TokenFile
+    from model.gpt import GPT, GPTConfig
+    from model.hardware import matmul_peak_flops
+    from model.memory import MemoryTracker
+    from model.step import TrainStep
+    from model.train import lr_at
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    spec = ROWS[name]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak_flops = matmul_peak_flops(device)
+    tokens = TokenFile(data_file, REFERENCE["block_size"])
+    data_rng = torch.Generator().manual_seed(0)
+    batch = REFERENCE["batch_size"]
+    lr = spec.get("lr", LR)
+    train_cfg = TrainConfig.model_validate({
+        "batch_size": batch, "max_steps": steps, "lr": lr, "min_lr": lr / 10, "warmup_steps": WARMUP,
+        "grad_clip": 0.0, "memory_sample_steps": [2, 3], "memory_sample_every": 10**9,
+        "memory": spec.get("memory", {}),
+    })
+
+    def next_batch(n: int):
+        return tokens.random_batch(n, data_rng, device)
+
+    if spec["impl"] == "memlm":
+        model = GPT(GPTConfig(vocab_size=REFERENCE["vocab_size"], block_size=REFERENCE["block_size"],
+                              n_layer=REFERENCE["n_layer"], n_head=REFERENCE["n_head"],
+                              n_embd=REFERENCE["n_embd"])).to(device)
+        train_step = TrainStep(model, train_cfg, device)
+        tracker = train_step.tracker
+        flops_per_token = model.flops_per_token()
+
+        def step(i: int) -> float:
+            train_step.set_lr(lr_at(i, train_cfg))
+            return train_step(i, next_batch)[0]
+    else:
+        model = hf_model(spec["checkpointing"]).to(device)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+        tracker = MemoryTracker(model, optimizer, device, sample_steps=[2, 3], sample_every=10**9)
+        n_params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+        flops_per_token = 6 * n_params + 12 * REFERENCE["n_layer"] * REFERENCE["n_embd"] * REFERENCE["block_size"]
+
+        def step(i: int) -> float:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(i, train_cfg)
+            with tracker.track(i):
+                x, _ = next_batch(batch)
+                with tracker.phase("forward"):
+                    loss = model(input_ids=x, labels=x).loss
+                with tracker.phase("backward"):
+                    loss.backward()
+                with tracker.phase("optimizer"):
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            return loss.item()
+
+    losses, timed = [], 0.0
+    for i in range(1, steps + 1):
+        start = time.perf_counter()
+        losses.append(step(i))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if not tracker.wants(i) and i > 3:
+            timed += time.perf_counter() - start
+    timed_steps = sum(1 for i in range(4, steps + 1) if not tracker.wants(i))
+    tokens_per_s = timed_steps * batch * REFERENCE["block_size"] / timed if timed else float("nan")
+    peak = tracker.peak
+    return {
+        "name": name,
+        "impl": spec["impl"],
+        "peak_mib": round(peak.peak_mib, 1),
+        "breakdown_mib": {k: round(v / 2**20, 1) for k, v in peak.breakdown.items()},
+        "peak_phase": peak.peak_phase,
+        "tokens_per_s": round(tokens_per_s, 1),
+        "mfu": round(flops_per_token * tokens_per_s / peak_flops, 4),
+        "final_loss": round(sum(losses[-3:]) / 3, 4),
+        "steps": steps,
+        "matmul_peak_gflops": round(peak_flops / 1e9, 1),
+        "device": str(device),
+        "memory": spec.get("memory"),
+        "lr": lr,
+    }
+
+
+def print_table(rows: list[dict], data_note: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"memlm memory benchmark ({data_note})")
+    for col in ("row", "peak MiB", "params", "grads", "optim", "acts", "temps", "tokens/s", "MFU", "loss"):
+        table.add_column(col, justify="left" if col == "row" else "right")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], f"[red]{r['error'][:60]}[/]", *[""] * 8)
+            continue
+        b = r["breakdown_mib"]
+        table.add_row(r["name"], f"{r['peak_mib']:.1f}", f"{b['parameters']:.0f}", f"{b['gradients']:.0f}",
+                      f"{b['optimizer_state']:.0f}", f"{b['activations']:.0f}", f"{b['temporaries']:.0f}",
+                      f"{r['tokens_per_s']:.0f}", f"{r['mfu']:.1%}", f"{r['final_loss']:.4f}")
+    Console(width=140).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", help="comma-separated row names (default: all default rows); "
+                        f"known: {', '.join(ROWS)}")
+    parser.add_argument("--steps", type=int, default=15, help="optimizer steps per row (>= 6)")
+    parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/split/train.jsonl",
+                        help="documents (JSONL with a text field) to tokenize for the benchmark")
+    parser.add_argument("--row-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.row_worker:
+        print(json.dumps(run_row(args.row_worker, args.steps, args.data_file, args.threads)))
+        return
+    names = args.rows.split(",") if args.rows else [n for n, s in ROWS.items() if s.get("default", True)]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown or args.steps < 6:
+        parser.error(f"unknown rows: {', '.join(unknown)}" if unknown else "--steps must be at least 6")
+    data_file, data_note = prepare_data(ROOT / "runs/bench", args.data)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    rows = []
+    for name in names:
+        cmd = [sys.executable, __file__, "--row-worker", name, "--steps", str(args.steps),
+               "--data-file", str(data_file), "--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        if done.returncode != 0:
+            rows.append({"name": name, "impl": ROWS[name]["impl"], "error": done.stderr.strip().splitlines()[-1]})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"{name}: {json.dumps(rows[-1])}", file=sys.stderr)
+    print_table(rows, data_note)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
