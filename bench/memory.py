@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +42,7 @@ ROWS: dict[str, dict] = {
     "memlm-adafactor": {"impl": "memlm", "memory": {**PLAIN, "optimizer": "adafactor"}, "lr": 3e-2},
     "memlm-opt-in-backward": {"impl": "memlm", "memory": {**PLAIN, "optimizer_in_backward": True}},
     "memlm-bf16-mixed": {"impl": "memlm", "memory": {**PLAIN, "precision": "bf16-mixed"}, "default": False},
+    "memlm-adamw8bit": {"impl": "memlm", "memory": {**PLAIN, "optimizer": "adamw8bit"}, "default": False},
     "memlm-tiled-mlp": {"impl": "memlm", "memory": {**PLAIN, "activation_checkpointing": "full", "mlp_chunks": 4}},
     "memlm-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW},
     "memlm-best-any": {"impl": "memlm", "memory": {**BEST_ADAMW, "optimizer": "adafactor"}, "lr": 3e-2},
@@ -96,13 +97,12 @@ def hf_model(checkpointing: bool):
     return model
 
 
-def run_row(name: str, steps: int, data_file: Path, threads: int) -> dict:
+def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: float) -> dict:
     import torch
 
     from model.config import TrainConfig
     from model.data import TokenFile
     from model.gpt import GPT, GPTConfig
-    from model.hardware import matmul_peak_flops
     from model.memory import MemoryTracker
     from model.step import TrainStep
     from model.train import lr_at
@@ -111,7 +111,6 @@ def run_row(name: str, steps: int, data_file: Path, threads: int) -> dict:
     torch.manual_seed(0)
     spec = ROWS[name]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak_flops = matmul_peak_flops(device)
     tokens = TokenFile(data_file, REFERENCE["block_size"])
     data_rng = torch.Generator().manual_seed(0)
     batch = REFERENCE["batch_size"]
@@ -158,16 +157,16 @@ def run_row(name: str, steps: int, data_file: Path, threads: int) -> dict:
                     optimizer.zero_grad(set_to_none=True)
             return loss.item()
 
-    losses, timed = [], 0.0
+    losses, step_times = [], []
     for i in range(1, steps + 1):
         start = time.perf_counter()
         losses.append(step(i))
         if device.type == "cuda":
             torch.cuda.synchronize()
         if not tracker.wants(i) and i > 3:
-            timed += time.perf_counter() - start
-    timed_steps = sum(1 for i in range(4, steps + 1) if not tracker.wants(i))
-    tokens_per_s = timed_steps * batch * REFERENCE["block_size"] / timed if timed else float("nan")
+            step_times.append(time.perf_counter() - start)
+    # The median step: a shared machine's hiccups move a mean, not a median.
+    tokens_per_s = batch * REFERENCE["block_size"] / statistics.median(step_times)
     peak = tracker.peak
     return {
         "name": name,
@@ -180,10 +179,22 @@ def run_row(name: str, steps: int, data_file: Path, threads: int) -> dict:
         "final_loss": round(sum(losses[-3:]) / 3, 4),
         "steps": steps,
         "matmul_peak_gflops": round(peak_flops / 1e9, 1),
+        "median_step_s": round(statistics.median(step_times), 4),
         "device": str(device),
         "memory": spec.get("memory"),
         "lr": lr,
     }
+
+
+def measure_peak_flops(threads: int) -> float:
+    """Measured once for the whole run, so that every row's MFU has the same yardstick."""
+    import torch
+
+    from model.hardware import matmul_peak_flops
+
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return matmul_peak_flops(device, seconds=0.5, rounds=6)
 
 
 def print_table(rows: list[dict], data_note: str) -> None:
@@ -215,20 +226,23 @@ def main() -> None:
                         help="documents (JSONL with a text field) to tokenize for the benchmark")
     parser.add_argument("--row-worker", help=argparse.SUPPRESS)
     parser.add_argument("--data-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row_worker:
-        print(json.dumps(run_row(args.row_worker, args.steps, args.data_file, args.threads)))
+        print(json.dumps(run_row(args.row_worker, args.steps, args.data_file, args.threads, args.peak_flops)))
         return
     names = args.rows.split(",") if args.rows else [n for n, s in ROWS.items() if s.get("default", True)]
     unknown = [n for n in names if n not in ROWS]
     if unknown or args.steps < 6:
         parser.error(f"unknown rows: {', '.join(unknown)}" if unknown else "--steps must be at least 6")
     data_file, data_note = prepare_data(ROOT / "runs/bench", args.data)
+    peak_flops = measure_peak_flops(args.threads)
+    print(f"matrix-multiply peak: {peak_flops / 1e9:.1f} GFLOP/s (the MFU yardstick for every row)", file=sys.stderr)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--row-worker", name, "--steps", str(args.steps),
-               "--data-file", str(data_file), "--threads", str(args.threads)]
+               "--data-file", str(data_file), "--threads", str(args.threads), "--peak-flops", str(peak_flops)]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         if done.returncode != 0:
             rows.append({"name": name, "impl": ROWS[name]["impl"], "error": done.stderr.strip().splitlines()[-1]})

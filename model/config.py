@@ -46,7 +46,7 @@ class MemoryConfig(BaseModel):
         "backward, so the 4x-wide hidden layer exists for one slice at a time (1: off).",
     )
     loss_chunk_size: int = Field(
-        default=1024, ge=0,
+        default=512, ge=0,
         description="Tokens per chunk of the chunked cross-entropy, which never holds the full logits "
         "(0: the plain loss over full logits).",
     )
