@@ -39,7 +39,8 @@ ui: install
 	$(BIN)/memlm ui --config $(CONFIG)
 
 bench: install
-	$(BIN)/python bench/memory.py
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/memory.py --json runs/bench/memory.json
 
 clean-runs:
 	rm -rf runs mlflow/mlflow.db mlflow/artifacts
