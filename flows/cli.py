@@ -22,7 +22,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 app = typer.Typer(help="memlm: from a website to a registered language model, with as little memory as possible.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: built-in defaults).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Run even if the inputs did not change.")]
@@ -175,36 +175,73 @@ def ui(config: ConfigOption = None,
 
 @app.command()
 def generate(
-    model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint folder.")],
-    prompt: Annotated[str, typer.Option("--prompt", "-p")],
-    max_new_tokens: int = 80, temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0, seed: int = 0,
+    model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id, or a checkpoint folder.")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue.")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="One prompt a line; generates for each.")] = None,
+    max_new_tokens: int = 80, temperature: float = 0.8, top_k: int = 40,
+    top_p: float = typer.Option(1.0, help="Nucleus sampling: keep the likeliest tokens up to this probability, in (0, 1]."),
+    seed: int = typer.Option(0, help="Seed for reproducible sampling (each prompt of a file gets seed + its index)."),
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before this text (repeatable).")] = None,
+    stream: bool = typer.Option(True, help="Print tokens as they are sampled."),
     config: ConfigOption = None,
 ):
-    """Generate text from a registered model or a checkpoint folder."""
+    """Generate text from a registered model, a run, or a checkpoint folder."""
     cfg = _load(config)
-    params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
-    if Path(model).is_dir():
-        from tokenizers import Tokenizer
+    from model.generate import check_sampling, stream_text
 
-        from model.checkpoint import load_gpt
-        from model.generate import generate_text
+    try:
+        check_sampling(temperature, top_k, top_p, max_new_tokens)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if (prompt is None) == (prompts_file is None):
+        err.print("[red]error:[/] give exactly one of --prompt and --prompts-file")
+        raise typer.Exit(2)
+    prompts = [prompt] if prompt is not None else [
+        line for line in prompts_file.read_text().splitlines() if line.strip()]
+    gpt, tokenizer = _load_generator(model, cfg)
+    for i, text in enumerate(prompts):
+        pieces = stream_text(gpt, tokenizer, text, max_new_tokens, temperature, top_k, top_p, seed + i, stop or ())
+        if stream:
+            console.print(text, end="", highlight=False, style="bold")
+            for piece in pieces:
+                console.print(piece, end="", highlight=False, soft_wrap=True)
+            console.print()
+        else:
+            console.print(text + "".join(pieces), highlight=False, soft_wrap=True)
 
-        tokenizer_file = Path(model) / "tokenizer.json"
-        if not tokenizer_file.exists():
-            tokenizer_file = Path(cfg.run_dir) / "tokens" / "tokenizer.json"
-        text = generate_text(load_gpt(Path(model)), Tokenizer.from_file(str(tokenizer_file)), prompt,
-                             max_new_tokens, temperature, top_k, top_p, seed)
-    else:
-        import mlflow
 
-        mlflow.set_tracking_uri(cfg.mlflow.resolved_tracking_uri())
-        try:
-            loaded = mlflow.pyfunc.load_model(model)
-        except Exception as exc:  # MLflow raises several types for a reference it cannot resolve
-            err.print(f"[red]error:[/] cannot load model {model!r}: {str(exc).splitlines()[0]}")
-            raise typer.Exit(2) from None
-        text = loaded.predict([prompt], params=params)[0]
-    console.print(text, highlight=False)
+def _load_generator(reference: str, cfg):
+    """(GPT, tokenizer) from a checkpoint folder, or from an MLflow model reference or run id."""
+    import re
+
+    from tokenizers import Tokenizer
+
+    from model.checkpoint import has_checkpoint, load_gpt
+
+    folder = Path(reference)
+    if folder.is_dir() and has_checkpoint(folder):
+        tokenizer_file = next((f for f in (folder / "tokenizer.json", folder.parent.parent / "tokens" / "tokenizer.json",
+                                           Path(cfg.run_dir) / "tokens" / "tokenizer.json") if f.exists()), None)
+        if tokenizer_file is None:
+            err.print(f"[red]error:[/] no tokenizer.json beside {folder} or in {cfg.run_dir}/tokens")
+            raise typer.Exit(2)
+        return load_gpt(folder), Tokenizer.from_file(str(tokenizer_file))
+    uri = f"runs:/{reference}/model" if re.fullmatch(r"[0-9a-f]{32}", reference) else reference
+    if not uri.startswith(("models:/", "runs:/")):
+        err.print(f"[red]error:[/] {reference!r} is not a checkpoint folder, a models:/ or runs:/ reference, "
+                  "or a run id")
+        raise typer.Exit(2)
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+    try:
+        loaded = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    except Exception as exc:  # MLflow raises several types for a reference it cannot resolve
+        err.print(f"[red]error:[/] cannot load model {uri!r} from {cfg.mlflow.resolved_tracking_uri()}: "
+                  f"{str(exc).splitlines()[0]}")
+        raise typer.Exit(2) from None
+    return loaded.model, loaded.tokenizer
 
 
 if __name__ == "__main__":

@@ -1,40 +1,63 @@
 """Sampling from a GPT with a KV cache: each new token costs one position, not the whole prefix."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from tokenizers import Tokenizer
 
 from model.gpt import GPT, KVCache
 
+EOT = "<|endoftext|>"
 
-@torch.no_grad()
-def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-             stop_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
-    """Append up to `max_new_tokens` tokens to `idx` (1, T). temperature 0 decodes greedily."""
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise ValueError(f"temperature must be >= 0 (0 decodes greedily), got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+
+
+@torch.no_grad()
+def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: int | None = None, top_p: float | None = None,
+                    generator: torch.Generator | None = None, stop_id: int | None = None,
+                    use_cache: bool = True) -> Iterator[int]:
+    """Yield up to `max_new_tokens` sampled token ids after the prompt `idx` (1, T)."""
+    check_sampling(temperature, top_k, top_p, max_new_tokens)
     was_training = model.training
     model.eval()
     block = model.config.block_size
     cache = KVCache(model.config.n_layer) if use_cache else None
     pending = idx[:, -block:]
-    for _ in range(max_new_tokens):
-        if cache is not None and cache.length + pending.size(1) > block:
-            # Past the context length: start a fresh cache over the last half block, as cropping would.
-            cache = KVCache(model.config.n_layer)
-            pending = idx[:, -(block // 2):]
-        context = pending if cache is not None else idx[:, -block:]
-        logits = model.lm_head(model(context, cache)[:, -1, :]).float()
-        next_id = _sample(logits, temperature, top_k, top_p, generator)
-        idx = torch.cat([idx, next_id], dim=1)
-        pending = next_id
-        if stop_id is not None and int(next_id) == stop_id:
-            break
-    model.train(was_training)
-    return idx
+    try:
+        for _ in range(max_new_tokens):
+            if cache is not None and cache.length + pending.size(1) > block:
+                # Past the context length: start a fresh cache over the last half block, as cropping would.
+                cache = KVCache(model.config.n_layer)
+                pending = idx[:, -(block // 2):]
+            context = pending if cache is not None else idx[:, -block:]
+            logits = model.lm_head(model(context, cache)[:, -1, :]).float()
+            next_id = _sample(logits, temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, next_id], dim=1)
+            pending = next_id
+            if stop_id is not None and int(next_id) == stop_id:
+                return
+            yield int(next_id)
+    finally:
+        model.train(was_training)
+
+
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             stop_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
+    """The prompt `idx` (1, T) with the sampled tokens appended."""
+    new = list(generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator, stop_id, use_cache))
+    return torch.cat([idx, torch.tensor([new], dtype=idx.dtype, device=idx.device)], dim=1)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -55,14 +78,40 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: 
     return torch.multinomial(probs, 1, generator=generator)
 
 
-def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 60,
-                  temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None,
-                  seed: int | None = 0) -> str:
+def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 60,
+                temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None,
+                seed: int | None = 0, stop: list[str] | tuple[str, ...] = ()) -> Iterator[str]:
+    """Yield the continuation of `prompt` piece by piece as it is sampled, ending before any stop string."""
     device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt).ids or [tokenizer.token_to_id("<|endoftext|>")]
+    eot = tokenizer.token_to_id(EOT)
+    ids = tokenizer.encode(prompt).ids or [eot]
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)
-    out = generate(model, torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p,
-                   generator, stop_id=tokenizer.token_to_id("<|endoftext|>"))
-    return tokenizer.decode(out[0].tolist())
+    new_ids: list[int] = []
+    shown = 0
+    hold = max((len(s) for s in stop), default=1) - 1  # text that could still become a stop string
+    for token in generate_tokens(model, torch.tensor([ids], device=device), max_new_tokens, temperature, top_k,
+                                 top_p, generator, stop_id=eot):
+        new_ids.append(token)
+        text = tokenizer.decode(new_ids)
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        if cut >= 0:
+            yield text[shown:cut]
+            return
+        # Byte-level BPE can end mid-character: wait for a complete one before showing it.
+        ready = len(text) - hold if not text.endswith("\ufffd") else len(text.rstrip("\ufffd")) - hold
+        if ready > shown:
+            yield text[shown:ready]
+            shown = ready
+    text = tokenizer.decode(new_ids)
+    if len(text) > shown:
+        yield text[shown:]
+
+
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 60,
+                  temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None,
+                  seed: int | None = 0, stop: list[str] | tuple[str, ...] = ()) -> str:
+    """The prompt followed by its sampled continuation."""
+    return prompt + "".join(stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
+                                        seed, stop))

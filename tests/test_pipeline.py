@@ -97,3 +97,70 @@ def test_new_page_reruns_the_stages_after_the_crawl(pipeline_run, site, tmp_path
     assert [o.skipped for o in third] == [False] * 6
     assert third[0].summary["pages"] == first[0].summary["pages"] + 1
     assert third[-1].summary["registered_version"] == 2
+
+
+def _write_config(config, path):
+    import yaml
+
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+def test_generate_command_streams_from_the_registry_reproducibly(pipeline_run, tmp_path):
+    from tests.test_cli import memlm
+
+    config, _, _ = pipeline_run
+    config_file = _write_config(config, tmp_path / "config.yaml")
+    args = ["generate", "-m", "models:/memlm-test/1", "-p", "The list", "--max-new-tokens", "10",
+            "--seed", "3", "-c", str(config_file)]
+    first, second = memlm(*args, cwd=tmp_path), memlm(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.startswith("The list")
+    missing = memlm("generate", "-m", "models:/no-such-model/1", "-p", "x", "-c", str(config_file), cwd=tmp_path)
+    assert missing.returncode == 2 and "cannot load model 'models:/no-such-model/1'" in missing.stderr
+    bad = memlm("generate", "-m", "models:/memlm-test/1", "-p", "x", "--temperature", "-1", "-c", str(config_file),
+                cwd=tmp_path)
+    assert bad.returncode == 2 and "temperature must be >= 0" in bad.stderr
+
+
+def test_mlflow_serves_the_registered_model_over_http(pipeline_run, tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    config, _, _ = pipeline_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)
+    # mlflow starts its scoring server as `uvicorn`, found on PATH: the environment's own bin folder.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri,
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                               "models:/memlm-test/1", "--env-manager", "local", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        body = json.dumps({"inputs": ["The list", "A dictionary"],
+                           "params": {"max_new_tokens": 6, "temperature": 0.0}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+        assert len(predictions) == 2 and predictions[0].startswith("The list")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
