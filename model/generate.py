@@ -22,7 +22,7 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None,
                     generator: torch.Generator | None = None, stop_id: int | None = None,

@@ -31,21 +31,32 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, one pair per layer, for incremental decoding."""
+    """Keys and values of the tokens seen so far, for incremental decoding: one buffer per layer,
+    allocated for the whole context at first use and filled in place (no copy of the past per token)."""
 
     def __init__(self, n_layer: int):
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+        self.length = 0  # positions filled, the same in every layer
 
-    @property
-    def length(self) -> int:
-        first = self.layers[0]
-        return 0 if first is None else first[0].size(2)
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, block_size: int):
+        """Store the new keys and values (B, H, T, D) of `layer`; returns all of them so far."""
+        if self.layers[layer] is None:
+            shape = (k.size(0), k.size(1), block_size, k.size(3))
+            self.layers[layer] = (k.new_empty(shape), v.new_empty(shape))
+        keys, values = self.layers[layer]
+        end = self.length + k.size(2)
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        if layer == len(self.layers) - 1:
+            self.length = end
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.block_size = config.block_size
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
@@ -56,10 +67,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            past = cache.layers[layer]
-            if past is not None:
-                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-            cache.layers[layer] = (k, v)
+            k, v = cache.update(layer, k, v, self.block_size)
         # With a cache, new queries attend to every cached position; causal masking applies only when
         # the whole sequence is processed at once (or as the prompt's first chunk).
         causal = cache is None or k.size(2) == T
