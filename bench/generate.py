@@ -1,4 +1,5 @@
-"""Generation benchmark: tokens/s and peak memory for 256 new tokens, with and without the KV cache.
+"""Generation benchmark: tokens/s and peak memory for 256 new tokens, with and without the KV cache, and
+with int8 weights (and their validation bits per byte beside fp32's).
 
     python bench/generate.py [--checkpoint runs/demo/train/checkpoint] [--new-tokens 256] [--json out.json]
 
@@ -9,6 +10,7 @@ memlm's tracker over the whole generation (live tensor bytes, weights included).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -23,6 +25,7 @@ def measure(model, prompt, new_tokens: int, use_cache: bool) -> dict:
 
     from model.generate import generate
     from model.memory import MemoryTracker
+    from model.quantize import weight_bytes
 
     generate(model, prompt, 4, temperature=0, use_cache=use_cache)  # warm-up
     tracker = MemoryTracker(model, None, torch.device("cpu"), sample_steps=[1])
@@ -32,9 +35,25 @@ def measure(model, prompt, new_tokens: int, use_cache: bool) -> dict:
     timed = generate(model, prompt, new_tokens, temperature=0, use_cache=use_cache)
     elapsed = time.perf_counter() - start
     assert torch.equal(out, timed)
-    weights = sum(p.numel() * p.element_size() for p in dict.fromkeys(model.parameters()))
     return {"tokens_per_s": round(new_tokens / elapsed, 1), "peak_mib": round(tracker.last.peak_mib, 2),
-            "weights_mib": round(weights / 2**20, 2), "tokens": out[0].tolist()}
+            "weights_mib": round(weight_bytes(model) / 2**20, 2), "tokens": out[0].tolist()}
+
+
+def validation_bpb(model, checkpoint: Path) -> float | None:
+    """Bits per byte on the demo's whole validation split, when the checkpoint came with one."""
+    import torch
+
+    from model.data import TokenFile
+    from model.evaluate import bits_per_byte, evaluate_loss
+
+    tokens_dir = checkpoint.parent.parent / "tokens"
+    if not (tokens_dir / "manifest.json").exists():
+        return None
+    manifest = json.loads((tokens_dir / "manifest.json").read_text())
+    val = TokenFile(tokens_dir / "val.bin", model.config.block_size, manifest["dtype"])
+    loss, _ = evaluate_loss(model, val, 16, torch.device("cpu"))
+    split = manifest["splits"]["val"]
+    return round(bits_per_byte(loss, split["tokens"], split["bytes"]), 5)
 
 
 def main() -> None:
@@ -42,6 +61,7 @@ def main() -> None:
 
     from model.checkpoint import has_checkpoint, load_gpt
     from model.gpt import GPT, GPTConfig
+    from model.quantize import quantize_int8
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs/demo/train/checkpoint")
@@ -60,6 +80,11 @@ def main() -> None:
     rows = []
     for name, use_cache in (("gpt-kv-cache", True), ("gpt-recompute", False)):
         rows.append({"name": name, **measure(model, prompt, args.new_tokens, use_cache)})
+    fp32_bpb = validation_bpb(model, args.checkpoint)
+    quantized = quantize_int8(copy.deepcopy(model))
+    rows.append({"name": "gpt-kv-cache-int8", **measure(quantized, prompt, args.new_tokens, True)})
+    int8_bpb = validation_bpb(quantized, args.checkpoint)
+    rows[-1].pop("tokens")
     # Within the context both decode the same tokens; past it the cache restarts over half a block
     # while recomputation slides the window, so the sequences may part there.
     block = model.config.block_size
@@ -74,9 +99,18 @@ def main() -> None:
     for r in rows:
         table.add_row(r["name"], f"{r['tokens_per_s']:.0f}", f"{r['peak_mib']:.1f}", f"{r['weights_mib']:.1f}")
     Console().print(table)
+    weight_ratio = rows[2]["weights_mib"] / rows[0]["weights_mib"]
+    print(f"int8 weights: {weight_ratio:.2f}x the fp32 weight memory", end="")
+    if fp32_bpb is not None:
+        print(f"; validation bits per byte {fp32_bpb:.4f} (fp32) -> {int8_bpb:.4f} (int8), "
+              f"{(int8_bpb / fp32_bpb - 1):+.2%}")
+    else:
+        print()
     print(f"KV cache speed-up: {speedup:.1f}x; identical greedy tokens within the {block}-token context: {same}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "kv_cache_speedup": round(speedup, 2),
+                                         "int8_weight_ratio": round(weight_ratio, 3), "fp32_val_bpb": fp32_bpb,
+                                         "int8_val_bpb": int8_bpb,
                                          "identical_tokens_within_context": same, "model": source}, indent=2))
 
 

@@ -183,6 +183,7 @@ def generate(
     seed: int = typer.Option(0, help="Seed for reproducible sampling (each prompt of a file gets seed + its index)."),
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before this text (repeatable).")] = None,
     stream: bool = typer.Option(True, help="Print tokens as they are sampled."),
+    int8: bool = typer.Option(False, "--int8", help="Weight-only int8: about a quarter of the weight memory."),
     config: ConfigOption = None,
 ):
     """Generate text from a registered model, a run, or a checkpoint folder."""
@@ -200,6 +201,10 @@ def generate(
     prompts = [prompt] if prompt is not None else [
         line for line in prompts_file.read_text().splitlines() if line.strip()]
     gpt, tokenizer = _load_generator(model, cfg)
+    if int8:
+        from model.quantize import quantize_int8
+
+        quantize_int8(gpt)
     for i, text in enumerate(prompts):
         pieces = stream_text(gpt, tokenizer, text, max_new_tokens, temperature, top_k, top_p, seed + i, stop or ())
         if stream:

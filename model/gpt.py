@@ -182,4 +182,7 @@ class GPT(nn.Module):
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; chunked (never the full logits) when `loss_chunk_size` > 0."""
+        if self.loss_chunk_size <= 0:
+            logits = self.lm_head(hidden)
+            return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
         return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size, self.late_head_grad)

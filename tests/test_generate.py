@@ -50,3 +50,25 @@ def test_top_p_keeps_only_the_nucleus(model):
 def test_bad_generation_parameters_are_refused(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(model, torch.tensor([[1]]), 3, **kwargs)
+
+
+def test_int8_weights_are_a_quarter_and_predict_like_fp32():
+    import copy
+
+    from model.quantize import quantize_int8, weight_bytes
+
+    torch.manual_seed(0)
+    fp32 = GPT(GPTConfig(vocab_size=512, block_size=32, n_layer=2, n_head=2, n_embd=64)).eval()
+    int8 = quantize_int8(copy.deepcopy(fp32))
+    assert weight_bytes(int8) <= 0.3 * weight_bytes(fp32)
+    x = torch.randint(0, 512, (2, 32))
+    y = torch.randint(0, 512, (2, 32))
+    with torch.no_grad():
+        assert int8.loss(int8(x), y).item() == pytest.approx(fp32.loss(fp32(x), y).item(), rel=1e-3)
+        # Decoding's few rows take PyTorch's int8 kernel, long inputs the dequantizing path: both agree.
+        short = int8.lm_head(int8(x[:1, :4]))
+        long = int8.lm_head(int8(x[:1]))[:, :4]
+    torch.testing.assert_close(short, long, rtol=1e-4, atol=1e-4)
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate(int8, prompt, 10, temperature=0, use_cache=True),
+                       generate(int8, prompt, 10, temperature=0, use_cache=False))

@@ -1,0 +1,80 @@
+"""Weight-only int8 for inference: every Linear and the (tied) token embedding keep int8 weights with one
+fp32 scale per output row; activations stay in floating point. About a quarter of the fp32 weight memory."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.gpt import GPT
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: weight ≈ q * scale[:, None]."""
+    scale = weight.detach().abs().amax(dim=1).clamp(min=1e-8).float() / 127
+    q = torch.round(weight.detach().float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+# Measured on a 2-core CPU: the int8 kernel takes 1.5 ms for one row of a 8192x256 head, and 5 s for 2048.
+_INT8_KERNEL_MAX_ROWS = 16
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        return cls(*quantize_rows(linear.weight), linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.numel() // shape[-1]
+        if x.device.type == "cpu" and x.dtype == torch.float32 and rows <= _INT8_KERNEL_MAX_ROWS:
+            # PyTorch's int8 weight-only kernel: no dequantized copy of the weight is made. Fast for
+            # decoding's few rows; for long inputs dequantizing once and multiplying is far faster.
+            y = torch._weight_int8pack_mm(x.reshape(rows, shape[-1]).contiguous(), self.q, self.scale)
+            y = y.reshape(*shape[:-1], -1)
+        else:
+            y = F.linear(x, self.q.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+class Int8Embedding(nn.Module):
+    """Rows are dequantized only for the tokens looked up."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.q[idx].float() * self.scale[idx, None]
+
+
+def quantize_int8(model: GPT) -> GPT:
+    """Quantize `model` in place for inference; the tied embedding and head share one int8 table."""
+    model.eval()
+    table = quantize_rows(model.wte.weight)
+    model.wte = Int8Embedding(*table)
+    model.lm_head = Int8Linear(*table)
+    model.loss_chunk_size = 0  # the chunked loss needs a float head weight
+    for block in model.blocks:
+        for parent in (block.attn, block.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, Int8Linear.from_linear(child))
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers, a shared tensor counted once."""
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
