@@ -11,8 +11,8 @@ import torch
 from model.config import MemoryConfig, TrainConfig
 from model.gpt import GPT, GPTConfig
 from model.losses import linear_cross_entropy
-from model.memory import MemoryTracker
-from model.techniques import TechniqueError, apply_to_model, build_optimizer, check
+from model.step import TrainStep
+from model.techniques import TechniqueError, apply_to_model, check
 from model.train import train
 
 CPU = torch.device("cpu")
@@ -147,24 +147,17 @@ def test_bf16_on_this_cpu_warns_when_it_is_slow():
     assert bool(found) != _cpu_has_native_bf16()
 
 
-def tracked_step(**memory) -> dict:
+def tracked_step(**memory):
+    """The memory report of a second training step (optimizer state exists) run by the trainer's TrainStep."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=2048, block_size=64, n_layer=4, n_head=2, n_embd=64))
-    apply_to_model(model, MemoryConfig(**memory))
-    cfg = TrainConfig.model_validate({"grad_clip": 0.0, "memory": memory})
-    opt = build_optimizer(model, cfg, CPU)
-    tracker = MemoryTracker(model, opt, CPU, sample_steps=[1, 2])
-    x, y = torch.randint(0, 2048, (8, 64)), torch.randint(0, 2048, (8, 64))
+    cfg = TrainConfig.model_validate({"batch_size": 8, "grad_clip": 0.0, "memory_sample_steps": [1, 2],
+                                      "memory": memory})
+    train_step = TrainStep(model, cfg, CPU)
+    batch = torch.randint(0, 2048, (8, 64)), torch.randint(0, 2048, (8, 64))
     for step in (1, 2):
-        with tracker.track(step):
-            with tracker.phase("forward"):
-                loss = model.loss(model(x), y)
-            with tracker.phase("backward"):
-                loss.backward()
-            with tracker.phase("optimizer"):
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-    return tracker.last
+        train_step(step, lambda n: batch)
+    return train_step.tracker.last
 
 
 def test_techniques_cut_the_memory_they_target():
