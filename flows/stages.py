@@ -156,6 +156,8 @@ def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
                            on_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step),
                            on_progress=update)
         memory = result.memory
+        if result.warnings:
+            mlflow.set_tag("memlm.warnings", " | ".join(result.warnings))
         mlflow.log_metrics({"train/final_loss": result.train_loss, "val/final_loss": result.val_loss,
                             "train/tokens_per_s_final": result.tokens_per_s, "train/mfu_final": result.mfu})
         reports = dirs["train"]

@@ -45,7 +45,7 @@ class TrainResult:
     memory: dict
     elapsed_s: float
     stopped_early: bool = False
-    extra: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -191,7 +191,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
         memory=memory,
         elapsed_s=round(time.monotonic() - started, 1),
         stopped_early=stopped_early,
-        extra={"peak_flops": peak_flops, "flops_per_token": flops_per_token, "warnings": train_step.warnings},
+        warnings=train_step.warnings,
     )
 
 
