@@ -107,6 +107,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], device, data_rng)
         start_step = state["step"]
+        # Steps after the checkpoint were lost with the interrupted process; they run again.
+        if history_file.exists():
+            kept = [line for line in history_file.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+            history_file.write_text("".join(line + "\n" for line in kept))
     else:
         history_file.unlink(missing_ok=True)
 

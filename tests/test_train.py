@@ -34,13 +34,14 @@ def test_resume_continues_the_same_run(corpus, tmp_path):
     tokens_dir = parts["tokens"].manifest_file.parent
     full = train(config.model, config.train.model_copy(update={"max_steps": 20}), tokens_dir, tmp_path / "full")
 
-    def interrupt_at_step_11(step, total, info):
-        if step == 11:
+    def interrupt_at_step_16(step, total, info):
+        # After step 15 was logged and the checkpoint of step 10 written: steps 11-15 run again.
+        if step == 16:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train(config.model, config.train.model_copy(update={"max_steps": 20}), tokens_dir, tmp_path / "split",
-              on_progress=interrupt_at_step_11)
+              on_progress=interrupt_at_step_16)
     resumed = train(config.model, config.train.model_copy(update={"max_steps": 20}), tokens_dir, tmp_path / "split")
     assert resumed.resumed_from == 10
     a = [r for r in history(full.history_file) if "train/loss" in r]
