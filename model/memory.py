@@ -15,6 +15,8 @@ of the allocation timeline knows where it was. Only sampled steps are tracked: i
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,21 @@ def _top_level_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """PyTorch's profiler backend prints a line to the process's stderr as it starts and as it stops;
+    on every tracked step of a long run that is noise. Silence file descriptor 2 for just those calls."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _mark(text: str) -> None:
     with record_function(_MARK + text):
         pass
@@ -170,10 +187,16 @@ class MemoryTracker:
                 torch.cuda.memory._record_memory_history(max_entries=200_000)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         self._active = True
+        prof = profile(activities=activities, profile_memory=True)
         try:
-            with profile(activities=activities, profile_memory=True) as prof:
+            with _native_stderr_silenced():
+                prof.start()
+            try:
                 yield
                 self._note_model_state()
+            finally:
+                with _native_stderr_silenced():
+                    prof.stop()
             if cuda:
                 torch.cuda.synchronize(self.device)
         finally:
