@@ -59,7 +59,7 @@ def validation_bpb(model, checkpoint: Path) -> float | None:
 def main() -> None:
     import torch
 
-    from model.checkpoint import has_checkpoint, load_gpt
+    from model.checkpoint import has_checkpoint, load_lm
     from model.gpt import GPT, GPTConfig
     from model.quantize import quantize_int8
 
@@ -71,7 +71,7 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     if has_checkpoint(args.checkpoint):
-        model, source = load_gpt(args.checkpoint), str(args.checkpoint)
+        model, source = load_lm(args.checkpoint), str(args.checkpoint)
     else:
         model = GPT(GPTConfig(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256))
         source = "untrained model of the demo's shape (no checkpoint found)"

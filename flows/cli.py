@@ -222,7 +222,7 @@ def _load_generator(reference: str, cfg):
 
     from tokenizers import Tokenizer
 
-    from model.checkpoint import has_checkpoint, load_gpt
+    from model.checkpoint import has_checkpoint, load_lm
 
     folder = Path(reference)
     if folder.is_dir() and has_checkpoint(folder):
@@ -231,7 +231,7 @@ def _load_generator(reference: str, cfg):
         if tokenizer_file is None:
             err.print(f"[red]error:[/] no tokenizer.json beside {folder} or in {cfg.run_dir}/tokens")
             raise typer.Exit(2)
-        return load_gpt(folder), Tokenizer.from_file(str(tokenizer_file))
+        return load_lm(folder), Tokenizer.from_file(str(tokenizer_file))
     uri = f"runs:/{reference}/model" if re.fullmatch(r"[0-9a-f]{32}", reference) else reference
     if not uri.startswith(("models:/", "runs:/")):
         err.print(f"[red]error:[/] {reference!r} is not a checkpoint folder, a models:/ or runs:/ reference, "

@@ -8,14 +8,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from model.gpt import GPT, GPTConfig
+from model.config import ModelConfig
+from model.gpt import GPT, GPTConfig, TiedHeadLM
+from model.rnn import RNNAttentionLM, RNNConfig
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 STATE_FILE = "train_state.pt"
 
 
-def save_checkpoint(directory: Path, model: GPT, train_state: dict | None = None) -> Path:
+def save_checkpoint(directory: Path, model: TiedHeadLM, train_state: dict | None = None) -> Path:
     """Write to a sibling temporary folder, then swap it in, so that a kill never leaves half a checkpoint."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -34,12 +36,29 @@ def save_checkpoint(directory: Path, model: GPT, train_state: dict | None = None
     return directory
 
 
-def load_model_config(directory: Path) -> GPTConfig:
-    return GPTConfig(**json.loads((Path(directory) / CONFIG_FILE).read_text()))
+def config_from_dict(data: dict) -> GPTConfig | RNNConfig:
+    return RNNConfig(**data) if data.get("arch") == "rnn-attention" else GPTConfig(**data)
 
 
-def load_gpt(directory: Path, device: torch.device | str = "cpu") -> GPT:
-    model = GPT(load_model_config(directory))
+def config_for(model_cfg: ModelConfig, vocab_size: int) -> GPTConfig | RNNConfig:
+    """The architecture's own config from the `model:` section and the tokenizer's vocabulary."""
+    if model_cfg.arch == "rnn-attention":
+        return RNNConfig(vocab_size=vocab_size, block_size=model_cfg.block_size, n_layer=model_cfg.n_layer,
+                         n_embd=model_cfg.n_embd, cell=model_cfg.cell, dropout=model_cfg.dropout)
+    return GPTConfig(vocab_size=vocab_size, block_size=model_cfg.block_size, n_layer=model_cfg.n_layer,
+                     n_head=model_cfg.n_head, n_embd=model_cfg.n_embd, dropout=model_cfg.dropout, bias=model_cfg.bias)
+
+
+def build_model(config: GPTConfig | RNNConfig) -> TiedHeadLM:
+    return RNNAttentionLM(config) if isinstance(config, RNNConfig) else GPT(config)
+
+
+def load_model_config(directory: Path) -> GPTConfig | RNNConfig:
+    return config_from_dict(json.loads((Path(directory) / CONFIG_FILE).read_text()))
+
+
+def load_lm(directory: Path, device: torch.device | str = "cpu") -> TiedHeadLM:
+    model = build_model(load_model_config(directory))
     load_model(model, str(Path(directory) / WEIGHTS_FILE), device=str(device))
     return model.to(device)
 

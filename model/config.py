@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal["gpt"] = "gpt"
+    arch: Literal["gpt", "rnn-attention"] = Field(
+        default="gpt", description="gpt, or rnn-attention (recurrent layers with attention over their states)")
+    cell: Literal["relu", "gru", "lstm"] = Field(default="relu", description="rnn-attention: the recurrent cell.")
     n_layer: int = Field(default=4, ge=1)
     n_head: int = Field(default=4, ge=1)
     n_embd: int = Field(default=256, ge=8)
@@ -19,7 +21,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":
-        if self.n_embd % self.n_head:
+        if self.arch == "gpt" and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         return self
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from model.checkpoint import load_gpt
+from model.checkpoint import load_lm
 from model.config import EvalConfig
 from model.data import TokenFile
 from model.generate import generate_text
@@ -52,7 +52,7 @@ def evaluate(checkpoint_dir: Path, tokens_dir: Path, config: EvalConfig, out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((Path(tokens_dir) / "manifest.json").read_text())
     dev = resolve_device(device)
-    model = load_gpt(checkpoint_dir, dev)
+    model = load_lm(checkpoint_dir, dev)
     val = TokenFile(Path(tokens_dir) / "val.bin", model.config.block_size, manifest["dtype"])
     loss, scored = evaluate_loss(model, val, batch_size, dev, config.max_batches)
     split = manifest["splits"]["val"]

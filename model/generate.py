@@ -1,4 +1,5 @@
-"""Sampling from a GPT with a KV cache: each new token costs one position, not the whole prefix."""
+"""Sampling with a cache (the GPT's keys and values, the RNN's states): each new token costs one position,
+not the whole prefix."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -6,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from tokenizers import Tokenizer
 
-from model.gpt import GPT, KVCache
+from model.gpt import TiedHeadLM
 
 EOT = "<|endoftext|>"
 
@@ -23,7 +24,7 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
 
 
 @torch.inference_mode()
-def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def generate_tokens(model: TiedHeadLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None,
                     generator: torch.Generator | None = None, stop_id: int | None = None,
                     use_cache: bool = True) -> Iterator[int]:
@@ -31,16 +32,16 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     was_training = model.training
     model.eval()
-    block = model.config.block_size
-    cache = KVCache(model.config.n_layer) if use_cache else None
-    pending = idx[:, -block:]
+    limit = model.context_limit
+    cache = model.new_cache() if use_cache else None
+    pending = idx if limit is None else idx[:, -limit:]
     try:
         for _ in range(max_new_tokens):
-            if cache is not None and cache.length + pending.size(1) > block:
+            if cache is not None and limit is not None and cache.length + pending.size(1) > limit:
                 # Past the context length: start a fresh cache over the last half block, as cropping would.
-                cache = KVCache(model.config.n_layer)
-                pending = idx[:, -(block // 2):]
-            context = pending if cache is not None else idx[:, -block:]
+                cache = model.new_cache()
+                pending = idx[:, -(limit // 2):]
+            context = pending if cache is not None else (idx if limit is None else idx[:, -limit:])
             logits = model.lm_head(model(context, cache)[:, -1, :]).float()
             next_id = _sample(logits, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_id], dim=1)
@@ -52,7 +53,7 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
         model.train(was_training)
 
 
-def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def generate(model: TiedHeadLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              stop_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
     """The prompt `idx` (1, T) with the sampled tokens appended."""
@@ -78,7 +79,7 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: 
     return torch.multinomial(probs, 1, generator=generator)
 
 
-def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 60,
+def stream_text(model: TiedHeadLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 60,
                 temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None,
                 seed: int | None = 0, stop: list[str] | tuple[str, ...] = ()) -> Iterator[str]:
     """Yield the continuation of `prompt` piece by piece as it is sampled, ending before any stop string."""
@@ -109,7 +110,7 @@ def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: i
         yield text[shown:]
 
 
-def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 60,
+def generate_text(model: TiedHeadLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 60,
                   temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None,
                   seed: int | None = 0, stop: list[str] | tuple[str, ...] = ()) -> str:
     """The prompt followed by its sampled continuation."""

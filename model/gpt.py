@@ -25,6 +25,7 @@ class GPTConfig:
     n_embd: int = 256
     dropout: float = 0.0
     bias: bool = False
+    arch: str = "gpt"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,19 +132,43 @@ class Block(nn.Module):
         return self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
-    def __init__(self, config: GPTConfig):
+class TiedHeadLM(nn.Module):
+    """What every memlm language model shares: a token embedding tied to the output head, and the loss
+    (plain, or chunked so that the full logits never exist)."""
+
+    context_limit: int | None = None  # tokens a model can attend to while decoding (None: no limit)
+
+    def __init__(self, vocab_size: int, n_embd: int):
         super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.loss_chunk_size = 0  # memory techniques: see model/techniques.py
+        self.late_head_grad: LateHeadGrad | None = None
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters, a tied weight once; without position embeddings when `non_embedding`."""
+        n = sum(p.numel() for p in self.parameters())
+        wpe = getattr(self, "wpe", None)
+        return n - wpe.weight.numel() if non_embedding and wpe is not None else n
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy; chunked (never the full logits) when `loss_chunk_size` > 0."""
+        if self.loss_chunk_size <= 0:
+            logits = self.lm_head(hidden)
+            return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size, self.late_head_grad)
+
+
+class GPT(TiedHeadLM):
+    def __init__(self, config: GPTConfig):
+        super().__init__(config.vocab_size, config.n_embd)
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.context_limit = config.block_size
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying
-        self.loss_chunk_size = 0  # memory techniques: see model/techniques.py
-        self.late_head_grad: LateHeadGrad | None = None
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections keeps the residual stream's variance in check.
         for name, p in self.named_parameters():
@@ -159,9 +184,8 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layer)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward and backward), as in the PaLM paper's appendix B."""
@@ -179,10 +203,3 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         return self.ln_f(x)
-
-    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy; chunked (never the full logits) when `loss_chunk_size` > 0."""
-        if self.loss_chunk_size <= 0:
-            logits = self.lm_head(hidden)
-            return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size, self.late_head_grad)

@@ -14,9 +14,9 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from tokenizers import Tokenizer
 
-        from model.checkpoint import load_gpt
+        from model.checkpoint import load_lm
 
-        self.model = load_gpt(Path(context.artifacts["checkpoint"]), "cpu")
+        self.model = load_lm(Path(context.artifacts["checkpoint"]), "cpu")
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
 
     def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:

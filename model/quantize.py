@@ -58,6 +58,8 @@ class Int8Embedding(nn.Module):
 
 def quantize_int8(model: GPT) -> GPT:
     """Quantize `model` in place for inference; the tied embedding and head share one int8 table."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"int8 quantization supports the GPT, not {type(model).__name__}")
     model.eval()
     table = quantize_rows(model.wte.weight)
     model.wte = Int8Embedding(*table)

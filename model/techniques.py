@@ -9,6 +9,8 @@ Refused combinations, each with the reason given to the user:
 - late_head_grad without the chunked loss (loss_chunk_size 0): it postpones that loss's head gradient.
 - fp16-mixed and activation_offload on CPU: they need CUDA.
 - adamw8bit without torchao installed.
+- for rnn-attention: selective checkpointing and mlp_chunks (it has no blocks and no MLP); its full
+  checkpointing recomputes each recurrent layer over chunks of time steps.
 bf16 modes on a CPU without native bf16 run, with a warning (about 10x slower than fp32 here).
 """
 from __future__ import annotations
@@ -20,9 +22,10 @@ import torch
 from torch import nn
 
 from model.config import MemoryConfig, TrainConfig
-from model.gpt import GPT
+from model.gpt import GPT, TiedHeadLM
 from model.losses import LateHeadGrad
 from model.optim import AdamWFP32Math, OptimizerInBackward
+from model.rnn import RNNAttentionLM
 
 
 class TechniqueError(ValueError):
@@ -82,8 +85,34 @@ def _cpu_has_native_bf16() -> bool:
         return False
 
 
-def apply_to_model(model: GPT, mem: MemoryConfig) -> None:
+RNN_CHECKPOINT_CHUNKS = 8
+
+
+def apply_to_model(model: TiedHeadLM, mem: MemoryConfig) -> None:
     """Set the model's activation checkpointing and loss chunking, and its weights' dtype."""
+    if isinstance(model, RNNAttentionLM):
+        _apply_to_rnn(model, mem)
+    else:
+        _apply_to_gpt(model, mem)
+    model.loss_chunk_size = mem.loss_chunk_size
+    if model.late_head_grad is not None:
+        model.late_head_grad.handle.remove()
+    model.late_head_grad = LateHeadGrad(model.lm_head.weight) if mem.late_head_grad else None
+    if mem.precision == "bf16-true":
+        model.to(torch.bfloat16)
+
+
+def _apply_to_rnn(model: RNNAttentionLM, mem: MemoryConfig) -> None:
+    if mem.activation_checkpointing == "selective":
+        raise TechniqueError(
+            "train.memory.activation_checkpointing selective picks GPT blocks or their attention/MLP parts; "
+            "rnn-attention has neither: use full (each recurrent layer recomputed over chunks of time steps)")
+    if mem.mlp_chunks > 1:
+        raise TechniqueError("train.memory.mlp_chunks tiles the GPT's MLP; rnn-attention has none: set it to 1")
+    model.time_chunks = RNN_CHECKPOINT_CHUNKS if mem.activation_checkpointing == "full" else 1
+
+
+def _apply_to_gpt(model: GPT, mem: MemoryConfig) -> None:
     for i, block in enumerate(model.blocks):
         if mem.activation_checkpointing == "full":
             block.checkpoint = "block"
@@ -92,12 +121,6 @@ def apply_to_model(model: GPT, mem: MemoryConfig) -> None:
         else:
             block.checkpoint = "none"
         block.mlp_chunks = mem.mlp_chunks
-    model.loss_chunk_size = mem.loss_chunk_size
-    if model.late_head_grad is not None:
-        model.late_head_grad.handle.remove()
-    model.late_head_grad = LateHeadGrad(model.lm_head.weight) if mem.late_head_grad else None
-    if mem.precision == "bf16-true":
-        model.to(torch.bfloat16)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):

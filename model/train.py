@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import has_checkpoint, load_model_config, load_train_state, save_checkpoint
+from model.checkpoint import (build_model, config_for, has_checkpoint, load_model_config, load_train_state,
+                              save_checkpoint)
 from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
 from model.evaluate import evaluate_loss
-from model.gpt import GPT, GPTConfig
 from model.hardware import matmul_peak_flops, resolve_device
 from model.memory import MemoryTracker
 from model.step import TrainStep
@@ -83,18 +83,18 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(cfg.seed)
 
-    gpt_cfg = GPTConfig(vocab_size=manifest["vocab_size"], **model_cfg.model_dump(exclude={"arch"}))
-    train_tokens = TokenFile(tokens_dir / "train.bin", gpt_cfg.block_size, manifest["dtype"])
-    val_tokens = TokenFile(tokens_dir / "val.bin", gpt_cfg.block_size, manifest["dtype"])
+    arch_cfg = config_for(model_cfg, manifest["vocab_size"])
+    train_tokens = TokenFile(tokens_dir / "train.bin", arch_cfg.block_size, manifest["dtype"])
+    val_tokens = TokenFile(tokens_dir / "val.bin", arch_cfg.block_size, manifest["dtype"])
 
-    model = GPT(gpt_cfg).to(device)
+    model = build_model(arch_cfg).to(device)
     train_step = TrainStep(model, cfg, device, snapshot_path=out_dir / "cuda_memory_snapshot.pickle")
     optimizer, tracker = train_step.optimizer, train_step.tracker
     ckpt_dir = out_dir / CHECKPOINT_DIR
     history_file = out_dir / HISTORY_FILE
     start_step, state = 0, None
     if cfg.resume and has_checkpoint(ckpt_dir):
-        if load_model_config(ckpt_dir) != gpt_cfg:
+        if load_model_config(ckpt_dir) != arch_cfg:
             raise ValueError(
                 f"the checkpoint in {ckpt_dir} is for another model shape; "
                 "delete it or set train.resume: false to start over"
@@ -117,7 +117,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
 
     peak_flops = matmul_peak_flops(device)
     flops_per_token = model.flops_per_token()
-    tokens_per_step = cfg.batch_size * gpt_cfg.block_size
+    tokens_per_step = cfg.batch_size * arch_cfg.block_size
 
     def validate() -> float:
         return evaluate_loss(model, val_tokens, cfg.batch_size, device, cfg.eval_batches)[0]

@@ -1,0 +1,81 @@
+"""The article's model: recurrent layers with attention over their states, trained by the same trainer."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from model.config import MemoryConfig, ModelConfig, TrainConfig
+from model.generate import generate
+from model.rnn import RNNAttentionLM, RNNConfig
+from model.techniques import TechniqueError, apply_to_model
+from model.train import train
+
+
+@pytest.mark.parametrize("cell", ["relu", "gru", "lstm"])
+def test_cached_and_uncached_greedy_decoding_agree(cell):
+    torch.manual_seed(0)
+    model = RNNAttentionLM(RNNConfig(vocab_size=97, n_layer=2, n_embd=32, cell=cell)).eval()
+    prompt = torch.tensor([[5, 17, 42, 8]])
+    cached = generate(model, prompt, 30, temperature=0, use_cache=True)
+    plain = generate(model, prompt, 30, temperature=0, use_cache=False)
+    assert torch.equal(cached, plain)
+
+
+def test_attention_is_causal_and_matches_the_running_form():
+    torch.manual_seed(0)
+    model = RNNAttentionLM(RNNConfig(vocab_size=50, n_layer=1, n_embd=16)).eval()
+    x = torch.randint(0, 50, (2, 12))
+    full = model(x)
+    changed = x.clone()
+    changed[:, 8:] = 0
+    assert torch.allclose(model(changed)[:, :8], full[:, :8], atol=1e-6)  # the future does not leak back
+    cache = model.new_cache()
+    steps = torch.cat([model(x[:, :5], cache), model(x[:, 5:9], cache), model(x[:, 9:], cache)], dim=1)
+    torch.testing.assert_close(steps, full, rtol=1e-5, atol=1e-5)
+
+
+def run(corpus, tmp_path, **memory):
+    config, parts = corpus
+    model_cfg = ModelConfig(arch="rnn-attention", n_layer=2, n_embd=32, block_size=32)
+    cfg = TrainConfig.model_validate({**config.train.model_dump(), "max_steps": 25, "eval_interval": 25,
+                                      "grad_clip": 0.0 if memory.get("optimizer_in_backward") else 1.0,
+                                      "memory": memory})
+    return train(model_cfg, cfg, parts["tokens"].manifest_file.parent, tmp_path)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("memory", [
+    {}, {"activation_checkpointing": "full"}, {"loss_chunk_size": 64, "late_head_grad": True},
+    {"micro_batch_size": 4}, {"optimizer_in_backward": True}, {"precision": "bf16-mixed"},
+], ids=["plain", "checkpointing", "chunked-loss", "accumulation", "opt-in-backward", "bf16-mixed"])
+def test_rnn_trains_under_each_switch_that_applies(corpus, tmp_path, memory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run(corpus, tmp_path, **memory)
+    losses = [json.loads(line)["train/loss"] for line in open(result.history_file) if "train/loss" in line]
+    assert sum(losses[-2:]) / 2 < 0.85 * losses[0], losses
+    assert result.val_loss < result.val_loss_start
+
+
+@pytest.mark.parametrize("memory, message", [
+    ({"activation_checkpointing": "selective"}, "rnn-attention has neither"),
+    ({"mlp_chunks": 2}, "rnn-attention has none"),
+])
+def test_switches_that_do_not_apply_say_so(memory, message):
+    model = RNNAttentionLM(RNNConfig(vocab_size=50, n_layer=1, n_embd=16))
+    with pytest.raises(TechniqueError, match=message):
+        apply_to_model(model, MemoryConfig(**memory))
+
+
+@pytest.mark.integration
+def test_rnn_checkpoint_loads_and_generates(corpus, tmp_path):
+    from model.checkpoint import load_lm
+
+    result = run(corpus, tmp_path)
+    model = load_lm(result.checkpoint_dir)
+    assert isinstance(model, RNNAttentionLM)
+    out = generate(model, torch.tensor([[1, 2, 3]]), 5, temperature=0)
+    assert out.shape == (1, 8)
