@@ -1,5 +1,5 @@
-"""Generation benchmark: tokens/s and peak memory for 256 new tokens, with and without the KV cache, and
-with int8 weights (and their validation bits per byte beside fp32's).
+"""Generation benchmark: tokens/s and peak memory for 256 new tokens, with and without the KV cache, with
+int8 weights (and their validation bits per byte beside fp32's), and for the recurrent model.
 
     python bench/generate.py [--checkpoint runs/demo/train/checkpoint] [--new-tokens 256] [--json out.json]
 
@@ -62,9 +62,12 @@ def main() -> None:
     from model.checkpoint import has_checkpoint, load_lm
     from model.gpt import GPT, GPTConfig
     from model.quantize import quantize_int8
+    from model.rnn import RNNAttentionLM, RNNConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs/demo/train/checkpoint")
+    parser.add_argument("--rnn-checkpoint", type=Path, default=ROOT / "runs/demo-rnn/train/checkpoint",
+                        help="a trained rnn-attention checkpoint (default: an untrained one of the GPT's size)")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -84,6 +87,14 @@ def main() -> None:
     quantized = quantize_int8(copy.deepcopy(model))
     rows.append({"name": "gpt-kv-cache-int8", **measure(quantized, prompt, args.new_tokens, True)})
     int8_bpb = validation_bpb(quantized, args.checkpoint)
+    rows[-1].pop("tokens")
+    if has_checkpoint(args.rnn_checkpoint):
+        rnn = load_lm(args.rnn_checkpoint)
+    else:
+        # Speed and memory do not depend on the weights: an untrained model of about the GPT's size.
+        rnn = RNNAttentionLM(RNNConfig(vocab_size=model.config.vocab_size, n_layer=2, n_embd=456))
+    rnn.eval()
+    rows.append({"name": "rnn-attention-state", **measure(rnn, prompt, args.new_tokens, True)})
     rows[-1].pop("tokens")
     # Within the context both decode the same tokens; past it the cache restarts over half a block
     # while recomputation slides the window, so the sequences may part there.

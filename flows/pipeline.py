@@ -74,7 +74,7 @@ def headline(outcomes: list[StageOutcome]) -> dict:
     return {
         "pages crawled": crawl.get("pages"),
         "documents kept": clean.get("docs_out"),
-        "train / val tokens": f"{splits.get('train', {}).get('tokens', '?')} / {splits.get('val', {}).get('tokens', '?')}",
+        "train / val tokens": (f"{splits['train']['tokens']} / {splits['val']['tokens']}" if splits else None),
         "parameters": train.get("n_params"),
         "steps": train.get("steps"),
         "val loss start → end": (f"{train['val_loss_start']:.3f} → {train['val_loss']:.3f}"
