@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import (build_model, config_for, has_checkpoint, load_model_config, load_train_state,
-                              save_checkpoint)
+from model.arch import build_model, config_for
+from model.checkpoint import has_checkpoint, load_model_config, load_train_state, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
 from model.evaluate import evaluate_loss
