@@ -42,8 +42,12 @@ def load_model_config(directory: Path) -> GPTConfig | RNNConfig:
 
 def load_lm(directory: Path, device: torch.device | str = "cpu") -> TiedHeadLM:
     model = build_model(load_model_config(directory))
-    load_model(model, str(Path(directory) / WEIGHTS_FILE), device=str(device))
+    load_weights(model, directory, device)
     return model.to(device)
+
+
+def load_weights(model: TiedHeadLM, directory: Path, device: torch.device | str = "cpu") -> None:
+    load_model(model, str(Path(directory) / WEIGHTS_FILE), device=str(device))
 
 
 def load_train_state(directory: Path) -> dict | None:

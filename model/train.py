@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from model.arch import build_model, config_for
-from model.checkpoint import has_checkpoint, load_model_config, load_train_state, save_checkpoint
+from model.checkpoint import has_checkpoint, load_model_config, load_train_state, load_weights, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
 from model.evaluate import evaluate_loss
@@ -99,9 +99,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
                 f"the checkpoint in {ckpt_dir} is for another model shape; "
                 "delete it or set train.resume: false to start over"
             )
-        from safetensors.torch import load_model
-
-        load_model(model, str(ckpt_dir / "model.safetensors"), device=str(device))
+        load_weights(model, ckpt_dir, device)
         state = load_train_state(ckpt_dir)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
