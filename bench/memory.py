@@ -7,6 +7,7 @@ memlm's MemoryTracker over steps 2 and 3 (live tensor bytes), its speed from the
 
     python bench/memory.py                      # every default row, table on stdout
     python bench/memory.py --rows memlm-baseline,hf-gpt2 --steps 10 --json out.json
+    python bench/memory.py --precision bf16-mixed   # on a GPU: every row under bf16 autocast
 
 Data: the demo corpus (runs/demo/split/train.jsonl) re-tokenized to a 16384-token BPE when it exists,
 else a synthetic Zipf-Markov token stream (said in the output).
@@ -43,6 +44,9 @@ ROWS: dict[str, dict] = {
     "memlm-opt-in-backward": {"impl": "memlm", "memory": {**PLAIN, "optimizer_in_backward": True}},
     "memlm-bf16-mixed": {"impl": "memlm", "memory": {**PLAIN, "precision": "bf16-mixed"}, "default": False},
     "memlm-adamw8bit": {"impl": "memlm", "memory": {**PLAIN, "optimizer": "adamw8bit"}, "default": False},
+    # CUDA only: fp16 needs its gradient scaler, offload moves saved activations to pinned host memory.
+    "memlm-fp16-mixed": {"impl": "memlm", "memory": {**PLAIN, "precision": "fp16-mixed"}, "default": False},
+    "memlm-offload": {"impl": "memlm", "memory": {**PLAIN, "activation_offload": True}, "default": False},
     "memlm-tiled-mlp": {"impl": "memlm", "memory": {**PLAIN, "activation_checkpointing": "full", "mlp_chunks": 4}},
     "memlm-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW},
     "memlm-best-any": {"impl": "memlm", "memory": {**BEST_ADAMW, "optimizer": "adafactor"}, "lr": 3e-2},
@@ -98,7 +102,7 @@ def hf_model(checkpointing: bool):
     return model
 
 
-def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: float) -> dict:
+def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: float, precision: str) -> dict:
     import torch
 
     from model.config import TrainConfig
@@ -116,10 +120,11 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
     data_rng = torch.Generator().manual_seed(0)
     batch = REFERENCE["batch_size"]
     lr = spec.get("lr", LR)
+    memory = {"precision": precision, **spec.get("memory", {})}
     train_cfg = TrainConfig.model_validate({
         "batch_size": batch, "max_steps": steps, "lr": lr, "min_lr": lr / 10, "warmup_steps": WARMUP,
         "grad_clip": 0.0, "memory_sample_steps": [2, 3], "memory_sample_every": 10**9,
-        "memory": spec.get("memory", {}),
+        "memory": memory,
     })
 
     def next_batch(n: int):
@@ -144,12 +149,16 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         n_params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
         flops_per_token = 6 * n_params + 12 * REFERENCE["n_layer"] * REFERENCE["n_embd"] * REFERENCE["block_size"]
 
+        if precision not in ("fp32", "bf16-mixed"):
+            raise SystemExit(f"the Hugging Face rows run fp32 or bf16-mixed, not {precision}")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
         def step(i: int) -> float:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(i, train_cfg)
             with tracker.track(i):
                 x, _ = next_batch(batch)
-                with tracker.phase("forward"):
+                with tracker.phase("forward"), autocast:
                     loss = model(input_ids=x, labels=x).loss
                 with tracker.phase("backward"):
                     loss.backward()
@@ -181,21 +190,28 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         "steps": steps,
         "matmul_peak_gflops": round(peak_flops / 1e9, 1),
         "median_step_s": round(statistics.median(step_times), 4),
-        "device": str(device),
-        "memory": spec.get("memory"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cuda_max_allocated_mib": (round(peak.cuda_max_allocated / 2**20, 1)
+                                   if peak.cuda_max_allocated is not None else None),
+        "memory": memory if spec["impl"] == "memlm" else None,
+        "precision": memory["precision"],
         "lr": lr,
     }
 
 
-def measure_peak_flops(threads: int) -> float:
-    """Measured once for the whole run, so that every row's MFU has the same yardstick."""
+def measure_peak_flops(threads: int, precision: str) -> float:
+    """Measured once for the whole run, in the precision the rows compute in, so that every row's
+    MFU has the same yardstick."""
     import torch
 
     from model.hardware import matmul_peak_flops
 
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return matmul_peak_flops(device, seconds=0.5, rounds=6)
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16 if "bf16" in precision else torch.float16
+    # A GPU reaches its peak only on large products; 1024 is already large for two CPU cores.
+    size = 8192 if device.type == "cuda" else 1024
+    return matmul_peak_flops(device, dtype=dtype, size=size, seconds=0.5, rounds=6)
 
 
 def print_table(rows: list[dict], data_note: str) -> None:
@@ -223,6 +239,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15, help="optimizer steps per row (>= 6)")
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"],
+                        help="train.memory.precision for every row that does not set its own")
     parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/split/train.jsonl",
                         help="documents (JSONL with a text field) to tokenize for the benchmark")
     parser.add_argument("--row-worker", help=argparse.SUPPRESS)
@@ -230,29 +248,31 @@ def main() -> None:
     parser.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row_worker:
-        print(json.dumps(run_row(args.row_worker, args.steps, args.data_file, args.threads, args.peak_flops)))
+        print(json.dumps(run_row(args.row_worker, args.steps, args.data_file, args.threads, args.peak_flops,
+                                 args.precision)))
         return
     names = args.rows.split(",") if args.rows else [n for n, s in ROWS.items() if s.get("default", True)]
     unknown = [n for n in names if n not in ROWS]
     if unknown or args.steps < 6:
         parser.error(f"unknown rows: {', '.join(unknown)}" if unknown else "--steps must be at least 6")
     data_file, data_note = prepare_data(ROOT / "runs/bench", args.data)
-    peak_flops = measure_peak_flops(args.threads)
-    print(f"matrix-multiply peak: {peak_flops / 1e9:.1f} GFLOP/s (the MFU yardstick for every row)", file=sys.stderr)
+    peak_flops = measure_peak_flops(args.threads, args.precision)
+    print(f"{args.precision} matrix-multiply peak: {peak_flops / 1e9:.1f} GFLOP/s (the MFU yardstick for every row)", file=sys.stderr)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--row-worker", name, "--steps", str(args.steps),
-               "--data-file", str(data_file), "--threads", str(args.threads), "--peak-flops", str(peak_flops)]
+               "--data-file", str(data_file), "--threads", str(args.threads), "--peak-flops", str(peak_flops),
+               "--precision", args.precision]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         if done.returncode != 0:
             rows.append({"name": name, "impl": ROWS[name]["impl"], "error": done.stderr.strip().splitlines()[-1]})
         else:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"{name}: {json.dumps(rows[-1])}", file=sys.stderr)
+        if args.json:  # after every row, so that a run cut short keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=2))
     print_table(rows, data_note)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,9 @@ class MemoryReport:
         }
 
 
+_UNOWNED_BLOCKS = -1  # a key no real storage pointer can take
+
+
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     storage = t.untyped_storage()
     return storage.data_ptr(), storage.nbytes()
@@ -127,6 +130,9 @@ class MemoryTracker:
         self.model = model
         self.optimizer = optimizer
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # Tensors say cuda:0, and torch.device("cuda") != torch.device("cuda:0").
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.sample_steps = set(sample_steps)
         self.sample_every = sample_every
         self.snapshot_path = snapshot_path
@@ -232,6 +238,13 @@ class MemoryTracker:
             if t.device == self.device and t.numel():
                 ptr, nbytes = _storage_key(t)
                 live.setdefault(ptr, (nbytes, category))
+        if self.device.type == "cuda":
+            # The caching allocator also holds blocks no model tensor owns (cuBLAS workspaces, the last
+            # batch) and rounds every block up: count that difference as temporaries, so that the
+            # replay starts where torch.cuda.memory_allocated stands.
+            unowned = torch.cuda.memory_allocated(self.device) - sum(n for n, _ in live.values())
+            if unowned > 0:
+                live[_UNOWNED_BLOCKS] = (unowned, "temporaries")
         return live
 
     def _note_model_state(self) -> None:
