@@ -34,6 +34,7 @@ class CrawlConfig(BaseModel):
     )
     max_pages: int = Field(default=600, ge=1, description="Stop after storing this many HTML pages.")
     max_depth: int = Field(default=8, ge=0, description="Link depth limit from the start URLs (0: no limit).")
+    max_redirects: int = Field(default=10, ge=0, description="A longer redirect chain (or a loop) is recorded, not followed.")
     obey_robots: bool = True
     download_maxsize_mb: float = Field(default=8.0, gt=0, description="Responses larger than this are skipped.")
     download_timeout_s: float = Field(default=20.0, gt=0)

@@ -1,4 +1,4 @@
-"""The page store: one JSONL record per HTML page, and the crawl manifest written at the end."""
+"""Item pipeline: pages go to the spider's page store; the crawl manifest is written at the end."""
 from __future__ import annotations
 
 import hashlib
@@ -7,15 +7,9 @@ from pathlib import Path
 
 from scrapy.exceptions import DropItem
 
-PAGES_FILE = "pages.jsonl"
-MANIFEST_FILE = "manifest.json"
+from crawlers.store import FAILURES_FILE, MANIFEST_FILE, PAGES_FILE
 
-# Scrapy's own stats that explain pages the crawl did not store.
-_SCRAPY_SKIP_STATS = {
-    "robotstxt/forbidden": "robots_disallowed",
-    "offsite/filtered": "offsite",
-    "retry/max_reached": "retries_exhausted",
-}
+__all__ = ["PageStorePipeline", "content_digest", "MANIFEST_FILE", "PAGES_FILE"]
 
 
 def content_digest(pages: list[tuple[str, str]]) -> str:
@@ -29,57 +23,44 @@ def content_digest(pages: list[tuple[str, str]]) -> str:
 class PageStorePipeline:
     def __init__(self, crawler):
         self.crawler = crawler
-        self.out_dir = Path(crawler.settings.get("MEMLM_OUT_DIR"))
         self.max_pages = crawler.settings.getint("MEMLM_MAX_PAGES")
-        self.pages: list[tuple[str, str]] = []
-        self.stored_urls: set[str] = set()
-        self.by_status: dict[str, int] = {}
-        self._file = None
 
     @classmethod
     def from_crawler(cls, crawler):
         return cls(crawler)
 
-    def open_spider(self):
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.out_dir / PAGES_FILE, "w", encoding="utf-8")
+    @property
+    def store(self):
+        return self.crawler.spider.store
 
     def process_item(self, item):
-        if item["final_url"] in self.stored_urls:
-            # Two links that redirect to one page: store it once.
-            self.crawler.stats.inc_value("memlm/skipped/duplicate_url")
-            raise DropItem("page already stored")
-        if len(self.pages) >= self.max_pages:
-            self.crawler.stats.inc_value("memlm/skipped/max_pages")
+        if len(self.store.pages) >= self.max_pages:
+            self.crawler.stats.inc_value("memlm/not_stored/max_pages")
             raise DropItem("page limit reached")
-        self.stored_urls.add(item["final_url"])
-        self._file.write(json.dumps(item, ensure_ascii=False) + "\n")
-        self._file.flush()
-        self.pages.append((item["final_url"], item["sha256"]))
-        self.by_status[str(item["status"])] = self.by_status.get(str(item["status"]), 0) + 1
+        if not self.store.add_page(item):
+            # Two URLs that redirect to one page: store it once.
+            self.crawler.stats.inc_value("memlm/not_stored/duplicate_url")
+            raise DropItem("page already stored")
         return {k: v for k, v in item.items() if k != "html"}
 
     def close_spider(self):
-        self._file.close()
+        store = self.store
+        store.close()
         stats = self.crawler.stats.get_stats()
-        skipped = {
-            key.removeprefix("memlm/skipped/"): value
-            for key, value in stats.items()
-            if key.startswith("memlm/skipped/")
-        }
-        for key, reason in _SCRAPY_SKIP_STATS.items():
-            if stats.get(key):
-                skipped[reason] = stats[key]
-        responses = {
-            key.rsplit("/", 1)[1]: value
-            for key, value in stats.items()
-            if key.startswith("downloader/response_status_count/")
-        }
+        # Links not followed (URL patterns, depth) and pages not stored (limit, duplicates): counts only.
+        not_taken = {key.rsplit("/", 1)[1]: value for key, value in stats.items()
+                     if key.startswith(("memlm/not_followed/", "memlm/not_stored/"))}
+        responses = {key.rsplit("/", 1)[1]: value for key, value in stats.items()
+                     if key.startswith("downloader/response_status_count/")}
         manifest = {
-            "pages": len(self.pages),
-            "pages_by_status": self.by_status,
+            "pages": len(store.pages),
+            "resumed_with_pages": store.resumed_pages,
+            "pages_by_status": dict(store.by_status),
             "responses_by_status": responses,
-            "skipped": skipped,
-            "content_digest": content_digest(self.pages),
+            "skipped": {**store.failure_counts(), **not_taken},
+            "failures_file": FAILURES_FILE,
+            "retries": stats.get("retry/count", 0),
+            "content_digest": content_digest(store.pages),
+            "finish_reason": stats.get("finish_reason"),
         }
-        (self.out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        (Path(store.out_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crawlers.config import CrawlConfig
-from crawlers.pipelines import MANIFEST_FILE, PAGES_FILE
+from crawlers.store import MANIFEST_FILE, PAGES_FILE, complete_records
 from crawlers.site_server import serve_site
 
 ProgressCallback = Callable[[int, int], None]
@@ -29,7 +29,10 @@ class CrawlError(RuntimeError):
 
 
 def crawl(config: CrawlConfig, out_dir: Path, on_progress: ProgressCallback | None = None) -> CrawlResult:
-    """Crawl the configured site into `out_dir/pages.jsonl` and `out_dir/manifest.json`."""
+    """Crawl the configured site into `out_dir/pages.jsonl` and `out_dir/manifest.json`.
+
+    A page store without a manifest is a crawl that was stopped (even by SIGKILL): it is resumed, keeping
+    its pages and fetching only what they link to that is not stored yet."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.start_urls:
@@ -48,12 +51,14 @@ def crawl(config: CrawlConfig, out_dir: Path, on_progress: ProgressCallback | No
 def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
                 on_progress: ProgressCallback | None) -> CrawlResult:
     pages_file, manifest_file, log_file = out_dir / PAGES_FILE, out_dir / MANIFEST_FILE, out_dir / "scrapy.log"
+    resume = pages_file.exists() and not manifest_file.exists()
+    stored = sum(1 for _ in complete_records(pages_file)) if resume else 0
     manifest_file.unlink(missing_ok=True)
     settings = {
         "MEMLM_OUT_DIR": str(out_dir.resolve()),
         "MEMLM_MAX_PAGES": config.max_pages,
-        "CLOSESPIDER_ITEMCOUNT": config.max_pages,
-        "DEPTH_LIMIT": config.max_depth,
+        "CLOSESPIDER_ITEMCOUNT": max(config.max_pages - stored, 1),
+        "REDIRECT_MAX_TIMES": config.max_redirects,
         "ROBOTSTXT_OBEY": config.obey_robots,
         "DOWNLOAD_MAXSIZE": int(config.download_maxsize_mb * 1024 * 1024),
         "DOWNLOAD_TIMEOUT": config.download_timeout_s,
@@ -67,6 +72,8 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
         "allowed_domains": json.dumps(config.allowed_domains),
         "allow": json.dumps(config.allow),
         "deny": json.dumps(config.deny),
+        "max_depth": str(config.max_depth),
+        "resume": "1" if resume else "0",
     }
     cmd = [sys.executable, "-m", "scrapy", "crawl", "site"]
     for key, value in args.items():
@@ -86,6 +93,7 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
         raise CrawlError(f"scrapy exited with code {proc.returncode}; log: {log_file}\n{tail}")
     manifest = json.loads(manifest_file.read_text())
     manifest["start_urls"] = start_urls
+    manifest["resumed"] = resume
     manifest["elapsed_s"] = round(time.monotonic() - started, 1)
     manifest_file.write_text(json.dumps(manifest, indent=2))
     if on_progress:
