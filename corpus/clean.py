@@ -1,4 +1,10 @@
-"""Clean stage: main-content extraction with BeautifulSoup, then spaCy sentences, tokens and quality filters."""
+"""Clean stage: the crawl's pages to documents, through named steps that each count what they drop.
+
+Pass 1 (worker processes): main-content extraction and language. Between the passes the parent finds
+each site's boilerplate (lines on a large share of its pages). Pass 2 (worker processes): language
+filter, boilerplate and C4 line removal, PII scrubbing, Gopher quality, Gopher repetition and FineWeb
+quality filters, spaCy sentences and tokens, MinHash signatures. The parent then drops exact and near
+duplicates in page order and writes the documents and the report."""
 from __future__ import annotations
 
 import contextlib
@@ -6,38 +12,29 @@ import hashlib
 import json
 import multiprocessing
 import os
-import re
 import time
-import unicodedata
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bs4 import BeautifulSoup, NavigableString, Tag
-from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
-from w3lib.url import canonicalize_url
-
+from crawlers.urls import canonical_url, host_of
 from corpus.config import CleanConfig
+from corpus.extract import Block, extract, extract_page
+from corpus.filters import Doc, c4_lines, fineweb_quality, gopher_quality, gopher_repetition, remove_lines
 from corpus.jsonl import read_jsonl
+from corpus.language import page_language
+from corpus.near_dedup import NearDuplicateIndex, signature
+from corpus.pii import scrub
+
+__all__ = ["CleanResult", "clean", "extract", "clean_page"]
 
 DOCS_FILE = "docs.jsonl"
 REPORT_FILE = "report.json"
-
-MAIN_SELECTORS = ("main", "article", "[role=main]")
-DROP_TAGS = ("script", "style", "noscript", "template", "nav", "header", "footer", "aside", "form",
-             "button", "select", "iframe", "svg", "canvas")
-DROP_ROLES = ("navigation", "search", "banner", "contentinfo", "complementary")
-# Class or id words that mark page furniture rather than content.
-FURNITURE = re.compile(
-    r"(?:^|[-_\s])(side-?bar\w*|sphinxsidebar\w*|nav|navbar|navigation|menu|breadcrumbs?|footer|related|"
-    r"cookie\w*|banner|share|social|skip-?link|headerlink|toc|switcher\w*)(?:$|[-_\s])",
-    re.I,
-)
-HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
-BLOCKS = {"p", "div", "section", "article", "main", "ul", "ol", "li", "dl", "dt", "dd", "table", "tr",
-          "td", "th", "blockquote", "figure", "figcaption", "hr", "caption", "details", "summary", "body"}
-SKIPPED_STRINGS = (Comment, Declaration, Doctype, ProcessingInstruction)
+EXTRACTED_FILE = "extracted.jsonl"
+EXAMPLES_PER_STEP = 5
+# Leakage: an output line that occurs on more than this share of its site's pages is boilerplate.
+LEAKAGE_SHARE = 0.5
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -49,182 +46,212 @@ class CleanResult:
     report: dict
 
 
-def main_content(soup: BeautifulSoup) -> Tag:
-    for selector in MAIN_SELECTORS:
-        found = soup.select_one(selector)
-        if found is not None:
-            return found
-    return soup.body or soup
+@dataclass
+class Cleaned:
+    """What pass 2 made of one page; the parent settles duplicates, in page order."""
+
+    url: str
+    lang: str
+    dropped_by: str | None = None
+    detail: str = ""
+    record: dict | None = None
+    dedup_key: str | None = None
+    signature: object = None
+    line_keys: list[bytes] = field(default_factory=list)
+    lines_removed: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    pii: Counter = field(default_factory=Counter)
 
 
-def strip_furniture(root: Tag) -> None:
-    for tag in root.find_all(DROP_TAGS):
-        tag.decompose()
-    for tag in root.find_all(attrs={"role": DROP_ROLES}):
-        tag.decompose()
-    for tag in root.find_all(True):
-        if tag.decomposed or tag.attrs is None:
-            continue
-        marks = " ".join(tag.get("class") or []) + " " + (tag.get("id") or "")
-        if marks.strip() and FURNITURE.search(marks):
-            tag.decompose()
+def line_key(host: str, line: str) -> bytes:
+    normalized = " ".join(line.casefold().split())
+    return hashlib.blake2b(f"{host}\0{normalized}".encode(), digest_size=8).digest()
 
 
-def render_text(root: Tag) -> str:
-    """Headings, paragraphs, list items and table cells as lines; code blocks verbatim."""
-    lines: list[str] = []
-    inline: list[str] = []
-
-    def flush(prefix: str = "") -> None:
-        text = " ".join("".join(inline).split())
-        inline.clear()
-        if text:
-            lines.append(prefix + text)
-
-    def walk(node: Tag) -> None:
-        for child in node.children:
-            if isinstance(child, NavigableString):
-                if not isinstance(child, SKIPPED_STRINGS):
-                    inline.append(str(child))
-                continue
-            name = child.name
-            if name == "pre":
-                flush()
-                code = "\n".join(line.rstrip() for line in child.get_text().strip("\n").splitlines())
-                if code.strip():
-                    lines.append(code)
-            elif name == "br":
-                inline.append(" ")
-            elif name in HEADINGS:
-                flush()
-                walk(child)
-                flush("#" * HEADINGS[name] + " ")
-            elif name in BLOCKS:
-                flush()
-                walk(child)
-                flush("- " if name == "li" else "")
-            else:
-                walk(child)
-
-    walk(root)
-    flush()
-    return unicodedata.normalize("NFC", "\n".join(lines))
+# ------------------------------------------------------------------------------------------ pass 1
+def extract_record(page: dict, config: CleanConfig) -> dict:
+    url = canonical_url(page.get("final_url") or page["url"])
+    extracted = extract_page(page["html"])
+    prose = "\n".join(b.text for b in extracted.blocks if b.is_prose)
+    lang, decided = page_language(extracted.lang, prose, config.languages)
+    return {"url": url, "host": host_of(url), "title": extracted.title, "lang": lang, "lang_decided": decided,
+            "blocks": [[b.kind, b.text] for b in extracted.blocks]}
 
 
-def extract(html: str) -> tuple[str, str]:
-    """(title, main text) of an HTML page."""
-    soup = BeautifulSoup(html, "lxml")
-    title = " ".join(soup.title.get_text().split()) if soup.title else ""
-    root = main_content(soup)
-    strip_furniture(root)
-    return unicodedata.normalize("NFC", title), render_text(root)
+# ------------------------------------------------------------------------------------------ pass 2
+def text_steps(record: dict, config: CleanConfig, boilerplate: frozenset[bytes] = frozenset()) -> tuple[Doc, Cleaned]:
+    """Every step of pass 2 up to spaCy, for one extracted page."""
+    doc = Doc(record["url"], record["host"], record["title"], record["lang"],
+              [Block(kind, text) for kind, text in record["blocks"]])
+    result = Cleaned(doc.url, doc.lang)
+    keep = config.languages.keep
+    if keep and doc.lang not in keep:
+        result.dropped_by, result.detail = "language", f"{doc.lang} ({record.get('lang_decided', '')})"
+        return doc, result
+    cfg = config.for_language(doc.lang)
+    if boilerplate:
+        result.lines_removed["boilerplate"] = remove_lines(doc, boilerplate, line_key)
+    if cfg.c4_lines.enabled:
+        n, examples, reason = c4_lines(doc, cfg.c4_lines)
+        result.lines_removed["c4_lines"] = (n, examples)
+        if reason:
+            result.dropped_by, result.detail = "c4_lines", reason
+            return doc, result
+    if cfg.pii.enabled:
+        blocks = []
+        for block in doc.blocks:
+            text, counts = scrub(block.text, cfg.pii)
+            result.pii.update(counts)
+            blocks.append(Block(block.kind, text))
+        doc.blocks = blocks
+    text = doc.text
+    if not text.strip():
+        result.dropped_by = "empty"
+        return doc, result
+    if len(text) > cfg.max_chars:
+        result.dropped_by, result.detail = "max_chars", f"{len(text)} characters > {cfg.max_chars}"
+        return doc, result
+    for name, step, section in (("gopher_quality", gopher_quality, cfg.gopher_quality),
+                                ("gopher_repetition", gopher_repetition, cfg.gopher_repetition),
+                                ("fineweb_quality", fineweb_quality, cfg.fineweb_quality)):
+        if section.enabled and (reason := step(doc, section)):
+            result.dropped_by, result.detail = name, reason
+            return doc, result
+    result.dedup_key = hashlib.sha256(" ".join(text.casefold().split()).encode()).hexdigest()
+    if cfg.near_dedup.enabled:
+        result.signature = signature(text, doc.lang, cfg.near_dedup)
+    result.line_keys = [line_key(doc.host, line) for line in doc.prose_lines()]
+    return doc, result
 
 
-def dedup_key(text: str) -> str:
-    return hashlib.sha256(" ".join(text.casefold().split()).encode()).hexdigest()
+def clean_page(html: str, url: str, config: CleanConfig) -> Cleaned:
+    """Both passes for one page on its own (no site boilerplate, no spaCy): what a page alone comes to."""
+    record = extract_record({"url": url, "html": html}, config)
+    return text_steps(record, config)[1]
 
 
-def spacy_pipeline_name(config: CleanConfig) -> str:
+_worker: dict = {}
+
+
+def _start_worker(config: CleanConfig, boilerplate: frozenset[bytes] = frozenset()) -> None:
+    _worker.update(config=config, boilerplate=boilerplate, nlp={})
+
+
+def _nlp(lang: str):
+    """spaCy for `lang`: the configured trained pipeline if installed, else spacy.blank + sentencizer."""
+    cache, config = _worker["nlp"], _worker["config"]
+    if lang not in cache:
+        cache[lang] = load_nlp(lang, config)
+    return cache[lang]
+
+
+def spacy_pipeline_name(lang: str, config: CleanConfig) -> str:
     import spacy
 
-    if config.spacy_model and spacy.util.is_package(config.spacy_model):
+    keep = config.languages.keep
+    if config.spacy_model and keep and lang == keep[0] and spacy.util.is_package(config.spacy_model):
         return config.spacy_model
-    name = f"blank:{config.language}"
-    return name + (f" ({config.spacy_model} is not installed)" if config.spacy_model else "")
+    return f"blank:{lang}"
 
 
-def load_nlp(config: CleanConfig):
-    """A trained spaCy pipeline if the config names an installed one, else `spacy.blank` + sentencizer."""
+def load_nlp(lang: str, config: CleanConfig):
     import spacy
 
-    if config.spacy_model and spacy.util.is_package(config.spacy_model):
-        nlp = spacy.load(config.spacy_model, exclude=["ner", "lemmatizer", "textcat"])
+    name = spacy_pipeline_name(lang, config)
+    if name.startswith("blank:"):
+        try:
+            nlp = spacy.blank(lang)
+        except ImportError:  # a language spaCy has no class for
+            nlp = spacy.blank("xx")
     else:
-        nlp = spacy.blank(config.language)
+        nlp = spacy.load(name, exclude=["ner", "lemmatizer", "textcat"])
     if not {"sentencizer", "parser", "senter"} & set(nlp.pipe_names):
         nlp.add_pipe("sentencizer")
     nlp.max_length = max(nlp.max_length, config.max_chars + 1)
     return nlp
 
 
-def quality_failure(doc, config: CleanConfig) -> tuple[str | None, dict]:
-    """The first quality filter a spaCy Doc fails (None when it passes), and its statistics."""
-    tokens = [t for t in doc if not t.is_space]
-    words = [t for t in tokens if not t.is_punct]
-    alpha = sum(t.is_alpha for t in tokens)
-    stats = {
-        "n_words": len(words),
-        "n_sentences": sum(1 for _ in doc.sents),
-        "alpha_ratio": round(alpha / len(tokens), 4) if tokens else 0.0,
-        "n_stop_words": sum(t.is_stop for t in words),
-    }
-    if stats["n_words"] < config.min_words:
-        return "min_words", stats
-    if stats["alpha_ratio"] < config.min_alpha_ratio:
-        return "min_alpha_ratio", stats
-    if stats["n_stop_words"] < config.min_stop_words:
-        return "min_stop_words", stats
-    return None, stats
-
-
-@dataclass
-class _Cleaned:
-    """What a worker found for one page; the parent settles duplicates, in page order."""
-
-    url: str
-    reason: str | None
-    dedup_key: str | None = None
-    record: dict | None = None
-
-
-_worker: dict = {}
-
-
-def _start_worker(config: CleanConfig) -> None:
-    _worker["config"] = config
-    _worker["nlp"] = load_nlp(config)
-
-
-def _clean_chunk(pages: list[dict]) -> list[_Cleaned]:
-    """Extract and filter a chunk of pages (in a worker process, or inline with one worker)."""
-    config, nlp = _worker["config"], _worker["nlp"]
-    results: list[_Cleaned] = []
-    to_parse: list[tuple[str, dict]] = []
+def _extract_chunk(pages: list[dict]) -> list[dict]:
+    out = []
     for page in pages:
-        title, text = extract(page["html"])
-        url = canonicalize_url(page.get("final_url") or page["url"])
-        if not text.strip():
-            results.append(_Cleaned(url, "empty"))
-        elif len(text) > config.max_chars:
-            results.append(_Cleaned(url, "max_chars"))
-        else:
-            item = _Cleaned(url, None, dedup_key(text))
-            results.append(item)
-            to_parse.append((text, {"item": item, "title": title}))
-    for doc, meta in nlp.pipe(to_parse, as_tuples=True, batch_size=config.batch_size):
-        item = meta["item"]
-        item.reason, stats = quality_failure(doc, config)
-        if item.reason is None:
-            item.record = {
-                "id": hashlib.sha256(item.url.encode()).hexdigest()[:16],
-                "url": item.url,
-                "title": meta["title"],
-                "text": doc.text,
-                "text_sha256": hashlib.sha256(doc.text.encode()).hexdigest(),
-                **stats,
+        try:
+            out.append(extract_record(page, _worker["config"]))
+        except Exception as e:  # noqa: BLE001 - one unparseable page must not stop the stage
+            out.append({"url": page.get("final_url") or page.get("url", "?"), "error": f"{type(e).__name__}: {e}"})
+    return out
+
+
+def _filter_chunk(records: list[dict]) -> list[Cleaned]:
+    config, boilerplate = _worker["config"], _worker["boilerplate"]
+    results: list[Cleaned] = []
+    survivors: dict[str, list[tuple[Doc, Cleaned]]] = defaultdict(list)
+    for record in records:
+        if "error" in record:
+            results.append(Cleaned(record["url"], "?", "unparseable", record["error"]))
+            continue
+        doc, result = text_steps(record, config, boilerplate)
+        results.append(result)
+        if result.dropped_by is None:
+            survivors[doc.lang].append((doc, result))
+    for lang, items in survivors.items():
+        texts = [doc.text for doc, _ in items]
+        for (doc, result), parsed in zip(items, _nlp(lang).pipe(texts, batch_size=config.batch_size)):
+            n_words = sum(1 for t in parsed if not (t.is_space or t.is_punct))
+            result.record = {
+                "id": hashlib.sha256(doc.url.encode()).hexdigest()[:16],
+                "url": doc.url,
+                "title": doc.title,
+                "lang": lang,
+                "text": parsed.text,
+                "text_sha256": hashlib.sha256(parsed.text.encode()).hexdigest(),
+                "n_words": n_words,
+                "n_sentences": sum(1 for _ in parsed.sents),
             }
     return results
 
 
-def _chunks(pages: Iterator[dict], size: int) -> Iterator[list[dict]]:
+def _chunks(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
     chunk: list[dict] = []
-    for page in pages:
-        chunk.append(page)
+    for item in items:
+        chunk.append(item)
         if len(chunk) == size:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
+
+
+@contextlib.contextmanager
+def _mapper(workers: int, initargs: tuple) -> Iterator[Callable]:
+    """imap over a pool of `workers` spawned processes, or map in this process for one worker."""
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers, _start_worker, initargs) as pool:
+            yield pool.imap
+    else:
+        _start_worker(*initargs)
+        yield map
+
+
+class _Report:
+    """Counts and examples gathered as results come back."""
+
+    def __init__(self):
+        self.dropped: Counter[str] = Counter()
+        self.examples: dict[str, list[dict]] = defaultdict(list)
+        self.lines_removed: Counter[str] = Counter()
+        self.line_examples: dict[str, list[str]] = defaultdict(list)
+        self.pii: Counter[str] = Counter()
+        self.languages: Counter[str] = Counter()
+        self.languages_out: Counter[str] = Counter()
+
+    def drop(self, step: str, url: str, detail: str = "") -> None:
+        self.dropped[step] += 1
+        if len(self.examples[step]) < EXAMPLES_PER_STEP:
+            self.examples[step].append({"url": url, **({"detail": detail} if detail else {})})
+
+    def lines(self, step: str, n: int, examples: list[str]) -> None:
+        self.lines_removed[step] += n
+        room = EXAMPLES_PER_STEP - len(self.line_examples[step])
+        self.line_examples[step].extend(e[:200] for e in examples[:max(room, 0)])
 
 
 def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
@@ -236,54 +263,152 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = config.workers or os.cpu_count() or 1
-    dropped: Counter[str] = Counter()
-    examples: dict[str, list[str]] = {}
-    seen: set[str] = set()
-    totals = Counter()
+    total = sum(1 for _ in read_jsonl(pages_file))
+    progress = on_progress or (lambda done, total: None)
+    report = _Report()
+
+    # Pass 1: extraction and language; each site's line counts for its boilerplate.
+    extracted_file = out_dir / EXTRACTED_FILE
+    host_pages: Counter[str] = Counter()
+    line_pages: dict[str, Counter[bytes]] = defaultdict(Counter)
+    line_text: dict[bytes, str] = {}
     pages_in = 0
-    chunks = _chunks(read_jsonl(pages_file), config.batch_size)
-    tmp_file = out_dir / (DOCS_FILE + ".tmp")
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            pool = stack.enter_context(
-                multiprocessing.get_context("spawn").Pool(workers, _start_worker, (config,)))
-            results = pool.imap(_clean_chunk, chunks)
-        else:
-            _start_worker(config)
-            results = map(_clean_chunk, chunks)
-        out = stack.enter_context(open(tmp_file, "w", encoding="utf-8"))
-        for chunk in results:
-            for item in chunk:
+    with _mapper(workers, (config,)) as imap, open(extracted_file, "w", encoding="utf-8") as out:
+        for chunk in imap(_extract_chunk, _chunks(read_jsonl(pages_file), config.batch_size)):
+            for record in chunk:
                 pages_in += 1
-                reason = item.reason
-                # Exact duplicates are settled here, in page order, before the quality filters count.
-                if item.dedup_key is not None:
-                    if item.dedup_key in seen:
-                        reason = "duplicate"
-                    seen.add(item.dedup_key)
-                if reason:
-                    dropped[reason] += 1
-                    if len(examples.setdefault(reason, [])) < 5:
-                        examples[reason].append(item.url)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if "error" in record:
+                    continue
+                report.languages[record["lang"]] += 1
+                host_pages[record["host"]] += 1
+                keys = {}
+                for kind, text in record["blocks"]:
+                    if kind != "code":
+                        for line in text.split("\n"):
+                            keys.setdefault(line_key(record["host"], line), line)
+                line_pages[record["host"]].update(keys.keys())
+                for key, line in keys.items():
+                    line_text.setdefault(key, line)
+            progress(pages_in, 2 * total)
+    extract_s = time.monotonic() - started
+
+    boilerplate, top_boilerplate = _site_boilerplate(config, host_pages, line_pages, line_text)
+    leakage_before = _leakage(
+        ((r["host"], [line_key(r["host"], line) for kind, text in r["blocks"] if kind != "code"
+                      for line in text.split("\n") if line.strip()])
+         for r in read_jsonl(extracted_file) if "error" not in r),
+        host_pages, line_pages, config.boilerplate.min_pages)
+
+    # Pass 2: the filters, spaCy and signatures; duplicates settled here in page order.
+    seen: set[str] = set()
+    near = NearDuplicateIndex(config.near_dedup) if config.near_dedup.enabled else None
+    totals: Counter[str] = Counter()
+    kept_lines: list[tuple[str, list[bytes]]] = []
+    done = 0
+    tmp_file = out_dir / (DOCS_FILE + ".tmp")
+    with _mapper(workers, (config, boilerplate)) as imap, open(tmp_file, "w", encoding="utf-8") as out:
+        for chunk in imap(_filter_chunk, _chunks(read_jsonl(extracted_file), config.batch_size)):
+            for item in chunk:
+                done += 1
+                for step, (n, examples) in item.lines_removed.items():
+                    report.lines(step, n, examples)
+                report.pii.update(item.pii)
+                if item.dropped_by:
+                    report.drop(item.dropped_by, item.url, item.detail)
+                    continue
+                if item.dedup_key in seen:
+                    report.drop("duplicate", item.url)
+                    continue
+                seen.add(item.dedup_key)
+                if near is not None and (kept := near.add(item.url, item.signature)):
+                    report.drop("near_duplicate", item.url, f"like {kept}")
                     continue
                 out.write(json.dumps(item.record, ensure_ascii=False) + "\n")
+                report.languages_out[item.lang] += 1
+                kept_lines.append((host_of(item.url), item.line_keys))
                 totals.update(docs=1, chars=len(item.record["text"]), words=item.record["n_words"],
                               sentences=item.record["n_sentences"])
-            if on_progress:
-                on_progress(pages_in, None)
+            progress(total + done, 2 * total)
     tmp_file.replace(out_dir / DOCS_FILE)
-    report = {
+
+    summary = {
         "pages_in": pages_in,
         "docs_out": totals["docs"],
-        "dropped": dict(dropped),
-        "dropped_examples": examples,
+        "dropped": dict(report.dropped),
+        "dropped_examples": dict(report.examples),
+        "lines_removed": dict(report.lines_removed),
+        "lines_removed_examples": {k: v for k, v in report.line_examples.items() if v},
+        "languages_in": dict(report.languages),
+        "languages_out": dict(report.languages_out),
+        "pii_replaced": dict(report.pii),
+        "near_duplicates": {"dropped": report.dropped.get("near_duplicate", 0),
+                            "clusters": [{"kept": k, "duplicates": v} for k, v in (near.clusters if near else {}).items()][:50]},
+        "boilerplate": {"sites": sum(1 for n in host_pages.values() if n >= config.boilerplate.min_pages),
+                        "distinct_lines": len(boilerplate), "top": top_boilerplate},
+        "leakage": {"before": leakage_before, "after": _leakage(kept_lines, host_pages, line_pages, config.boilerplate.min_pages),
+                    "definition": f"share of lines on more than {LEAKAGE_SHARE:.0%} of their site's pages"},
         "chars_out": totals["chars"],
         "words_out": totals["words"],
         "sentences_out": totals["sentences"],
-        "spacy_pipeline": spacy_pipeline_name(config),
+        "spacy_pipelines": {lang: spacy_pipeline_name(lang, config) for lang in report.languages_out},
         "workers": workers,
-        "filters": config.model_dump(),
+        "extract_s": round(extract_s, 1),
         "elapsed_s": round(time.monotonic() - started, 1),
+        "config": config.model_dump(mode="json"),
     }
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
-    return CleanResult(out_dir / DOCS_FILE, out_dir / REPORT_FILE, report)
+    (out_dir / REPORT_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    return CleanResult(out_dir / DOCS_FILE, out_dir / REPORT_FILE, summary)
+
+
+def _site_boilerplate(config: CleanConfig, host_pages: Counter, line_pages: dict, line_text: dict
+                      ) -> tuple[frozenset[bytes], list[dict]]:
+    """Line keys to remove, and the most widespread of them for the report."""
+    cfg = config.boilerplate
+    if not cfg.enabled:
+        return frozenset(), []
+    found: list[tuple[float, bytes]] = []
+    for host, counts in line_pages.items():
+        pages = host_pages[host]
+        if pages < cfg.min_pages:
+            continue
+        found += [(n / pages, key) for key, n in counts.items() if n >= 2 and n >= cfg.min_share * pages]
+    found.sort(reverse=True)
+    top = [{"line": line_text[key][:120], "share_of_pages": round(share, 3)} for share, key in found[:15]]
+    return frozenset(key for _, key in found), top
+
+
+def _leakage(pages: Iterable[tuple[str, list[bytes]]], host_pages: Counter, line_pages: dict,
+             min_pages: int) -> float:
+    """Share of the lines of `pages` that occur on more than half of their site's crawled pages (sites
+    of at least `min_pages` pages: on a site of one page every line is on all of them)."""
+    lines = leaked = 0
+    for host, keys in pages:
+        if host_pages[host] < min_pages:
+            continue
+        limit = LEAKAGE_SHARE * host_pages[host]
+        counts = line_pages[host]
+        lines += len(keys)
+        leaked += sum(counts[k] > limit for k in keys)
+    return round(leaked / lines, 5) if lines else 0.0
+
+
+def report_rows(report: dict) -> list[dict]:
+    """The cleaning report as table rows (step, what it removed, an example), in pipeline order."""
+    rows = [{"step": "language", "removed": f"{report['dropped'].get('language', 0)} pages",
+             "example": f"kept {report['languages_out']} of {report['languages_in']}"}]
+    for step, n in report["lines_removed"].items():
+        examples = report["lines_removed_examples"].get(step) or [""]
+        rows.append({"step": step, "removed": f"{n} lines", "example": examples[0][:80]})
+    rows += [{"step": f"pii: {kind}", "removed": f"{n} replaced", "example": ""}
+             for kind, n in report["pii_replaced"].items()]
+    for step, n in report["dropped"].items():
+        if step == "language":
+            continue
+        first = (report["dropped_examples"].get(step) or [{}])[0]
+        example = " — ".join(filter(None, [first.get("url", ""), first.get("detail", "")]))
+        rows.append({"step": step, "removed": f"{n} pages", "example": example[:120]})
+    leakage = report["leakage"]
+    rows.append({"step": "boilerplate leakage", "removed": f"{leakage['before']:.2%} → {leakage['after']:.2%}",
+                 "example": leakage["definition"]})
+    return rows

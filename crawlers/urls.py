@@ -45,17 +45,17 @@ def page_links(html: str | bytes, page_url: str) -> Iterator[str]:
     base = page_url
     for href in root.xpath("//base/@href")[:1]:
         base = urljoin(page_url, href.strip())
-    seen: set[str] = set()
+    seen_hrefs: set[str] = set()
+    found: set[str] = set()
     for href in root.xpath("//a/@href | //area/@href"):
         href = href.strip()
-        if not href or href.startswith("#") or href.lower().startswith(SKIPPED_SCHEMES):
+        if not href or href.startswith("#") or href in seen_hrefs or href.lower().startswith(SKIPPED_SCHEMES):
             continue
-        if href in seen:
-            continue
-        seen.add(href)
+        seen_hrefs.add(href)
         url = urljoin(base, href)
-        if url.startswith(("http://", "https://")):
-            yield canonical_url(url)
+        if url.startswith(("http://", "https://")) and (url := canonical_url(url)) not in found:
+            found.add(url)
+            yield url
 
 
 def host_of(url: str) -> str:

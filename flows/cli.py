@@ -65,6 +65,21 @@ def _print_outcomes(outcomes) -> None:
         if value is not None:
             figures.add_row(name, str(value))
     console.print(figures)
+    clean = next((o.summary for o in outcomes if o.name == "clean" and "lines_removed" in o.summary), None)
+    if clean:
+        from corpus.clean import report_rows
+
+        table = Table(title="cleaning steps")
+        for col in ("step", "removed", "example"):
+            table.add_column(col)
+        for row in report_rows(clean):
+            table.add_row(row["step"], row["removed"], row["example"])
+        console.print(table)
+    crawl = next((o.summary for o in outcomes if o.name == "crawl"), None)
+    if crawl and crawl.get("skipped"):
+        console.print("crawl: no page from " + ", ".join(f"{n} ({reason})" for reason, n in
+                                                       sorted(crawl["skipped"].items(), key=lambda kv: -kv[1]))
+                      + f"; each URL in {crawl.get('failures_file', 'failures.jsonl')}", highlight=False)
     modules = next((o.details.get("memory", {}).get("modules") for o in outcomes if o.name == "train"), None)
     if modules:
         table = Table(title="memory by module (tracked step)")

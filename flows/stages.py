@@ -84,10 +84,17 @@ def clean_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
     key = input_key(crawl_manifest["content_digest"], config.clean.model_dump())
 
     def work() -> dict:
-        with progress_bar("clean", crawl_manifest["pages"]) as update:
-            result = clean(dirs["crawl"] / "pages.jsonl", dirs["clean"], config.clean,
-                           lambda done, _: update(done, crawl_manifest["pages"]))
+        with progress_bar("clean", 2 * crawl_manifest["pages"]) as update:
+            result = clean(dirs["crawl"] / "pages.jsonl", dirs["clean"], config.clean, update)
+        from prefect.artifacts import create_table_artifact
+
+        from corpus.clean import report_rows
         from corpus.jsonl import file_sha256
+
+        create_table_artifact(key=f"memlm-{config.name}-clean".lower().replace("_", "-"),
+                              table=report_rows(result.report),
+                              description=f"What each cleaning step removed: {result.report['pages_in']} pages in, "
+                                          f"{result.report['docs_out']} documents out")
 
         return {**result.report, "docs_sha256": file_sha256(result.docs_file)}
 

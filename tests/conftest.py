@@ -36,7 +36,7 @@ def small_config(tmp_path, site_url: str, **overrides) -> MemlmConfig:
         "name": "test",
         "run_dir": str(tmp_path / "run"),
         "crawl": {"start_urls": [site_url + "index.html"], "max_pages": 50, "site_dir": None},
-        "clean": {"min_words": 20},
+        "clean": {"gopher_quality": {"min_words": 20}},
         "split": {"val_fraction": 0.3},
         "tokenize": {"vocab_size": 400},
         "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},

@@ -35,20 +35,29 @@ def test_extract_falls_back_to_body_and_normalizes_unicode():
 
 
 @pytest.mark.integration
-def test_clean_drops_short_and_duplicate_pages_and_counts_each_filter(corpus, crawled):
+def test_clean_runs_every_step_and_counts_what_each_dropped(corpus, crawled):
     _, parts = corpus
     report = parts["clean"].report
     docs = list(read_jsonl(parts["clean"].docs_file))
     urls = {d["url"].rsplit("/", 1)[1] for d in docs}
-    assert "short.html" not in urls
+    assert "short.html" not in urls and "deutsch.html" not in urls
     assert len({"lists.html", "copy-of-lists.html"} & urls) == 1
-    assert report["dropped"] == {"duplicate": 1, "min_words": 1}
+    assert len({"strings.html", "near-copy-of-strings.html"} & urls) == 1
+    assert report["dropped"] == {"duplicate": 1, "near_duplicate": 1, "gopher_quality": 1, "language": 1}
+    assert report["dropped_examples"]["language"][0]["detail"].startswith("de")
+    assert report["languages_in"] == {"en": report["pages_in"] - 1, "de": 1}
     assert report["pages_in"] == crawled.manifest["pages"]
-    assert report["docs_out"] == len(docs) == report["pages_in"] - 2
-    assert report["spacy_pipeline"] == "blank:en"
+    assert report["docs_out"] == len(docs) == report["pages_in"] - 4
+    assert report["spacy_pipelines"] == {"en": "blank:en"}
+    # The boilerplate line inside every page's content is found by counting it across the site.
+    assert report["lines_removed"]["boilerplate"] >= 15
+    assert report["leakage"]["before"] > 0.05 and report["leakage"]["after"] <= 0.01
+    assert report["pii_replaced"] == {"email": 1, "phone": 1, "ip": 1, "card": 1, "secret": 1}
+    contact = next(d["text"] for d in docs if d["url"].endswith("contact.html"))
+    assert "<EMAIL>" in contact and "example-corp" not in contact and "4111" not in contact
     for doc in docs:
-        assert doc["n_sentences"] >= 3 and doc["n_words"] >= 20
-        assert not any(marker in doc["text"] for marker in FURNITURE)
+        assert doc["n_sentences"] >= 3 and doc["n_words"] >= 20 and doc["lang"] == "en"
+        assert not any(marker in doc["text"] for marker in (*FURNITURE, "BOILERTOKEN"))
 
 
 def test_split_is_stable_when_pages_are_added(tmp_path):
