@@ -27,7 +27,7 @@ from corpus.language import page_language
 from corpus.near_dedup import NearDuplicateIndex, signature
 from corpus.pii import scrub
 
-__all__ = ["CleanResult", "clean", "extract", "clean_page"]
+__all__ = ["CleanError", "CleanResult", "clean", "clean_page", "extract", "report_rows"]
 
 DOCS_FILE = "docs.jsonl"
 REPORT_FILE = "report.json"
@@ -358,7 +358,25 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
         "config": config.model_dump(mode="json"),
     }
     (out_dir / REPORT_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    if pages_in and not totals["docs"]:
+        raise CleanError(_nothing_kept_message(summary, out_dir / REPORT_FILE))
     return CleanResult(out_dir / DOCS_FILE, out_dir / REPORT_FILE, summary)
+
+
+class CleanError(RuntimeError):
+    pass
+
+
+def _nothing_kept_message(summary: dict, report_file: Path) -> str:
+    steps = sorted(summary["dropped"].items(), key=lambda kv: -kv[1])
+    parts = []
+    for step, n in steps[:3]:
+        example = (summary["dropped_examples"].get(step) or [{}])[0]
+        parts.append(f"{step} {n} (e.g. {example.get('url', '?')}: {example.get('detail', '')})")
+    step = steps[0][0] if steps else "language"
+    setting = "clean.languages.keep" if step == "language" else f"clean.{step}"
+    return (f"cleaning kept none of the {summary['pages_in']} pages: {'; '.join(parts)}. "
+            f"Loosen {setting} in the config (see {report_file} for every step's counts).")
 
 
 def _site_boilerplate(config: CleanConfig, host_pages: Counter, line_pages: dict, line_text: dict

@@ -105,10 +105,15 @@ class NearDedupConfig(Strict):
     shingle_words: int = Field(default=5, ge=1, description="Words per shingle (characters for Chinese/Japanese).")
 
 
-# Word statistics do not carry over to scripts without spaces: a "word" there is one character.
+# Word statistics do not carry over to scripts without spaces: a "word" there is one character, so
+# counts are in characters and an n-gram of words becomes one of about twice as many characters.
 CJK_OVERRIDES = {"gopher_quality": {"min_mean_word_length": None, "max_mean_word_length": None, "min_words": 100,
                                     "min_alpha_word_share": 0.5},
-                 "fineweb_quality": {"short_line_chars": 12}}
+                 "gopher_repetition": {"max_top_ngram_char_share": {4: 0.2, 6: 0.18, 8: 0.16},
+                                       "max_dup_ngram_char_share": {10: 0.35, 12: 0.33, 14: 0.31, 16: 0.29,
+                                                                    18: 0.27, 20: 0.25}},
+                 "fineweb_quality": {"short_line_chars": 12},
+                 "near_dedup": {"shingle_words": 10}}
 
 
 class CleanConfig(Strict):

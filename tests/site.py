@@ -88,3 +88,40 @@ def build_site(root: Path, topics: list[str] = TOPICS) -> dict[str, list[str]]:
     stored = ["index.html", "about.html", "short.html", "contact.html", "deutsch.html", *pages]
     stored += (["copy-of-lists.html"] if lists_html else []) + (["near-copy-of-strings.html"] if strings_html else [])
     return {"stored": sorted(stored), "forbidden": ["private/secret.html"]}
+
+
+ZH_SUBJECTS = ["列表", "这个函数", "每个模块", "标准库", "生成器", "程序员", "解释器", "字典", "这个对象", "异常",
+               "编译器", "循环语句", "测试框架", "类的实例", "迭代器", "装饰器", "命令行工具", "网络请求", "数据库连接",
+               "配置文件"]
+ZH_VERBS = ["返回", "保存", "创建", "读取", "修改", "包含", "抛出", "调用", "描述", "使用", "检查", "打印", "删除",
+            "排序", "合并", "比较", "复制", "转换", "记录", "忽略"]
+ZH_OBJECTS = ["一个新的值", "整个序列", "一条错误信息", "第一个元素", "一张小表", "当前的状态", "每一个元素",
+              "调用的结果", "数据的副本", "这个文件", "用户的输入", "所有的键", "一段文本", "网络上的数据", "临时目录",
+              "最后一行", "两个参数", "一个空列表", "日志消息", "缓存的内容"]
+ZH_TAILS = ["在需要的时候", "为了用户", "用同样的方式", "在代码块的末尾", "非常小心地", "在使用之前", "正如例子所示",
+            "在大多数程序中", "不需要复制", "在默认情况下", "在程序启动时", "每隔一秒", "在测试里", "出错以后",
+            "按照文档", "在后台", "一次又一次地", "在循环结束前", "为了安全", "在关闭之前"]
+ZH_TOPICS = ["列表", "字典", "字符串", "函数", "类", "模块", "异常", "文件", "迭代器", "生成器"]
+
+
+def build_chinese_site(root: Path) -> list[str]:
+    """A small Chinese documentation site (lang="zh-CN", UTF-8, one page in GBK); returns its page paths."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(11)
+
+    def zh_prose(sentences: int) -> str:
+        return "".join(f"{rng.choice(ZH_SUBJECTS)}{rng.choice(ZH_TAILS)}{rng.choice(ZH_VERBS)}{rng.choice(ZH_OBJECTS)}。"
+                       for _ in range(sentences))
+
+    names = [f"topic{i}.html" for i in range(len(ZH_TOPICS))]
+    links = [f"/{n}" for n in names]
+    for i, (name, topic) in enumerate(zip(names, ZH_TOPICS)):
+        body = "".join(f"<p>{zh_prose(6)}</p>" for _ in range(4)) + f"<pre>x = {i}\nprint(x)</pre>"
+        html = page(f"使用{topic}", body, links).replace("lang='en'", "lang='zh-CN'")
+        if i == 1:  # one page in GBK, declared only in its meta tag
+            (root / name).write_bytes(html.replace("charset='utf-8'", "charset='gbk'").encode("gbk", errors="xmlcharrefreplace"))
+        else:
+            (root / name).write_text(html, encoding="utf-8")
+    index = page("中文文档", "".join(f"<p>{zh_prose(8)}</p>" for _ in range(3)), links)
+    (root / "index.html").write_text(index.replace("lang='en'", "lang='zh-CN'"), encoding="utf-8")
+    return ["index.html", *names]

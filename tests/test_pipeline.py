@@ -164,3 +164,44 @@ def test_mlflow_serves_the_registered_model_over_http(pipeline_run, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_clean_report_is_a_prefect_table_artifact(pipeline_run):
+    import json
+
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("memlm-test-clean")
+    assert artifact is not None and artifact.type == "table"
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    steps = {row["step"] for row in rows}
+    assert {"language", "boilerplate", "near_duplicate", "duplicate", "boilerplate leakage"} <= steps
+
+
+def test_a_chinese_site_goes_from_crawl_to_a_model_that_writes_chinese(prefect_harness, tmp_path):
+    import re
+
+    from crawlers.site_server import serve_site
+    from flows.pipeline import pipeline_flow
+    from model.checkpoint import load_lm
+    from model.generate import generate_text
+    from tests.conftest import small_config
+    from tests.site import build_chinese_site
+
+    pages = build_chinese_site(tmp_path / "site")
+    with serve_site(tmp_path / "site") as url:
+        config = small_config(tmp_path, url, name="zh", clean={"languages": {"keep": ["zh"]}},
+                              evaluate={"prompts": ["列表"], "max_new_tokens": 12},
+                              tokenize={"vocab_size": 1500}, train={"max_steps": 150, "lr": 0.01})
+        outcomes = {o.name: o for o in pipeline_flow(config=config)}
+    clean = outcomes["clean"].summary
+    assert clean["languages_in"] == {"zh": len(pages)} and clean["docs_out"] >= len(pages) - 1
+    assert clean["spacy_pipelines"] == {"zh": "blank:zh"}
+    train = outcomes["train"].summary
+    assert train["val_loss"] < train["val_loss_start"]
+    from tokenizers import Tokenizer
+
+    model = load_lm(tmp_path / "run" / "train" / "checkpoint")
+    tokenizer = Tokenizer.from_file(str(tmp_path / "run" / "tokens" / "tokenizer.json"))
+    text = generate_text(model, tokenizer, "列表", max_new_tokens=30, temperature=0.8, top_k=40, seed=0)
+    assert len(re.findall(r"[\u4e00-\u9fff]", text.removeprefix("列表"))) >= 5, text
