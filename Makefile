@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test site ui bench clean-runs
+.PHONY: install demo test site ui up down deploy bench bench-data clean-runs
 
 $(BIN)/memlm: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,9 +38,21 @@ test: install
 ui: install
 	$(BIN)/memlm ui --config $(CONFIG)
 
+up: install
+	$(BIN)/memlm up --config $(CONFIG)
+
+down: install
+	$(BIN)/memlm down --config $(CONFIG)
+
+deploy: install
+	$(BIN)/memlm deploy --config $(CONFIG)
+
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/memory.py --json runs/bench/memory.json
 
+bench-data: install site
+	$(BIN)/python bench/data.py --json runs/bench/data.json
+
 clean-runs:
-	rm -rf runs mlflow/mlflow.db mlflow/artifacts
+	rm -rf runs mlflow/mlflow.db mlflow/artifacts .memlm

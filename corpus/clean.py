@@ -73,8 +73,24 @@ def extract_record(page: dict, config: CleanConfig) -> dict:
     extracted = extract_page(page["html"])
     prose = "\n".join(b.text for b in extracted.blocks if b.is_prose)
     lang, decided = page_language(extracted.lang, prose, config.languages)
-    return {"url": url, "host": host_of(url), "title": extracted.title, "lang": lang, "lang_decided": decided,
+    return {"url": url, "host": host_of(url), "sha256": page.get("sha256"), "extract_key": extract_key(config),
+            "title": extracted.title, "lang": lang, "lang_decided": decided,
             "blocks": [[b.kind, b.text] for b in extracted.blocks]}
+
+
+def extract_key(config: CleanConfig) -> str:
+    """What pass 1's output depends on besides the page: a page with the same bytes and key is reused."""
+    return hashlib.sha256(json.dumps(["extract-v1", config.languages.model_dump()], sort_keys=True).encode()
+                          ).hexdigest()[:16]
+
+
+def _previous_extractions(extracted_file: Path, config: CleanConfig) -> dict[str, dict]:
+    """Pass 1's records from the last clean, by page sha256 (when made with the same settings)."""
+    key = extract_key(config)
+    if not extracted_file.exists():
+        return {}
+    return {r["sha256"]: r for r in read_jsonl(extracted_file)
+            if r.get("sha256") and r.get("extract_key") == key and "error" not in r}
 
 
 # ------------------------------------------------------------------------------------------ pass 2
@@ -173,6 +189,9 @@ def load_nlp(lang: str, config: CleanConfig):
 def _extract_chunk(pages: list[dict]) -> list[dict]:
     out = []
     for page in pages:
+        if page.get("reuse"):
+            out.append(page)
+            continue
         try:
             out.append(extract_record(page, _worker["config"]))
         except Exception as e:  # noqa: BLE001 - one unparseable page must not stop the stage
@@ -267,16 +286,31 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
     progress = on_progress or (lambda done, total: None)
     report = _Report()
 
-    # Pass 1: extraction and language; each site's line counts for its boilerplate.
+    # Pass 1: extraction and language (reused for pages whose bytes did not change since the last
+    # clean); each site's line counts for its boilerplate.
     extracted_file = out_dir / EXTRACTED_FILE
+    previous = _previous_extractions(extracted_file, config)
+
+    def pages() -> Iterator[dict]:
+        for page in read_jsonl(pages_file):
+            if page.get("sha256") in previous:  # the worker is sent the page's name, not its HTML
+                yield {"reuse": True, "sha256": page["sha256"], "url": page.get("final_url") or page["url"]}
+            else:
+                yield page
+
     host_pages: Counter[str] = Counter()
     line_pages: dict[str, Counter[bytes]] = defaultdict(Counter)
     line_text: dict[bytes, str] = {}
-    pages_in = 0
-    with _mapper(workers, (config,)) as imap, open(extracted_file, "w", encoding="utf-8") as out:
-        for chunk in imap(_extract_chunk, _chunks(read_jsonl(pages_file), config.batch_size)):
+    pages_in = reused = 0
+    tmp_extracted = out_dir / (EXTRACTED_FILE + ".tmp")
+    with _mapper(workers, (config,)) as imap, open(tmp_extracted, "w", encoding="utf-8") as out:
+        for chunk in imap(_extract_chunk, _chunks(pages(), config.batch_size)):
             for record in chunk:
                 pages_in += 1
+                if record.get("reuse"):
+                    url = canonical_url(record["url"])
+                    record = {**previous[record["sha256"]], "url": url, "host": host_of(url)}
+                    reused += 1
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 if "error" in record:
                     continue
@@ -291,6 +325,7 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
                 for key, line in keys.items():
                     line_text.setdefault(key, line)
             progress(pages_in, 2 * total)
+    tmp_extracted.replace(extracted_file)
     extract_s = time.monotonic() - started
 
     boilerplate, top_boilerplate = _site_boilerplate(config, host_pages, line_pages, line_text)
@@ -334,6 +369,7 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
 
     summary = {
         "pages_in": pages_in,
+        "pages_extracted_again": pages_in - reused,
         "docs_out": totals["docs"],
         "dropped": dict(report.dropped),
         "dropped_examples": dict(report.examples),

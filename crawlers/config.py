@@ -36,6 +36,8 @@ class CrawlConfig(BaseModel):
     max_depth: int = Field(default=8, ge=0, description="Link depth limit from the start URLs (0: no limit).")
     max_redirects: int = Field(default=10, ge=0, description="A longer redirect chain (or a loop) is recorded, not followed.")
     obey_robots: bool = True
+    http_cache: bool = Field(default=True, description="Keep responses and revalidate them on the next crawl "
+                             "(conditional requests: unchanged pages cost a 304).")
     download_maxsize_mb: float = Field(default=8.0, gt=0, description="Responses larger than this are skipped.")
     download_timeout_s: float = Field(default=20.0, gt=0)
     concurrency: int = Field(default=16, ge=1, le=256)

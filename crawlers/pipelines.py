@@ -60,7 +60,8 @@ class PageStorePipeline:
             "skipped": {**store.failure_counts(), **not_taken},
             "failures_file": FAILURES_FILE,
             "retries": stats.get("retry/count", 0),
+            "not_modified": stats.get("httpcache/revalidate", 0),
             "content_digest": content_digest(store.pages),
-            "finish_reason": stats.get("finish_reason"),
+            "page_digests": dict(store.pages),
         }
         (Path(store.out_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

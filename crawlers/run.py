@@ -15,6 +15,7 @@ from crawlers.store import MANIFEST_FILE, PAGES_FILE, complete_records
 from crawlers.site_server import serve_site
 
 ProgressCallback = Callable[[int, int], None]
+HTTP_CACHE_DIR = "httpcache"
 
 
 @dataclass
@@ -59,6 +60,10 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
         "MEMLM_MAX_PAGES": config.max_pages,
         "CLOSESPIDER_ITEMCOUNT": max(config.max_pages - stored, 1),
         "REDIRECT_MAX_TIMES": config.max_redirects,
+        # A recrawl asks with If-Modified-Since / If-None-Match and gets 304 for what did not change.
+        "HTTPCACHE_ENABLED": config.http_cache,
+        "HTTPCACHE_POLICY": "scrapy.extensions.httpcache.RFC2616Policy",
+        "HTTPCACHE_DIR": str((out_dir / HTTP_CACHE_DIR).resolve()),
         "ROBOTSTXT_OBEY": config.obey_robots,
         "DOWNLOAD_MAXSIZE": int(config.download_maxsize_mb * 1024 * 1024),
         "DOWNLOAD_TIMEOUT": config.download_timeout_s,

@@ -5,6 +5,13 @@ SPIDER_MODULES = ["crawlers.spiders"]
 NEWSPIDER_MODULE = "crawlers.spiders"
 
 USER_AGENT = "memlm (+https://github.com/memlm/memlm)"
+# With the HTTP cache on, max-age=0 makes every cached page revalidate (a conditional request)
+# instead of being trusted for a heuristic tenth of its age.
+DEFAULT_REQUEST_HEADERS = {
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language": "en",
+    "Cache-Control": "max-age=0",
+}
 ROBOTSTXT_OBEY = True
 # Scrapy 2.19 opens a remote-control port by default; a crawler has no use for it.
 REMOTE_CONTROL_ENABLED = False

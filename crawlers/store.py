@@ -97,3 +97,10 @@ def _append(out, record: dict) -> None:
     # One write call per whole line, then flush: what reaches the OS survives SIGKILL of this process.
     out.write(json.dumps(record, ensure_ascii=False) + "\n")
     out.flush()
+
+
+def corpus_changes(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
+    """Pages added, changed (same URL, other bytes) and removed between two {final URL: sha256} maps."""
+    return {"added": sum(1 for url in after if url not in before),
+            "changed": sum(1 for url, sha in after.items() if url in before and before[url] != sha),
+            "removed": sum(1 for url in before if url not in after)}

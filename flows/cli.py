@@ -38,8 +38,20 @@ def _load(config_path: Path | None):
         raise typer.Exit(2) from None
 
 
+def _servers(config) -> None:
+    """Use the servers of `memlm up` (or those the environment names); fail fast when one is down."""
+    from flows.servers import ServerError, use_running_servers
+
+    try:
+        use_running_servers(config)
+    except ServerError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
 def _run_flow(flow_name: str, config_path: Path | None, **kwargs):
     config = _load(config_path)
+    _servers(config)
     from flows import pipeline
 
     flow = getattr(pipeline, flow_name)
@@ -189,6 +201,81 @@ def ui(config: ConfigOption = None,
 
 
 @app.command()
+def up(config: ConfigOption = None):
+    """Start the Prefect server and the MLflow tracking server in the background, and wait until both answer."""
+    cfg = _load(config)
+    from flows.servers import ServerError, up as start
+
+    try:
+        servers = start(cfg)
+    except ServerError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    for server in servers.values():
+        console.print(f"{server.name}: [bold]{server.ui}[/]" + (f"  (pid {server.pid}, log {server.log})" if server.pid else ""))
+    console.print("memlm commands now use them; `memlm down` stops them. For other tools:\n"
+                  f"  export PREFECT_API_URL={servers['prefect'].url} MLFLOW_TRACKING_URI={servers['mlflow'].url}",
+                  highlight=False)
+
+
+@app.command()
+def down(config: ConfigOption = None):
+    """Stop the servers `memlm up` started (and nothing else)."""
+    cfg = _load(config)
+    from flows.servers import down as stop
+
+    stopped = stop(cfg)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no server of `memlm up` was running")
+
+
+@app.command()
+def deploy(config: ConfigOption = None,
+           schedule: bool = typer.Option(True, help="Put the crawl on its cron schedule (else: run it by hand).")):
+    """Serve the crawl deployment (on `schedule.crawl_cron`) and the rebuild deployment (triggered by
+    memlm.corpus.updated) until stopped. Needs the servers of `memlm up`."""
+    cfg = _load(config)
+    _servers(cfg)
+    if not os.environ.get("PREFECT_API_URL"):
+        err.print("[red]error:[/] deployments need a Prefect server: run `memlm up` first (or set PREFECT_API_URL)")
+        raise typer.Exit(1)
+    from flows.deploy import deployment_names, serve_deployments
+
+    names = deployment_names(cfg)
+    console.print(f"serving [bold]{names['crawl']}[/] ({cfg.schedule.crawl_cron if schedule else 'no schedule'}) and "
+                  f"[bold]{names['rebuild']}[/] (on memlm.corpus.updated) at {os.environ['PREFECT_API_URL']}; "
+                  f"Ctrl-C stops. Start a crawl now: prefect deployment run '{names['crawl']}'", highlight=False)
+    serve_deployments(cfg, config, schedule)
+
+
+@app.command()
+def models(config: ConfigOption = None,
+           name: Annotated[Optional[str], typer.Option(help="Registered model (default: mlflow.registered_model).")] = None):
+    """List the registered model's versions with their aliases and figures."""
+    cfg = _load(config)
+    _servers(cfg)
+    import mlflow
+
+    from flows.registry import list_versions
+
+    model_name = name or cfg.mlflow.registered_model
+    mlflow.set_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+    try:
+        rows = list_versions(model_name)
+    except mlflow.exceptions.MlflowException:
+        err.print(f"[red]error:[/] no registered model {model_name!r} in {cfg.mlflow.resolved_tracking_uri()}; "
+                  "`memlm run` registers one")
+        raise typer.Exit(1) from None
+    table = Table(title=f"{model_name} ({cfg.mlflow.resolved_tracking_uri()})")
+    for col in ("version", "aliases", "bits/byte (own val)", "bits/byte (current val)", "decision", "run"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["version"], ", ".join(r["aliases"]), r["bits_per_byte"] or "", r["bits_per_byte_current_val"] or "",
+                      r["promotion"], r["run_id"] or "")
+    console.print(table)
+    console.print(f"load one: mlflow.pyfunc.load_model('models:/{model_name}@champion')", highlight=False)
+
+
+@app.command()
 def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id, or a checkpoint folder.")],
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue.")] = None,
@@ -203,6 +290,8 @@ def generate(
 ):
     """Generate text from a registered model, a run, or a checkpoint folder."""
     cfg = _load(config)
+    if not Path(model).is_dir():
+        _servers(cfg)
     from model.generate import check_sampling, stream_text
 
     try:

@@ -28,6 +28,32 @@ class MlflowConfig(BaseModel):
         return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
 
 
+class ServersConfig(BaseModel):
+    """The Prefect and MLflow servers of `memlm up`; SQLite by default, Postgres for teams that outgrow it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Where both servers listen; other hosts are not reached by default.")
+    prefect_port: int = Field(default=4200, ge=1, le=65535)
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    state_dir: Path = Field(default=Path(".memlm"), description="PIDs, logs and the Prefect database (SQLite).")
+    prefect_database_url: str | None = Field(
+        default=None, description="e.g. postgresql+asyncpg://user:password@host:5432/prefect; "
+        "PREFECT_API_DATABASE_CONNECTION_URL in the environment works too.")
+    mlflow_backend_store_uri: str | None = Field(
+        default=None, description="e.g. postgresql://user:password@host:5432/mlflow; default: mlflow.tracking_uri.")
+    mlflow_artifacts_dir: Path = Field(default=Path("mlflow/artifacts"), description="Artifacts the MLflow server serves.")
+
+
+class ScheduleConfig(BaseModel):
+    """When `memlm deploy` crawls; editable afterwards in the Prefect UI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crawl_cron: str = Field(default="0 3 * * *", description="Cron schedule of the crawl deployment.")
+    timezone: str = "UTC"
+
+
 class MemlmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,6 +67,8 @@ class MemlmConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    servers: ServersConfig = Field(default_factory=ServersConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
 
 class ConfigError(ValueError):

@@ -65,6 +65,21 @@ def pipeline_flow(config_path: str | None = None, force: bool = False,
     return outcomes
 
 
+@flow(name="rebuild")
+def rebuild_flow(config_path: str | None = None, force: bool = False,
+                 config: MemlmConfig | None = None) -> list[StageOutcome]:
+    """clean → split → tokenize → train → evaluate → register: what new crawl data starts."""
+    config = _config(config_path, config)
+    started = time.monotonic()
+    outcomes = [stage(config, force) for stage in (clean_task, split_task, tokenize_task, train_task, evaluate_task)]
+    create_markdown_artifact(
+        key=f"memlm-{config.name}-rebuild".lower().replace("_", "-"),
+        markdown=summary_markdown(config, outcomes, time.monotonic() - started),
+        description="memlm rebuild summary",
+    )
+    return outcomes
+
+
 def headline(outcomes: list[StageOutcome]) -> dict:
     """The figures a person looks for first, gathered from the stage summaries."""
     by = {o.name: o.summary for o in outcomes}

@@ -68,11 +68,40 @@ def crawl_task(config: MemlmConfig) -> StageOutcome:
     def work() -> dict:
         with progress_bar("crawl", config.crawl.max_pages) as update:
             result = crawl(config.crawl, out_dir, update)
-        return result.manifest
+        manifest = dict(result.manifest)
+        pages = manifest.pop("page_digests")
+        manifest["changes"] = announce_changes(config, out_dir, pages, manifest)
+        return manifest
 
     # A site can change at any time, so the crawl always runs; its content digest tells later
     # stages whether anything changed.
     return _run("crawl", out_dir, input_key(config.crawl.model_dump()), True, work)
+
+
+CORPUS_UPDATED = "memlm.corpus.updated"
+PUBLISHED_FILE = "published.json"
+
+
+def corpus_resource_id(config: MemlmConfig) -> str:
+    return f"memlm.corpus.{config.name}"
+
+
+def announce_changes(config: MemlmConfig, crawl_dir: Path, pages: dict[str, str], manifest: dict) -> dict:
+    """Compare the crawl with the corpus last announced; when pages were added, changed or removed, emit
+    `memlm.corpus.updated` (what the rebuild deployment waits for) with those counts."""
+    from prefect.events import emit_event
+
+    from crawlers.store import corpus_changes
+
+    published = crawl_dir / PUBLISHED_FILE
+    before = json.loads(published.read_text()) if published.exists() else {}
+    changes = corpus_changes(before, pages)
+    if any(changes.values()):
+        emit_event(event=CORPUS_UPDATED,
+                   resource={"prefect.resource.id": corpus_resource_id(config), "prefect.resource.name": config.name},
+                   payload={**changes, "pages": manifest["pages"], "content_digest": manifest["content_digest"]})
+        published.write_text(json.dumps(pages))
+    return {**changes, "event": CORPUS_UPDATED if any(changes.values()) else None}
 
 
 @task(name="clean", cache_policy=NO_CACHE)
@@ -238,6 +267,36 @@ def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool
                     client.set_model_version_tag(config.mlflow.registered_model, str(version), tag, str(value))
                 summary.update(model_uri=info.model_uri, registered_model=config.mlflow.registered_model,
                                registered_version=version)
+                promotion = _promote(config, str(version), report["bits_per_byte"])
+                mlflow.set_tag("memlm.promotion", promotion.decision)
+                summary["promotion"] = promotion.as_dict()
         return summary
 
     return _run("evaluate", dirs["eval"], key, force, work)
+
+
+def _promote(config: MemlmConfig, version: str, bpb: float):
+    """Champion or challenger for the new version, and a Prefect artifact that shows the decision."""
+    import mlflow
+    from prefect.artifacts import create_markdown_artifact
+
+    from flows.registry import champion_bpb_on, promote
+    from flows.tracking import run_link
+
+    dirs = stage_dirs(config)
+    name = config.mlflow.registered_model
+    promotion = promote(name, version, bpb, lambda champion: champion_bpb_on(
+        name, champion, dirs["split"] / "val.jsonl", dirs["eval"] / "champion", config.train.batch_size,
+        config.train.device, config.evaluate.max_batches))
+    client = mlflow.MlflowClient()
+    rows = ["| version | bits per byte on the current validation split | MLflow run |", "|---|---|---|"]
+    for v, figure in ((promotion.new_version, promotion.new_bpb), (promotion.champion_version, promotion.champion_bpb)):
+        if v is None:
+            continue
+        run = client.get_run(client.get_model_version(name, v).run_id)
+        link = run_link(config, run.info.experiment_id, run.info.run_id)
+        rows.append(f"| v{v}{' (winner)' if v == promotion.winner else ''} | {figure:.4f} | [{run.info.run_id}]({link}) |")
+    create_markdown_artifact(key=f"memlm-{config.name}-promotion".lower().replace("_", "-"),
+                             markdown=f"# {name}: {promotion.decision}\n\n" + "\n".join(rows),
+                             description="champion / challenger decision")
+    return promotion

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -74,3 +75,19 @@ def evaluate(checkpoint_dir: Path, tokens_dir: Path, config: EvalConfig, out_dir
     samples_md = "\n\n".join(f"### Prompt: {s['prompt']!r}\n\n```\n{s['text']}\n```" for s in samples)
     (out_dir / SAMPLES_FILE).write_text(samples_md + "\n")
     return EvalResult(out_dir / REPORT_FILE, out_dir / SAMPLES_FILE, report)
+
+
+def bits_per_byte_on_docs(model: GPT, tokenizer: Tokenizer, docs_file: Path, work_dir: Path, batch_size: int = 16,
+                          device: str = "auto", max_batches: int | None = None) -> float:
+    """Bits per byte of `model` (with its own tokenizer) on a split's documents: how models trained on
+    different tokenizers are compared on the same text."""
+    from corpus.tokenize import TOKEN_DTYPE, encode_split
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stats = encode_split(tokenizer, docs_file, work_dir / "val.bin")
+    dev = resolve_device(device)
+    model = model.to(dev)
+    val = TokenFile(work_dir / "val.bin", model.config.block_size, np.dtype(TOKEN_DTYPE).name)
+    loss, _ = evaluate_loss(model, val, batch_size, dev, max_batches)
+    return bits_per_byte(loss, stats["tokens"], stats["bytes"])

@@ -58,3 +58,13 @@ def test_unreachable_start_url_fails_with_a_clear_error(tmp_path):
 def test_missing_site_dir_says_how_to_fix_it(tmp_path):
     with pytest.raises(CrawlError, match="site_dir .* does not exist.*start_urls"):
         crawl(CrawlConfig(site_dir=tmp_path / "nope"), tmp_path / "out")
+
+
+def test_a_recrawl_revalidates_instead_of_downloading_again(site_url, tmp_path):
+    config = CrawlConfig(start_urls=[site_url + "index.html"], max_pages=50, site_dir=None)
+    first = crawl(config, tmp_path)
+    second = crawl(config, tmp_path)
+    assert first.manifest["not_modified"] == 0
+    # Every page came back as 304 Not Modified and was taken from the HTTP cache.
+    assert second.manifest["not_modified"] >= second.manifest["pages"] == first.manifest["pages"]
+    assert second.manifest["content_digest"] == first.manifest["content_digest"]

@@ -1,0 +1,172 @@
+"""The Prefect server and the MLflow tracking server that `memlm up` starts and `memlm down` stops.
+
+They run detached (their own process group), with their PIDs, URLs and logs under the state folder, so
+that later commands find them and `memlm down` stops exactly what `memlm up` started."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from flows.config import MemlmConfig
+
+SERVERS_FILE = "servers.json"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass
+class Server:
+    name: str
+    url: str  # what clients use: PREFECT_API_URL or MLFLOW_TRACKING_URI
+    ui: str
+    health: str
+    pid: int = 0
+    log: str = ""
+    command: list[str] | None = None
+
+
+def planned(config: MemlmConfig) -> dict[str, Server]:
+    s = config.servers
+    prefect = f"http://{s.host}:{s.prefect_port}"
+    mlflow = f"http://{s.host}:{s.mlflow_port}"
+    return {"prefect": Server("Prefect", f"{prefect}/api", prefect, f"{prefect}/api/health"),
+            "mlflow": Server("MLflow", mlflow, mlflow, f"{mlflow}/health")}
+
+
+def answers(url: str, timeout_s: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _commands(config: MemlmConfig, state: Path) -> dict[str, tuple[list[str], dict]]:
+    s = config.servers
+    bin_dir = Path(sys.executable).parent
+    prefect_env = {"PREFECT_HOME": str((state / "prefect").resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "PREFECT_UI_API_URL": f"http://{s.host}:{s.prefect_port}/api"}
+    if s.prefect_database_url:
+        prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = s.prefect_database_url
+    backend = s.mlflow_backend_store_uri or config.mlflow.tracking_uri
+    if backend.startswith("sqlite:///"):
+        Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(s.mlflow_artifacts_dir).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return {
+        "prefect": ([str(bin_dir / "prefect"), "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
+                    prefect_env),
+        "mlflow": ([str(bin_dir / "mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port),
+                    "--backend-store-uri", backend, "--artifacts-destination", artifacts.as_uri(),
+                    "--serve-artifacts", "--workers", "1"], {}),
+    }
+
+
+def recorded(config: MemlmConfig) -> dict[str, Server]:
+    path = Path(config.servers.state_dir) / SERVERS_FILE
+    if not path.exists():
+        return {}
+    return {key: Server(**value) for key, value in json.loads(path.read_text()).items()}
+
+
+def up(config: MemlmConfig, timeout_s: float = 120.0) -> dict[str, Server]:
+    """Start whichever server is not answering yet; returns both."""
+    state = Path(config.servers.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    servers = {**planned(config), **recorded(config)}
+    commands = _commands(config, state)
+    started: list[str] = []
+    for key, server in servers.items():
+        if answers(server.health):
+            continue
+        command, extra_env = commands[key]
+        log = state / f"{key}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **extra_env}, start_new_session=True)
+        servers[key] = Server(**{**asdict(planned(config)[key]), "pid": proc.pid, "log": str(log), "command": command})
+        started.append(key)
+    _save(state, servers)
+    deadline = time.monotonic() + timeout_s
+    for key in started:
+        server = servers[key]
+        while not answers(server.health):
+            if not _alive(server.pid):
+                raise ServerError(f"the {server.name} server exited before answering at {server.health}; "
+                                  f"its log: {server.log}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"the {server.name} server did not answer at {server.health} within "
+                                  f"{timeout_s:.0f} s; its log: {server.log}")
+            time.sleep(0.5)
+    return servers
+
+
+def down(config: MemlmConfig, timeout_s: float = 20.0) -> list[str]:
+    """Stop the servers `up` started (by process group); returns the names of those stopped."""
+    state = Path(config.servers.state_dir)
+    stopped = []
+    for server in recorded(config).values():
+        if server.pid and _alive(server.pid) and _is_ours(server):
+            os.killpg(server.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while _alive(server.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(server.pid):
+                os.killpg(server.pid, signal.SIGKILL)
+            stopped.append(server.name)
+    (state / SERVERS_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def use_running_servers(config: MemlmConfig) -> dict[str, str]:
+    """Point this process at the servers `memlm up` started, or at those the environment names; fail in
+    seconds, naming the URL, when one of them does not answer. Returns the URLs in use."""
+    in_use: dict[str, str] = {}
+    servers = recorded(config)
+    if servers:
+        for key, variable in (("prefect", "PREFECT_API_URL"), ("mlflow", "MLFLOW_TRACKING_URI")):
+            os.environ.setdefault(variable, servers[key].url)
+    checks = [("PREFECT_API_URL", "Prefect API", "/health"), ("MLFLOW_TRACKING_URI", "MLflow tracking server", "/health")]
+    for variable, what, health in checks:
+        url = os.environ.get(variable, "")
+        if not url.startswith(("http://", "https://")):
+            continue
+        if not answers(url.rstrip("/") + health):
+            hint = ("start it with `memlm up`" if servers else
+                    f"start it (`memlm up` starts one on {url}) or unset {variable} to work without it")
+            raise ServerError(f"the {what} at {url} did not answer; {hint}")
+        in_use[variable] = url
+    return in_use
+
+
+def _save(state: Path, servers: dict[str, Server]) -> None:
+    (state / SERVERS_FILE).write_text(json.dumps({k: asdict(v) for k, v in servers.items()}, indent=2))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_ours(server: Server) -> bool:
+    """The PID still runs the command we started (not a recycled PID)."""
+    try:
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the record
+    return bool(server.command) and any(server.command[-1].encode() == part for part in cmdline)

@@ -1,0 +1,63 @@
+"""Champion and challenger by bits per byte in a real MLflow registry (SQLite), and the fail-fast check
+for servers that do not answer."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from crawlers.store import corpus_changes
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("m")
+    for _ in range(3):
+        client.create_model_version("m", source=(tmp_path / "model").as_uri())
+    return client
+
+
+def test_the_better_version_holds_champion(registry):
+    from flows.registry import list_versions, promote
+
+    first = promote("m", "1", 2.0, lambda v: pytest.fail("there is no champion to measure yet"))
+    assert first.winner == "1" and "first version" in first.decision
+    second = promote("m", "2", 1.9, lambda v: {"1": 2.1}[v])  # v1 scores 2.1 on the current split
+    assert second.winner == "2" and second.champion_version == "1" and second.champion_bpb == 2.1
+    assert registry.get_registered_model("m").aliases == {"champion": 2, "challenger": 1}
+    third = promote("m", "3", 2.5, lambda v: {"2": 1.95}[v])
+    assert third.winner == "2" and "v2 stays champion" in third.decision
+    assert registry.get_registered_model("m").aliases == {"champion": 2, "challenger": 3}
+    rows = {r["version"]: r for r in list_versions("m")}
+    assert rows["2"]["aliases"] == ["champion"] and rows["3"]["aliases"] == ["challenger"]
+    assert rows["2"]["bits_per_byte_current_val"] == "1.95000" and rows["3"]["promotion"] == third.decision
+
+
+def test_corpus_changes_count_added_changed_and_removed():
+    assert corpus_changes({}, {"a": "1"}) == {"added": 1, "changed": 0, "removed": 0}
+    assert corpus_changes({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "4"}) == {"added": 1, "changed": 1, "removed": 0}
+    assert corpus_changes({"a": "1", "b": "2"}, {"a": "1"}) == {"added": 0, "changed": 0, "removed": 1}
+    assert corpus_changes({"a": "1"}, {"a": "1"}) == {"added": 0, "changed": 0, "removed": 0}
+
+
+def test_a_server_that_does_not_answer_fails_in_seconds_naming_its_url(tmp_path, monkeypatch):
+    import socket
+
+    from flows.config import MemlmConfig
+    from flows.servers import ServerError, use_running_servers
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
+    config = MemlmConfig.model_validate({"servers": {"state_dir": str(tmp_path / "state")}})
+    started = time.monotonic()
+    with pytest.raises(ServerError, match=rf"Prefect API at http://127.0.0.1:{port}/api did not answer.*memlm up"):
+        use_running_servers(config)
+    assert time.monotonic() - started < 5
