@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test site ui up down deploy bench bench-data clean-runs
+.PHONY: install demo test site browser ui up down deploy bench bench-data clean-runs
 
 $(BIN)/memlm: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,20 @@ site:
 	fi
 	@test -d "$(SITE_DIR)" || { echo "No site at $(SITE_DIR): set crawl.site_dir in $(CONFIG) to any folder of HTML, or crawl.start_urls to a live site."; exit 1; }
 
+# Debian's chromium, for the test that looks at the Prefect and MLflow UIs (skipped without it).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing chromium for the UI check ..."; \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) || \
+		echo "Could not install chromium: the UI check will be skipped."; \
+	else echo "No chromium and no root apt-get: the UI check will be skipped."; fi
+
 demo: install site
 	$(BIN)/memlm run --config $(CONFIG)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: install

@@ -18,6 +18,7 @@ import yaml
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
+CRON = "0 3 1 1 *"
 MEMLM = str(Path(sys.executable).parent / "memlm")
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
@@ -54,7 +55,8 @@ def live(tmp_path_factory, site):
     env.update(PREFECT_HOME=str(root / "prefect-client"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_RUNNER_POLL_FREQUENCY="2")
     with serve_site(site_dir) as url:
-        config = small_config(root, url, name="live",
+        # A schedule that shows in the UI but does not fire during the test.
+        config = small_config(root, url, name="live", schedule={"crawl_cron": CRON},
                               servers={"prefect_port": prefect_port, "mlflow_port": mlflow_port,
                                        "state_dir": str(root / ".memlm"),
                                        "mlflow_artifacts_dir": str(root / "mlflow" / "artifacts")})
@@ -65,7 +67,7 @@ def live(tmp_path_factory, site):
         assert up.returncode == 0, up.stdout + up.stderr
         servers = json.loads((root / ".memlm" / "servers.json").read_text())
         deploy_log = open(root / "deploy.log", "w")
-        deploy = subprocess.Popen([MEMLM, "deploy", "-c", str(config_file), "--no-schedule"], env=env, cwd=ROOT,
+        deploy = subprocess.Popen([MEMLM, "deploy", "-c", str(config_file)], env=env, cwd=ROOT,
                                   stdout=deploy_log, stderr=subprocess.STDOUT, start_new_session=True)
         ctx = {"root": root, "site_dir": site_dir, "config": config, "config_file": config_file, "env": env,
                "servers": servers, "deploy": deploy, "up_output": up.stdout,
@@ -156,8 +158,11 @@ def test_new_pages_trigger_a_rebuild_and_the_registry_keeps_a_champion(live):
                                                    '<li><a href="/about.html">', 1))
     crawled_at = time.monotonic()
     run_crawl(live)
-    versions, aliases = wait_for(lambda: (r := registry(live)) if "2" in r[0] and len(r[1]) == 2 else None,
-                                 180, "version 2 and an alias decision")
+    def second_version_settled():
+        versions, aliases = registry(live)
+        return (versions, aliases) if "2" in versions and len(aliases) == 2 else None
+
+    versions, aliases = wait_for(second_version_settled, 180, "version 2 and an alias decision")
     assert time.monotonic() - crawled_at < 180
     assert versions == ["1", "2"] and sorted(aliases.values()) == ["1", "2"]
     assert set(aliases) == {"champion", "challenger"}
@@ -171,6 +176,36 @@ def test_models_lists_versions_with_aliases(live):
                          timeout=120, cwd=live["root"])
     assert out.returncode == 0, out.stderr
     assert "champion" in out.stdout and "models:/memlm-test@champion" in out.stdout
+
+
+def chromium(url: str, screenshot: Path) -> str:
+    """The page's DOM after its scripts ran (headless Debian chromium), and a screenshot of it."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--window-size=1400,900", "--virtual-time-budget=20000"]
+    subprocess.run([*common, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    return dom.stdout
+
+
+def test_the_uis_show_the_schedule_and_the_model(live):
+    shots = Path(os.environ.get("MEMLM_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
+    shots.mkdir(parents=True, exist_ok=True)
+    prefect_ui = live["prefect"].removesuffix("/api")
+    name = live["config"].name
+    deployments_page = chromium(f"{prefect_ui}/deployments", shots / "prefect-deployments.png")
+    assert f"{name}-crawl" in deployments_page and f"{name}-rebuild" in deployments_page
+    crawl_id = _api(live, "/deployments/filter", {"deployments": {"name": {"any_": [f"{name}-crawl"]}}})[0]["id"]
+    crawl_page = chromium(f"{prefect_ui}/deployments/deployment/{crawl_id}", shots / "prefect-crawl-deployment.png")
+    assert CRON in crawl_page or "03:00" in crawl_page, crawl_page[-3000:]
+    models_page = chromium(f"{live['mlflow']}/#/models", shots / "mlflow-models.png")
+    assert live["config"].mlflow.registered_model in models_page
+    assert all((shots / f).stat().st_size > 10_000 for f in
+               ("prefect-deployments.png", "prefect-crawl-deployment.png", "mlflow-models.png"))
 
 
 def test_down_stops_exactly_what_up_started(live):
