@@ -66,12 +66,8 @@ def _strip_punct(word: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- lines
-def c4_lines(doc: Doc, cfg: C4LinesConfig) -> tuple[int, list[str], str | None]:
-    """(lines removed, a few of them, reason to drop the page or None)."""
-    if cfg.drop_lorem_ipsum and "lorem ipsum" in doc.text.lower():
-        return 0, [], "lorem ipsum"
-    if cfg.drop_curly_braces and "{" in doc.text:
-        return 0, [], "curly brace"
+def drop_prose_lines(doc: Doc, drops) -> list[str]:
+    """Remove the prose lines for which `drops(line)` is true (code is left alone); returns them."""
     removed: list[str] = []
     kept_blocks: list[Block] = []
     for block in doc.blocks:
@@ -80,13 +76,20 @@ def c4_lines(doc: Doc, cfg: C4LinesConfig) -> tuple[int, list[str], str | None]:
             continue
         kept = []
         for line in block.text.split("\n"):
-            if _c4_drops_line(line, cfg):
-                removed.append(line)
-            else:
-                kept.append(line)
+            (removed if drops(line) else kept).append(line)
         if kept:
             kept_blocks.append(Block(block.kind, "\n".join(kept)))
     doc.blocks = kept_blocks
+    return removed
+
+
+def c4_lines(doc: Doc, cfg: C4LinesConfig) -> tuple[int, list[str], str | None]:
+    """(lines removed, a few of them, reason to drop the page or None)."""
+    if cfg.drop_lorem_ipsum and "lorem ipsum" in doc.text.lower():
+        return 0, [], "lorem ipsum"
+    if cfg.drop_curly_braces and "{" in doc.text:
+        return 0, [], "curly brace"
+    removed = drop_prose_lines(doc, lambda line: _c4_drops_line(line, cfg))
     return len(removed), removed[:3], None
 
 
@@ -104,20 +107,9 @@ def _c4_drops_line(line: str, cfg: C4LinesConfig) -> bool:
     return any(len(w) > cfg.max_word_chars for w in words)
 
 
-def remove_lines(doc: Doc, unwanted: set[str], key) -> tuple[int, list[str]]:
-    """Remove prose lines whose key is in `unwanted` (site boilerplate)."""
-    removed: list[str] = []
-    kept_blocks: list[Block] = []
-    for block in doc.blocks:
-        if not block.is_prose:
-            kept_blocks.append(block)
-            continue
-        kept = []
-        for line in block.text.split("\n"):
-            (removed if key(doc.host, line) in unwanted else kept).append(line)
-        if kept:
-            kept_blocks.append(Block(block.kind, "\n".join(kept)))
-    doc.blocks = kept_blocks
+def remove_lines(doc: Doc, unwanted: frozenset[bytes], key) -> tuple[int, list[str]]:
+    """Remove prose lines whose `key(host, line)` is in `unwanted` (site boilerplate)."""
+    removed = drop_prose_lines(doc, lambda line: key(doc.host, line) in unwanted)
     return len(removed), removed[:3]
 
 

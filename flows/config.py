@@ -41,7 +41,8 @@ class ServersConfig(BaseModel):
         default=None, description="e.g. postgresql+asyncpg://user:password@host:5432/prefect; "
         "PREFECT_API_DATABASE_CONNECTION_URL in the environment works too.")
     mlflow_backend_store_uri: str | None = Field(
-        default=None, description="e.g. postgresql://user:password@host:5432/mlflow; default: mlflow.tracking_uri.")
+        default=None, description="e.g. postgresql://user:password@host:5432/mlflow; MLFLOW_BACKEND_STORE_URI in "
+        "the environment works too; default: mlflow.tracking_uri.")
     mlflow_artifacts_dir: Path = Field(default=Path("mlflow/artifacts"), description="Artifacts the MLflow server serves.")
 
 

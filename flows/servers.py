@@ -58,7 +58,7 @@ def _commands(config: MemlmConfig, state: Path) -> dict[str, tuple[list[str], di
                    "PREFECT_UI_API_URL": f"http://{s.host}:{s.prefect_port}/api"}
     if s.prefect_database_url:
         prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = s.prefect_database_url
-    backend = s.mlflow_backend_store_uri or config.mlflow.tracking_uri
+    backend = s.mlflow_backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or config.mlflow.tracking_uri
     if backend.startswith("sqlite:///"):
         Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     artifacts = Path(s.mlflow_artifacts_dir).resolve()
