@@ -13,7 +13,8 @@ class CrawlConfig(BaseModel):
 
     start_urls: list[str] = Field(
         default_factory=list,
-        description="Where the crawl starts. Empty: serve `site_dir` on 127.0.0.1 and start at its index.",
+        description="Where the crawl starts. Empty: serve `site_dir` on 127.0.0.1 and start at its index and "
+        "at every HTML file in it (a file dropped into the folder is crawled before anything links to it).",
     )
     site_dir: Path | None = Field(
         default=DEFAULT_SITE_DIR,

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from crawlers.config import CrawlConfig
 from crawlers.store import MANIFEST_FILE, PAGES_FILE, complete_records
@@ -45,8 +47,19 @@ def crawl(config: CrawlConfig, out_dir: Path, on_progress: ProgressCallback | No
             "point crawl.site_dir at any folder of HTML, or set crawl.start_urls to a live site"
         )
     with serve_site(site_dir, port=config.serve_port) as base_url:
-        start = base_url + "index.html" if (site_dir / "index.html").exists() else base_url
-        return _run_scrapy(config, [start], out_dir, on_progress)
+        return _run_scrapy(config, folder_start_urls(site_dir, base_url, config), out_dir, on_progress)
+
+
+def folder_start_urls(site_dir: Path, base_url: str, config: CrawlConfig) -> list[str]:
+    """The index first, then every HTML file of the folder that the URL patterns allow: a file dropped
+    into the folder is crawled even before any page links to it."""
+    index = [base_url + "index.html"] if (site_dir / "index.html").exists() else [base_url]
+    deny = [re.compile(p) for p in config.deny]
+    allow = [re.compile(p) for p in config.allow]
+    files = sorted(p.relative_to(site_dir).as_posix() for p in site_dir.rglob("*.htm*") if p.is_file())
+    urls = [base_url + quote(f) for f in files if f != "index.html"]
+    return index + [u for u in urls if not any(d.search(u) for d in deny)
+                    and (not allow or any(a.search(u) for a in allow))]
 
 
 def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,

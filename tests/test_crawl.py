@@ -68,3 +68,14 @@ def test_a_recrawl_revalidates_instead_of_downloading_again(site_url, tmp_path):
     # Every page came back as 304 Not Modified and was taken from the HTTP cache.
     assert second.manifest["not_modified"] >= second.manifest["pages"] == first.manifest["pages"]
     assert second.manifest["content_digest"] == first.manifest["content_digest"]
+
+
+def test_a_file_dropped_into_a_served_folder_is_crawled_unlinked(site, tmp_path):
+    import shutil
+
+    folder = tmp_path / "site"
+    shutil.copytree(site[0], folder)
+    (folder / "unlinked.html").write_text((folder / "about.html").read_text())
+    result = crawl(CrawlConfig(site_dir=folder, serve_port=0, max_pages=50), tmp_path / "crawl")
+    assert "unlinked.html" in stored_paths(result.pages_file)
+    assert "private/secret.html" not in stored_paths(result.pages_file)  # robots.txt still rules
