@@ -215,7 +215,7 @@ def up(config: ConfigOption = None):
         console.print(f"{server.name}: [bold]{server.ui}[/]" + (f"  (pid {server.pid}, log {server.log})" if server.pid else ""))
     console.print("memlm commands now use them; `memlm down` stops them. For other tools:\n"
                   f"  export PREFECT_API_URL={servers['prefect'].url} MLFLOW_TRACKING_URI={servers['mlflow'].url}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

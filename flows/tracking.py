@@ -66,8 +66,14 @@ def log_datasets(tokens_manifest: dict, tokens_dir: Path, start_urls: list[str])
         )
         mlflow.log_input(dataset, context=context, tags={
             "docs": str(info["docs"]), "tokens": str(info["tokens"]), "bytes": str(info["bytes"]),
-            "sha256": info["sha256"], "crawled_from": ", ".join(start_urls),
+            "sha256": info["sha256"], "crawled_from": crawled_from(start_urls),
         })
+
+
+def crawled_from(start_urls: list[str]) -> str:
+    """The start URLs in a tag's 500 characters: a served folder's crawl starts at each of its files."""
+    shown = ", ".join(start_urls)
+    return shown if len(shown) <= 200 else f"{start_urls[0]} and {len(start_urls) - 1} more start URLs"
 
 
 def run_link(config: MemlmConfig, experiment_id: str, run_id: str) -> str:

@@ -61,3 +61,11 @@ def test_a_server_that_does_not_answer_fails_in_seconds_naming_its_url(tmp_path,
     with pytest.raises(ServerError, match=rf"Prefect API at http://127.0.0.1:{port}/api did not answer.*memlm up"):
         use_running_servers(config)
     assert time.monotonic() - started < 5
+
+
+def test_a_folder_crawls_many_start_urls_fit_in_a_dataset_tag():
+    from flows.tracking import crawled_from
+
+    urls = [f"http://127.0.0.1:8731/library/module{i}.html" for i in range(530)]
+    assert len(crawled_from(urls)) <= 500 and crawled_from(urls).endswith("and 529 more start URLs")
+    assert crawled_from(urls[:2]) == ", ".join(urls[:2])
