@@ -20,14 +20,12 @@ from pathlib import Path
 
 from crawlers.urls import canonical_url, host_of
 from corpus.config import CleanConfig
-from corpus.extract import Block, extract, extract_page
+from corpus.extract import Block, extract_page
 from corpus.filters import Doc, c4_lines, fineweb_quality, gopher_quality, gopher_repetition, remove_lines
 from corpus.jsonl import read_jsonl
 from corpus.language import page_language
 from corpus.near_dedup import NearDuplicateIndex, signature
 from corpus.pii import scrub
-
-__all__ = ["CleanError", "CleanResult", "clean", "clean_page", "extract", "report_rows"]
 
 DOCS_FILE = "docs.jsonl"
 REPORT_FILE = "report.json"

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from scrapy.exceptions import DropItem
 
-from crawlers.store import FAILURES_FILE, MANIFEST_FILE, PAGES_FILE
-
-__all__ = ["PageStorePipeline", "content_digest", "MANIFEST_FILE", "PAGES_FILE"]
+from crawlers.store import FAILURES_FILE, MANIFEST_FILE
 
 
 def content_digest(pages: list[tuple[str, str]]) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from corpus.clean import extract
+from corpus.extract import extract
 from corpus.config import SplitConfig
 from corpus.jsonl import read_jsonl
 from corpus.split import side_of, split
