@@ -5,6 +5,7 @@ memory techniques (such as a chunked cross-entropy) can avoid holding the full l
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from model.losses import LateHeadGrad, linear_cross_entropy
+from model.tiled import tiled_mlp
 
 
 @dataclass
@@ -88,8 +90,11 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.c_fc(x), approximate="tanh")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(self.hidden(x)))
 
 
 class Block(nn.Module):
@@ -105,12 +110,22 @@ class Block(nn.Module):
         # Tiled MLP (also a memory technique): the MLP runs over this many slices of the sequence, each
         # recomputed in backward, so its 4x-wide hidden layer exists for one slice at a time.
         self.mlp_chunks: int = 1
+        self._recomputing = False  # inside this block's checkpoint recomputation
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         recompute = self.training and cache is None and torch.is_grad_enabled()
         if recompute and self.checkpoint == "block":
-            return checkpoint(self._forward, x, None, 0, True, use_reentrant=False)
+            return checkpoint(self._forward, x, None, 0, True, use_reentrant=False,
+                              context_fn=lambda: (contextlib.nullcontext(), self._recomputation()))
         return self._forward(x, cache, layer, recompute)
+
+    @contextlib.contextmanager
+    def _recomputation(self):
+        self._recomputing = True
+        try:
+            yield
+        finally:
+            self._recomputing = False
 
     def _forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                  recompute: bool = False) -> torch.Tensor:
@@ -119,8 +134,10 @@ class Block(nn.Module):
         else:
             x = x + self._attention(x, cache, layer)
         if recompute and self.mlp_chunks > 1 and x.size(1) >= self.mlp_chunks:
-            return x + torch.cat([checkpoint(self._mlp, part, use_reentrant=False)
-                                  for part in x.chunk(self.mlp_chunks, dim=1)], dim=1)
+            # The block's recomputation needs only the tiled MLP's input back, not its output.
+            params = [*self.ln_2.parameters(), *self.mlp.c_fc.parameters()]
+            return x + self.mlp.dropout(tiled_mlp(self._mlp_hidden, params, self.mlp.c_proj, x, self.mlp_chunks,
+                                                  skip_output=self._recomputing))
         if recompute and self.checkpoint == "mlp":
             return x + checkpoint(self._mlp, x, use_reentrant=False)
         return x + self._mlp(x)
@@ -130,6 +147,9 @@ class Block(nn.Module):
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.ln_2(x))
+
+    def _mlp_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp.hidden(self.ln_2(x))
 
 
 class TiedHeadLM(nn.Module):

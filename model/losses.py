@@ -1,8 +1,9 @@
 """Cross-entropy over a linear head that never holds the full (tokens × vocabulary) logits.
 
-The forward pass computes the loss chunk by chunk, keeping only each token's log-sum-exp; the backward
-pass recomputes each chunk's logits from the hidden states, turns them into that chunk's gradient and
-adds it up, as fused linear cross-entropy does. Peak extra memory is one chunk of logits, not all.
+The forward pass goes chunk by chunk: one chunk's logits, its log-sum-exp and, when a gradient will be
+wanted, at once that chunk's gradient with respect to the hidden states and the head's weight (as
+Liger-Kernel's fused linear cross-entropy does). Backward then only scales what forward computed: the
+logits are made once, not again in backward. Peak extra memory is one chunk of logits, not all.
 
 With a head tied to the input embedding, `LateHeadGrad` can postpone the head's weight gradient to the
 end of backward, where the embedding's gradient is created anyway: a vocabulary × width gradient then
@@ -18,16 +19,20 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
-def _chunk_grads(hidden, weight, targets, lse, scale, chunk_size, dtype):
-    """Yield (start, end, h, d loss/d logits) chunk by chunk, logits recomputed from the hidden states."""
-    w = weight.to(dtype)
-    for start in range(0, hidden.size(0), chunk_size):
-        end = min(start + chunk_size, hidden.size(0))
-        h = hidden[start:end].to(dtype)
-        # softmax - one_hot(target), from the log-sum-exp saved in forward.
-        grad_logits = (h @ w.T).float().sub_(lse[start:end, None]).exp_()
-        grad_logits[torch.arange(end - start, device=h.device), targets[start:end]] -= 1
-        yield start, end, h, w, grad_logits.mul_(scale).to(dtype)
+def _chunk_softmax_grad(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor):
+    """For one chunk: (per-token loss, log-sum-exp, d loss/d logits = softmax - one_hot(target)) in fp32.
+
+    In place on the one fp32 logits buffer, so that a chunk costs a single (chunk × vocabulary) tensor."""
+    logits = (h @ w.T).float()
+    rows = torch.arange(h.size(0), device=h.device)
+    target_logits = logits[rows, targets]
+    top = logits.amax(dim=1, keepdim=True)
+    probs = logits.sub_(top).exp_()
+    total = probs.sum(dim=1, keepdim=True)
+    lse = (top + total.log()).squeeze(1)
+    probs.div_(total)
+    probs[rows, targets] -= 1
+    return lse - target_logits, lse, probs
 
 
 class LateHeadGrad:
@@ -40,53 +45,58 @@ class LateHeadGrad:
 
     def _apply(self, weight: torch.Tensor) -> None:
         with torch.autocast(weight.device.type, enabled=False), torch.no_grad():
-            for hidden, targets, lse, scale, chunk_size, dtype in self.pending:
-                for _, _, h, _, grad_logits in _chunk_grads(hidden, weight, targets, lse, scale, chunk_size, dtype):
-                    weight.grad.addmm_(grad_logits.T.to(weight.grad.dtype), h.to(weight.grad.dtype))
+            for hidden, targets, scale, chunk_size, dtype in self.pending:
+                w = weight.to(dtype)
+                for start in range(0, hidden.size(0), chunk_size):
+                    h = hidden[start:start + chunk_size].to(dtype)
+                    _, _, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
+                    weight.grad.addmm_(grad_logits.mul_(scale).T.to(weight.grad.dtype), h.to(weight.grad.dtype))
         self.pending.clear()
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                late: LateHeadGrad | None):
+                late: LateHeadGrad | None, want_grads: bool):
         dtype = _compute_dtype(hidden)
         n = hidden.size(0)
-        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # Gradients of the summed (not yet averaged) loss: the mean and any upstream scale (the fp16
+        # gradient scaler's, accumulation's 1/k) are applied in backward, in fp32.
+        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_grads else None
+        head_grad_here = want_grads and late is None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if head_grad_here else None
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             for start in range(0, n, chunk_size):
-                end = min(start + chunk_size, n)
-                logits = (hidden[start:end].to(dtype) @ w.T).float()
-                chunk_lse = torch.logsumexp(logits, dim=-1)
-                lse[start:end] = chunk_lse
-                total += (chunk_lse - logits.gather(1, targets[start:end, None]).squeeze(1)).sum()
-                del logits
-        ctx.save_for_backward(hidden, weight, targets, lse)
+                h = hidden[start:start + chunk_size].to(dtype)
+                token_loss, _, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
+                total += token_loss.sum()
+                if want_grads:
+                    grad_logits = grad_logits.to(dtype)
+                    grad_hidden[start:start + chunk_size] = grad_logits @ w
+                if head_grad_here:
+                    grad_weight.addmm_(grad_logits.T.float(), h.float())
+                del grad_logits
+        if want_grads:
+            ctx.save_for_backward(grad_hidden, grad_weight, hidden if late is not None else None, targets)
         ctx.chunk_size, ctx.dtype, ctx.late = chunk_size, dtype, late
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         return total / n
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        hidden, weight, targets, lse = ctx.saved_tensors
-        scale = grad_output.float() / hidden.size(0)
-        weight_grad_here = ctx.needs_input_grad[1] and ctx.late is None
-        if ctx.needs_input_grad[1] and ctx.late is not None:
-            ctx.late.pending.append((hidden, targets, lse, scale, ctx.chunk_size, ctx.dtype))
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if weight_grad_here else None
-        with torch.autocast(hidden.device.type, enabled=False):
-            for start, end, h, w, grad_logits in _chunk_grads(hidden, weight, targets, lse, scale,
-                                                             ctx.chunk_size, ctx.dtype):
-                if grad_hidden is not None:
-                    grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
-                if grad_weight is not None:
-                    grad_weight.addmm_(grad_logits.T.float(), h.float())
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
+        grad_hidden, grad_weight, hidden, targets = ctx.saved_tensors
+        scale = grad_output.float() / grad_hidden.size(0)
+        if ctx.late is not None and ctx.needs_input_grad[1]:
+            ctx.late.pending.append((hidden, targets, scale, ctx.chunk_size, ctx.dtype))
+        grad_hidden = grad_hidden.mul_(scale).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
+        if grad_weight is not None and ctx.needs_input_grad[1]:
+            grad_weight = grad_weight.mul_(scale).to(ctx.weight_dtype)
+        else:
+            grad_weight = None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -96,4 +106,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     targets = targets.reshape(-1)
     if chunk_size <= 0:
         return F.cross_entropy((hidden @ weight.T).float(), targets)
-    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, late)
+    # Inside an autograd.Function's forward grad mode is always off, so whether backward will come is
+    # decided here: evaluation under no_grad skips the gradient work.
+    want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, late, want_grads)

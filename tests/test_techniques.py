@@ -46,6 +46,9 @@ def batch():
     {"activation_checkpointing": "selective", "checkpoint_every": 1, "checkpoint_part": "attention"},
     {"activation_checkpointing": "selective", "checkpoint_every": 1, "checkpoint_part": "mlp"},
     {"activation_checkpointing": "full", "loss_chunk_size": 16},
+    {"loss_chunk_size": 16, "late_head_grad": True},
+    {"mlp_chunks": 4},
+    {"activation_checkpointing": "full", "mlp_chunks": 3, "loss_chunk_size": 16, "late_head_grad": True},
 ])
 def test_technique_gives_the_plain_loss_and_gradients(batch, memory):
     plain_loss, plain_grads = loss_and_grads(tiny_gpt(loss_chunk_size=0), *batch)
@@ -68,6 +71,42 @@ def test_chunked_loss_matches_under_bf16_autocast(batch):
     g_chunk = torch.autograd.grad(chunked, (h, w))
     for a, b in zip(g_full, g_chunk):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+
+
+def test_tiled_mlp_in_a_checkpointed_block_recomputes_only_the_hidden_layer_once(batch):
+    model = tiny_gpt(activation_checkpointing="full", mlp_chunks=4)
+    hidden_calls, output_calls = [], []
+    mlp = model.blocks[0].mlp
+    mlp.c_fc.register_forward_hook(lambda module, args, out: hidden_calls.append(args[0].shape[1]))
+    mlp.c_proj.register_forward_hook(lambda module, args, out: output_calls.append(args[0].shape[1]))
+    loss_and_grads(model, *batch)
+    # 4 slices of 8 positions in forward and again in backward; the block's recomputation skips the MLP,
+    # and backward does not recompute the output layer.
+    assert hidden_calls == [8] * 8
+    assert output_calls == [8] * 4
+
+
+def test_chunked_loss_scales_its_forward_gradients_by_the_upstream_gradient():
+    torch.manual_seed(0)
+    h = torch.randn(50, 24, requires_grad=True)
+    w = torch.randn(120, 24, requires_grad=True)
+    t = torch.randint(0, 120, (50,))
+    # As the fp16 gradient scaler and accumulation's 1/k do: the loss is scaled before backward.
+    g_full = torch.autograd.grad(linear_cross_entropy(h, w, t, 0) * 37.5, (h, w))
+    g_chunk = torch.autograd.grad(linear_cross_entropy(h, w, t, 16) * 37.5, (h, w))
+    for a, b in zip(g_full, g_chunk):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_loss_without_grad_gives_the_loss_and_keeps_nothing_for_backward():
+    torch.manual_seed(0)
+    h = torch.randn(50, 24, requires_grad=True)
+    w = torch.randn(120, 24, requires_grad=True)
+    t = torch.randint(0, 120, (50,))
+    with torch.no_grad():
+        loss = linear_cross_entropy(h, w, t, 16)
+    assert loss.grad_fn is None
+    assert loss.item() == pytest.approx(linear_cross_entropy(h, w, t, 0).item(), rel=1e-6)
 
 
 def run(corpus, tmp_path, steps=25, **overrides):
