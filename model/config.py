@@ -57,6 +57,13 @@ class MemoryConfig(BaseModel):
         description="With the chunked loss: compute the tied output head's weight gradient at the end of "
         "backward, beside the embedding's, instead of holding it through the whole backward pass.",
     )
+    split_head_step: bool = Field(
+        default=False,
+        description="With optimizer_in_backward, AdamW and the chunked loss: step the tied head weight's rows "
+        "that no input token touched as soon as the loss's gradient is known, the rest at the end of backward "
+        "with the embedding's gradient: AdamW's exact step, with neither a vocabulary x width gradient kept "
+        "through backward nor the logits computed again (late_head_grad's cost).",
+    )
     precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"] = "fp32"
     optimizer: Literal["adamw", "adafactor", "adamw8bit"] = "adamw"
     optimizer_in_backward: bool = Field(

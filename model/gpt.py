@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from model.losses import LateHeadGrad, linear_cross_entropy
+from model.optim import SplitHeadStep
 from model.tiled import tiled_mlp
 
 
@@ -164,7 +165,8 @@ class TiedHeadLM(nn.Module):
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.loss_chunk_size = 0  # memory techniques: see model/techniques.py
-        self.late_head_grad: LateHeadGrad | None = None
+        # Where the tied weight's head gradient goes (memory techniques): autograd (None), or one of these.
+        self.head_grad: LateHeadGrad | SplitHeadStep | None = None
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters, a tied weight once; without position embeddings when `non_embedding`."""
@@ -177,7 +179,7 @@ class TiedHeadLM(nn.Module):
         if self.loss_chunk_size <= 0:
             logits = self.lm_head(hidden)
             return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size, self.late_head_grad)
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size, self.head_grad)
 
 
 class GPT(TiedHeadLM):

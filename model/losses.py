@@ -5,13 +5,19 @@ wanted, at once that chunk's gradient with respect to the hidden states and the 
 Liger-Kernel's fused linear cross-entropy does). Backward then only scales what forward computed: the
 logits are made once, not again in backward. Peak extra memory is one chunk of logits, not all.
 
-With a head tied to the input embedding, `LateHeadGrad` can postpone the head's weight gradient to the
-end of backward, where the embedding's gradient is created anyway: a vocabulary × width gradient then
-does not live through the whole backward pass (at the price of computing the logits once more)."""
+With a head tied to the input embedding, the head's weight gradient need not live through the whole
+backward pass (a vocabulary × width tensor): `LateHeadGrad` postpones it to the end of backward, where
+the embedding's gradient is created anyway (at the price of computing the logits once more), and
+`model.optim.SplitHeadStep` steps the optimizer with it at once, except in the input tokens' rows."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from model.optim import SplitHeadStep
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
@@ -57,14 +63,15 @@ class LateHeadGrad:
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                late: LateHeadGrad | None, want_grads: bool):
+                head: LateHeadGrad | SplitHeadStep | None, want_grads: bool):
         dtype = _compute_dtype(hidden)
         n = hidden.size(0)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # Gradients of the summed (not yet averaged) loss: the mean and any upstream scale (the fp16
         # gradient scaler's, accumulation's 1/k) are applied in backward, in fp32.
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_grads else None
-        head_grad_here = want_grads and late is None
+        late = isinstance(head, LateHeadGrad)
+        head_grad_here = want_grads and not late
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if head_grad_here else None
         with torch.autocast(hidden.device.type, enabled=False):
@@ -80,8 +87,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(grad_logits.T.float(), h.float())
                 del grad_logits
         if want_grads:
-            ctx.save_for_backward(grad_hidden, grad_weight, hidden if late is not None else None, targets)
-        ctx.chunk_size, ctx.dtype, ctx.late = chunk_size, dtype, late
+            ctx.save_for_backward(grad_hidden, grad_weight, hidden if late else None, targets)
+        ctx.chunk_size, ctx.dtype, ctx.head = chunk_size, dtype, head
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         return total / n
 
@@ -89,19 +96,23 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight, hidden, targets = ctx.saved_tensors
         scale = grad_output.float() / grad_hidden.size(0)
-        if ctx.late is not None and ctx.needs_input_grad[1]:
-            ctx.late.pending.append((hidden, targets, scale, ctx.chunk_size, ctx.dtype))
+        if isinstance(ctx.head, LateHeadGrad) and ctx.needs_input_grad[1]:
+            ctx.head.pending.append((hidden, targets, scale, ctx.chunk_size, ctx.dtype))
         grad_hidden = grad_hidden.mul_(scale).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
         if grad_weight is not None and ctx.needs_input_grad[1]:
             grad_weight = grad_weight.mul_(scale).to(ctx.weight_dtype)
+            if ctx.head is not None:  # a SplitHeadStep: it takes the gradient now, autograd gets none
+                ctx.head.step_untouched_rows(grad_weight)
+                grad_weight = None
         else:
             grad_weight = None
         return grad_hidden, grad_weight, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk_size: int = 0, late: LateHeadGrad | None = None) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against `targets`; chunked when chunk_size > 0."""
+                         chunk_size: int = 0, head: LateHeadGrad | SplitHeadStep | None = None) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`; chunked when chunk_size > 0, with the
+    weight's gradient routed through `head` when one is given."""
     hidden = hidden.reshape(-1, hidden.size(-1))
     targets = targets.reshape(-1)
     if chunk_size <= 0:
@@ -109,4 +120,4 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     # Inside an autograd.Function's forward grad mode is always off, so whether backward will come is
     # decided here: evaluation under no_grad skips the gradient work.
     want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, late, want_grads)
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, head, want_grads)

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.optim.adamw import adamw as adamw_step
 
 
 class AdamWFP32Math(torch.optim.Optimizer):
@@ -41,13 +42,76 @@ class AdamWFP32Math(torch.optim.Optimizer):
         return loss
 
 
+class SplitHeadStep:
+    """AdamW's step for a tied embedding/output-head weight, taken in two parts so that its
+    vocabulary × width gradient never lives through backward.
+
+    The head's gradient is complete when the loss's backward starts; the embedding adds to it only in the
+    rows of the tokens that were input. Rows no input token touched are stepped at once with the head's
+    gradient alone; the touched rows keep their head gradient (a few MiB) and are stepped at the end of
+    backward with the embedding's part added. AdamW is elementwise, so this is exactly its step."""
+
+    def __init__(self, weight: nn.Parameter, embedding: nn.Embedding, optimizer: torch.optim.AdamW):
+        self.weight, self.optimizer = weight, optimizer
+        self.rows: torch.Tensor | None = None  # token ids input in this step's forward
+        self.head_rows: torch.Tensor | None = None  # their rows of the head's gradient
+        self.handle = embedding.register_forward_pre_hook(self._record_rows)
+
+    def _record_rows(self, module: nn.Module, args: tuple) -> None:
+        if module.training and torch.is_grad_enabled():
+            self.rows = torch.unique(args[0])
+
+    def _state(self) -> dict:
+        state = self.optimizer.state[self.weight]
+        if not state:  # as torch.optim.AdamW(fused=True) initializes it, so that checkpoints stay alike
+            state["step"] = torch.zeros((), dtype=torch.float32, device=self.weight.device)
+            state["exp_avg"] = torch.zeros_like(self.weight, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(self.weight, memory_format=torch.preserve_format)
+        return state
+
+    def _adamw(self, param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+               step: torch.Tensor) -> None:
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        adamw_step([param], [grad], [exp_avg], [exp_avg_sq], [], [step], fused=True, amsgrad=False, beta1=beta1,
+                   beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+
+    @torch.no_grad()
+    def step_untouched_rows(self, head_grad: torch.Tensor) -> None:
+        """Step every row with the head's (final, scaled) gradient, except the input tokens' rows."""
+        if self.rows is None:
+            raise RuntimeError("split head step: no training forward pass recorded the input tokens")
+        state, rows = self._state(), self.rows
+        tensors = (self.weight, state["exp_avg"], state["exp_avg_sq"])
+        kept = [t.index_select(0, rows) for t in tensors]
+        self.head_rows = head_grad.index_select(0, rows)
+        self._adamw(self.weight, head_grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
+        for tensor, rows_before in zip(tensors, kept):
+            tensor.index_copy_(0, rows, rows_before)
+
+    @torch.no_grad()
+    def step_touched_rows(self) -> None:
+        """Step the input tokens' rows with the head's gradient plus the embedding's (now in .grad)."""
+        state, rows = self._state(), self.rows
+        grad = self.weight.grad.index_select(0, rows).add_(self.head_rows)
+        param, exp_avg, exp_avg_sq = (t.index_select(0, rows)
+                                      for t in (self.weight, state["exp_avg"], state["exp_avg_sq"]))
+        # The step counter already moved on for this step; these rows take the same step number.
+        self._adamw(param, grad, exp_avg, exp_avg_sq, state["step"] - 1)
+        for tensor, rows_after in zip((self.weight, state["exp_avg"], state["exp_avg_sq"]), (param, exp_avg, exp_avg_sq)):
+            tensor.index_copy_(0, rows, rows_after)
+        self.head_rows = self.rows = None
+
+
 class OptimizerInBackward:
     """One optimizer per parameter, stepped from the parameter's post-accumulate-grad hook, after which
     the gradient is freed: at most a few gradients are ever alive. Looks enough like an optimizer for the
-    trainer (param_groups for the learning rate, state and state_dict for checkpoints)."""
+    trainer (param_groups for the learning rate, state and state_dict for checkpoints).
+
+    With `split_head` (a tied head weight and its embedding), that weight is stepped by a SplitHeadStep."""
 
     def __init__(self, model: nn.Module, make_optimizer: Callable[[list[dict]], torch.optim.Optimizer],
-                 weight_decay: float):
+                 weight_decay: float, split_head: tuple[nn.Parameter, nn.Embedding] | None = None):
         self.optimizers: dict[nn.Parameter, torch.optim.Optimizer] = {}
         self._handles = []
         for p in dict.fromkeys(model.parameters()):  # a tied weight once
@@ -56,9 +120,17 @@ class OptimizerInBackward:
             decay = weight_decay if p.dim() >= 2 else 0.0
             self.optimizers[p] = make_optimizer([{"params": [p], "weight_decay": decay}])
             self._handles.append(p.register_post_accumulate_grad_hook(self._step_and_free))
+        self.split_head = None
+        if split_head is not None:
+            weight, embedding = split_head
+            self.split_head = SplitHeadStep(weight, embedding, self.optimizers[weight])
+            self._handles.append(self.split_head.handle)
 
     def _step_and_free(self, param: nn.Parameter) -> None:
-        self.optimizers[param].step()
+        if self.split_head is not None and param is self.split_head.weight:
+            self.split_head.step_touched_rows()
+        else:
+            self.optimizers[param].step()
         param.grad = None
 
     @property

@@ -7,6 +7,9 @@ Refused combinations, each with the reason given to the user:
 - optimizer_in_backward with fp16-mixed: the gradient scaler must unscale and check every gradient for
   overflow before any step.
 - late_head_grad without the chunked loss (loss_chunk_size 0): it postpones that loss's head gradient.
+- split_head_step without optimizer_in_backward, without the chunked loss, with an optimizer other than
+  AdamW over fp32 weights (Adafactor's factored statistics span rows, so a row-wise split would change
+  its step), or together with late_head_grad (both route the same gradient).
 - fp16-mixed and activation_offload on CPU: they need CUDA.
 - adamw8bit without torchao installed.
 - for rnn-attention: selective checkpointing and mlp_chunks (it has no blocks and no MLP); its full
@@ -53,6 +56,20 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
         raise TechniqueError(
             "train.memory.late_head_grad postpones the chunked loss's head gradient: set memory.loss_chunk_size "
             "(for example 256)")
+    if mem.split_head_step:
+        if not mem.optimizer_in_backward or mem.loss_chunk_size == 0:
+            raise TechniqueError(
+                "train.memory.split_head_step steps the tied head weight during backward from the chunked loss's "
+                "gradient: set memory.optimizer_in_backward: true and memory.loss_chunk_size (for example 256)")
+        if mem.optimizer != "adamw" or mem.precision == "bf16-true":
+            raise TechniqueError(
+                "train.memory.split_head_step splits AdamW's elementwise step by rows; it cannot split "
+                f"{mem.optimizer if mem.optimizer != 'adamw' else 'the fp32-math AdamW of bf16-true'}: use "
+                "late_head_grad instead")
+        if mem.late_head_grad:
+            raise TechniqueError(
+                "train.memory.split_head_step and late_head_grad both route the head's gradient: choose one "
+                "(split_head_step is faster: it does not compute the logits again)")
     if cpu and mem.precision == "fp16-mixed":
         raise TechniqueError("train.memory.precision fp16-mixed needs CUDA; on CPU use fp32 or bf16-mixed")
     if cpu and mem.activation_offload:
@@ -95,9 +112,10 @@ def apply_to_model(model: TiedHeadLM, mem: MemoryConfig) -> None:
     else:
         _apply_to_gpt(model, mem)
     model.loss_chunk_size = mem.loss_chunk_size
-    if model.late_head_grad is not None:
-        model.late_head_grad.handle.remove()
-    model.late_head_grad = LateHeadGrad(model.lm_head.weight) if mem.late_head_grad else None
+    if model.head_grad is not None:
+        model.head_grad.handle.remove()
+    # A split head step is attached with its optimizer, in build_optimizer.
+    model.head_grad = LateHeadGrad(model.lm_head.weight) if mem.late_head_grad else None
     if mem.precision == "bf16-true":
         model.to(torch.bfloat16)
 
@@ -140,7 +158,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
     if mem.optimizer_in_backward:
-        return OptimizerInBackward(model, make, cfg.weight_decay)
+        split_head = (model.lm_head.weight, model.wte) if mem.split_head_step else None
+        optimizer = OptimizerInBackward(model, make, cfg.weight_decay, split_head)
+        if optimizer.split_head is not None:
+            model.head_grad = optimizer.split_head
+        return optimizer
     params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
     return make([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}])

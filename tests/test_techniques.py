@@ -164,10 +164,38 @@ def test_optimizer_in_backward_resumes(corpus, tmp_path):
     ({"grad_clip": 1.0, "memory": {"optimizer_in_backward": True}}, "grad_clip: 0"),
     ({"memory": {"precision": "fp16-mixed"}}, "fp16-mixed needs CUDA"),
     ({"memory": {"activation_offload": True}}, "nowhere to move them"),
+    ({"grad_clip": 0.0, "memory": {"split_head_step": True}}, "optimizer_in_backward: true"),
+    ({"grad_clip": 0.0, "memory": {"split_head_step": True, "optimizer_in_backward": True, "optimizer": "adafactor"}},
+     "cannot split adafactor"),
+    ({"grad_clip": 0.0, "memory": {"split_head_step": True, "optimizer_in_backward": True, "late_head_grad": True}},
+     "choose one"),
 ])
 def test_refused_combinations_say_why(train_cfg, message):
     with pytest.raises(TechniqueError, match=message):
         check(TrainConfig.model_validate({"batch_size": 4, **train_cfg}), CPU)
+
+
+def trained_weights(steps: int, **memory) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    cfg = TrainConfig.model_validate({"batch_size": 4, "grad_clip": 0.0, "weight_decay": 0.1, "lr": 1e-2,
+                                      "memory_sample_steps": [], "memory": memory})
+    train_step = TrainStep(model, cfg, CPU)
+    g = torch.Generator().manual_seed(3)
+    for step in range(1, steps + 1):
+        # A narrow token range, so that many head rows are not input tokens and are stepped early.
+        batch = torch.randint(0, 40, (4, 32), generator=g), torch.randint(0, 300, (4, 32), generator=g)
+        train_step(step, lambda n: batch)
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_split_head_step_is_adamw_s_step():
+    common = {"loss_chunk_size": 16, "optimizer_in_backward": True}
+    together = trained_weights(4, **common)
+    split = trained_weights(4, **common, split_head_step=True)
+    assert not torch.equal(together["wte.weight"], trained_weights(0, **common)["wte.weight"])
+    for name, weight in together.items():
+        torch.testing.assert_close(split[name], weight, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_adamw8bit_without_torchao_says_how_to_get_it(monkeypatch):
@@ -204,8 +232,15 @@ def test_techniques_cut_the_memory_they_target():
     checkpointed = tracked_step(loss_chunk_size=0, activation_checkpointing="full")
     chunked = tracked_step(loss_chunk_size=64)
     in_backward = tracked_step(loss_chunk_size=0, optimizer_in_backward=True)
+    # With checkpointing the backward pass peaks while recomputing a block, not at its start.
+    in_backward_chunked = tracked_step(loss_chunk_size=64, optimizer_in_backward=True, activation_checkpointing="full")
+    split_head = tracked_step(loss_chunk_size=64, optimizer_in_backward=True, activation_checkpointing="full",
+                              split_head_step=True)
     assert checkpointed.phases["forward"]["breakdown"]["activations"] < 0.5 * plain.phases["forward"]["breakdown"]["activations"]
     assert chunked.peak_bytes < plain.peak_bytes - 2 * 8 * 64 * 2048 * 4 * 0.9  # two full fp32 logits copies
     assert in_backward.phases["optimizer"]["breakdown"]["gradients"] == 0
     assert max(p["breakdown"]["gradients"] for p in in_backward.phases.values()) < \
         max(p["breakdown"]["gradients"] for p in plain.phases.values())
+    # The head's 2048 x 64 gradient no longer waits through backward for the embedding's; only the rows of
+    # the batch's (about 450 distinct) input tokens do.
+    assert split_head.phases["backward"]["peak_bytes"] < in_backward_chunked.phases["backward"]["peak_bytes"] - 2048 * 64 * 4 * 0.6
