@@ -1,5 +1,5 @@
-"""Generation benchmark: tokens/s and peak memory for 256 new tokens, with and without the KV cache, with
-int8 weights (and their validation bits per byte beside fp32's), and for the recurrent model.
+"""Generation benchmark: tokens/s and peak memory for 256 new tokens, with and without the KV cache, in
+fp32, fp16 and int8 weights (with their validation bits per byte beside fp32's), and for the recurrent model.
 
     python bench/generate.py [--checkpoint runs/demo/train/checkpoint] [--new-tokens 256] [--json out.json]
 
@@ -61,7 +61,7 @@ def main() -> None:
 
     from model.checkpoint import has_checkpoint, load_lm
     from model.gpt import GPT, GPTConfig
-    from model.quantize import quantize_int8
+    from model.quantize import inference_weights
     from model.rnn import RNNAttentionLM, RNNConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -84,10 +84,16 @@ def main() -> None:
     for name, use_cache in (("gpt-kv-cache", True), ("gpt-recompute", False)):
         rows.append({"name": name, **measure(model, prompt, args.new_tokens, use_cache)})
     fp32_bpb = validation_bpb(model, args.checkpoint)
-    quantized = quantize_int8(copy.deepcopy(model))
+    half = inference_weights(copy.deepcopy(model), "fp16")
+    for name, use_cache in (("gpt-kv-cache-fp16", True), ("gpt-recompute-fp16", False)):
+        rows.append({"name": name, **measure(half, prompt, args.new_tokens, use_cache)})
+    fp16_bpb = validation_bpb(half, args.checkpoint)
+    fp16_same = rows[2]["tokens"][:model.config.block_size] == rows[0]["tokens"][:model.config.block_size]
+    quantized = inference_weights(copy.deepcopy(model), "int8")
     rows.append({"name": "gpt-kv-cache-int8", **measure(quantized, prompt, args.new_tokens, True)})
     int8_bpb = validation_bpb(quantized, args.checkpoint)
-    rows[-1].pop("tokens")
+    for row in rows[2:]:
+        row.pop("tokens")
     if has_checkpoint(args.rnn_checkpoint):
         rnn = load_lm(args.rnn_checkpoint)
     else:
@@ -100,7 +106,13 @@ def main() -> None:
     # while recomputation slides the window, so the sequences may part there.
     block = model.config.block_size
     same = rows[0].pop("tokens")[:block] == rows[1].pop("tokens")[:block]
-    speedup = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    by_name = {r["name"]: r["tokens_per_s"] for r in rows}
+    speedup = by_name["gpt-kv-cache"] / by_name["gpt-recompute"]
+    speedup_fp16 = by_name["gpt-kv-cache-fp16"] / by_name["gpt-recompute-fp16"]
+    # Each way of decoding at its fastest weights on this machine: the cache is bound by reading the
+    # weights (fp16 halves that), recomputation by arithmetic (fp32 is the fast one on a CPU).
+    speedup_best = max(by_name["gpt-kv-cache"], by_name["gpt-kv-cache-fp16"]) / \
+        max(by_name["gpt-recompute"], by_name["gpt-recompute-fp16"])
     from rich.console import Console
     from rich.table import Table
 
@@ -110,18 +122,23 @@ def main() -> None:
     for r in rows:
         table.add_row(r["name"], f"{r['tokens_per_s']:.0f}", f"{r['peak_mib']:.1f}", f"{r['weights_mib']:.1f}")
     Console().print(table)
-    weight_ratio = rows[2]["weights_mib"] / rows[0]["weights_mib"]
+    weight_ratio = rows[4]["weights_mib"] / rows[0]["weights_mib"]
     print(f"int8 weights: {weight_ratio:.2f}x the fp32 weight memory", end="")
     if fp32_bpb is not None:
         print(f"; validation bits per byte {fp32_bpb:.4f} (fp32) -> {int8_bpb:.4f} (int8), "
-              f"{(int8_bpb / fp32_bpb - 1):+.2%}")
+              f"{(int8_bpb / fp32_bpb - 1):+.2%}; {fp16_bpb:.4f} (fp16)")
     else:
         print()
-    print(f"KV cache speed-up: {speedup:.1f}x; identical greedy tokens within the {block}-token context: {same}")
+    print(f"KV cache speed-up: {speedup:.1f}x in fp32, {speedup_fp16:.1f}x in fp16, {speedup_best:.1f}x each at its "
+          f"fastest weights; identical greedy tokens within the {block}-token context: {same} "
+          f"(fp16 vs fp32: {fp16_same})")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "kv_cache_speedup": round(speedup, 2),
+                                         "kv_cache_speedup_fp16": round(speedup_fp16, 2),
+                                         "kv_cache_speedup_each_at_fastest": round(speedup_best, 2),
                                          "int8_weight_ratio": round(weight_ratio, 3), "fp32_val_bpb": fp32_bpb,
-                                         "int8_val_bpb": int8_bpb,
+                                         "int8_val_bpb": int8_bpb, "fp16_val_bpb": fp16_bpb,
+                                         "fp16_identical_tokens_within_context": fp16_same,
                                          "identical_tokens_within_context": same, "model": source}, indent=2))
 
 

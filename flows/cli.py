@@ -285,7 +285,8 @@ def generate(
     seed: int = typer.Option(0, help="Seed for reproducible sampling (each prompt of a file gets seed + its index)."),
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before this text (repeatable).")] = None,
     stream: bool = typer.Option(True, help="Print tokens as they are sampled."),
-    int8: bool = typer.Option(False, "--int8", help="Weight-only int8: about a quarter of the weight memory."),
+    weights: str = typer.Option("fp32", help="Weights for generation: fp32; fp16 (half the memory; on a CPU "
+                                "decodes about 2.5x faster); bf16; int8 (weight-only, about a quarter of fp32's)."),
     config: ConfigOption = None,
 ):
     """Generate text from a registered model, a run, or a checkpoint folder."""
@@ -293,9 +294,12 @@ def generate(
     if not Path(model).is_dir():
         _servers(cfg)
     from model.generate import check_sampling, stream_text
+    from model.quantize import INFERENCE_WEIGHTS, inference_weights
 
     try:
         check_sampling(temperature, top_k, top_p, max_new_tokens)
+        if weights not in INFERENCE_WEIGHTS:
+            raise ValueError(f"--weights must be one of {', '.join(INFERENCE_WEIGHTS)}, got {weights!r}")
     except ValueError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -305,10 +309,11 @@ def generate(
     prompts = [prompt] if prompt is not None else [
         line for line in prompts_file.read_text().splitlines() if line.strip()]
     gpt, tokenizer = _load_generator(model, cfg)
-    if int8:
-        from model.quantize import quantize_int8
-
-        quantize_int8(gpt)
+    try:
+        inference_weights(gpt, weights)
+    except ValueError as exc:  # int8 of a model it does not support
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     for i, text in enumerate(prompts):
         pieces = stream_text(gpt, tokenizer, text, max_new_tokens, temperature, top_k, top_p, seed + i, stop or ())
         if stream:

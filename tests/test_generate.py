@@ -72,3 +72,29 @@ def test_int8_weights_are_a_quarter_and_predict_like_fp32():
     prompt = torch.tensor([[1, 2, 3]])
     assert torch.equal(generate(int8, prompt, 10, temperature=0, use_cache=True),
                        generate(int8, prompt, 10, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("kind", ["fp16", "bf16"])
+def test_half_precision_weights_are_half_and_predict_like_fp32(kind):
+    import copy
+
+    from model.quantize import inference_weights, weight_bytes
+
+    torch.manual_seed(0)
+    fp32 = GPT(GPTConfig(vocab_size=512, block_size=32, n_layer=2, n_head=2, n_embd=64)).eval()
+    half = inference_weights(copy.deepcopy(fp32), kind)
+    assert weight_bytes(half) == weight_bytes(fp32) // 2
+    x = torch.randint(0, 512, (2, 32))
+    y = torch.randint(0, 512, (2, 32))
+    with torch.no_grad():
+        assert half.loss(half(x), y).item() == pytest.approx(fp32.loss(fp32(x), y).item(), rel=1e-2)
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate(half, prompt, 10, temperature=0, use_cache=True),
+                       generate(half, prompt, 10, temperature=0, use_cache=False))
+
+
+def test_unknown_inference_weights_are_refused():
+    from model.quantize import inference_weights
+
+    with pytest.raises(ValueError, match="weights must be one of fp32, fp16, bf16, int8"):
+        inference_weights(GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8)), "int4")
