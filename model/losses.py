@@ -26,7 +26,7 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 
 def _chunk_softmax_grad(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor):
-    """For one chunk: (per-token loss, log-sum-exp, d loss/d logits = softmax - one_hot(target)) in fp32.
+    """For one chunk: (per-token loss, d loss/d logits = softmax - one_hot(target)), in fp32.
 
     In place on the one fp32 logits buffer, so that a chunk costs a single (chunk × vocabulary) tensor."""
     logits = (h @ w.T).float()
@@ -35,10 +35,10 @@ def _chunk_softmax_grad(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor)
     top = logits.amax(dim=1, keepdim=True)
     probs = logits.sub_(top).exp_()
     total = probs.sum(dim=1, keepdim=True)
-    lse = (top + total.log()).squeeze(1)
+    token_loss = (top + total.log()).squeeze(1) - target_logits  # log-sum-exp - target logit
     probs.div_(total)
     probs[rows, targets] -= 1
-    return lse - target_logits, lse, probs
+    return token_loss, probs
 
 
 class LateHeadGrad:
@@ -55,7 +55,7 @@ class LateHeadGrad:
                 w = weight.to(dtype)
                 for start in range(0, hidden.size(0), chunk_size):
                     h = hidden[start:start + chunk_size].to(dtype)
-                    _, _, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
+                    _, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
                     weight.grad.addmm_(grad_logits.mul_(scale).T.to(weight.grad.dtype), h.to(weight.grad.dtype))
         self.pending.clear()
 
@@ -78,7 +78,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             w = weight.to(dtype)
             for start in range(0, n, chunk_size):
                 h = hidden[start:start + chunk_size].to(dtype)
-                token_loss, _, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
+                token_loss, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
                 total += token_loss.sum()
                 if want_grads:
                     grad_logits = grad_logits.to(dtype)

@@ -33,8 +33,9 @@ class TiledMLP(torch.autograd.Function):
         out = ctx.out
         grad_x = torch.empty_like(x)
         grad_hidden_params: list[torch.Tensor | None] = [None] * len(ctx.hidden_params)
-        grad_weight = torch.zeros_like(out.weight)
-        grad_bias = torch.zeros_like(out.bias) if out.bias is not None else None
+        # Summed over slices in fp32 whatever the weights' dtype (bf16-true), converted once at the end.
+        grad_weight = torch.zeros_like(out.weight, dtype=torch.float32)
+        grad_bias = torch.zeros_like(out.bias, dtype=torch.float32) if out.bias is not None else None
         start = 0
         for size in [part.size(1) for part in x.chunk(ctx.chunks, dim=1)]:
             end = start + size
@@ -53,7 +54,7 @@ class TiledMLP(torch.autograd.Function):
             for i, grad in enumerate(grads[1:]):
                 grad_hidden_params[i] = grad if grad_hidden_params[i] is None else grad_hidden_params[i].add_(grad)
             start = end
-        out_grads = [grad_weight] + ([grad_bias] if grad_bias is not None else [])
+        out_grads = [grad_weight.to(out.weight.dtype)] + ([grad_bias.to(out.bias.dtype)] if grad_bias is not None else [])
         return None, None, None, None, None, grad_x, *grad_hidden_params, *out_grads
 
 

@@ -120,4 +120,11 @@ def test_charsets_binary_and_urls():
 ))
 def test_the_cleaner_never_raises_on_arbitrary_html(html):
     result = clean_page(html, "http://h/page.html", CFG)
-    assert result.dropped_by is not None or result.dedup_key is not None
+    # Every page is either kept (with its exact-duplicate key) or dropped by one named step, never both.
+    assert (result.dropped_by is None) != (result.dedup_key is None)
+    if result.dropped_by is not None:
+        assert result.dropped_by in {"language", "c4_lines", "empty", "max_chars", "gopher_quality",
+                                     "gopher_repetition", "fineweb_quality"}
+        assert result.dropped_by == "empty" or result.detail, "a filter that drops a page says why"
+    else:
+        assert len(result.dedup_key) == 64 and int(result.dedup_key, 16) >= 0

@@ -52,11 +52,13 @@ def train_losses(model, steps: int = 40, **train) -> tuple[list[float], TrainSte
     {"memory": {"activation_offload": True}},
     {"memory": {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 64}},
     {"memory": {"optimizer_in_backward": True, "late_head_grad": True}, "grad_clip": 0.0},
+    {"memory": {"optimizer_in_backward": True, "split_head_step": True, "activation_checkpointing": "full",
+                "mlp_chunks": 4, "precision": "bf16-mixed"}, "grad_clip": 0.0},
     {"memory": {"optimizer": "adafactor"}, "lr": 3e-2},
     {"memory": {"micro_batch_size": 2, "precision": "bf16-mixed"}},
     {"memory": {"compile": True}},
 ], ids=["fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "offload", "ckpt-tiled-chunked", "opt-in-backward",
-        "adafactor", "accum-bf16", "compile"])
+        "split-head-tiled-bf16", "adafactor", "accum-bf16", "compile"])
 def test_each_switch_trains_on_cuda(train):
     losses, step = train_losses(gpt(), **train)
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
