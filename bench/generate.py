@@ -102,6 +102,9 @@ def main() -> None:
     rnn.eval()
     rows.append({"name": "rnn-attention-state", **measure(rnn, prompt, args.new_tokens, True)})
     rows[-1].pop("tokens")
+    rnn_int8 = inference_weights(copy.deepcopy(rnn), "int8")
+    rows.append({"name": "rnn-attention-state-int8", **measure(rnn_int8, prompt, args.new_tokens, True)})
+    rows[-1].pop("tokens")
     # Within the context both decode the same tokens; past it the cache restarts over half a block
     # while recomputation slides the window, so the sequences may part there.
     block = model.config.block_size

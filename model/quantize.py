@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.gpt import GPT
+from model.gpt import TiedHeadLM
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,20 +57,58 @@ class Int8Embedding(nn.Module):
         return self.q[idx].float() * self.scale[idx, None]
 
 
-def quantize_int8(model: GPT) -> GPT:
-    """Quantize `model` in place for inference; the tied embedding and head share one int8 table."""
-    if not isinstance(model, GPT):
-        raise ValueError(f"int8 quantization supports the GPT, not {type(model).__name__}")
+class Int8Recurrent(nn.Module):
+    """A one-layer, batch-first nn.RNN (ReLU or tanh), nn.GRU or nn.LSTM with int8 weights: the input
+    projection runs over all steps at once, the recurrent one step by step, with PyTorch's gate equations."""
+
+    def __init__(self, rnn: nn.RNNBase):
+        super().__init__()
+        if rnn.num_layers != 1 or rnn.bidirectional or not rnn.batch_first or rnn.proj_size:
+            raise ValueError("int8 supports one-layer, one-way, batch-first recurrent layers")
+        self.mode = rnn.mode  # "RNN_RELU", "RNN_TANH", "GRU" or "LSTM"
+        self.ih = Int8Linear(*quantize_rows(rnn.weight_ih_l0), getattr(rnn, "bias_ih_l0", None))
+        self.hh = Int8Linear(*quantize_rows(rnn.weight_hh_l0), getattr(rnn, "bias_hh_l0", None))
+
+    def forward(self, x: torch.Tensor, state=None):
+        B, T, C = x.shape
+        if state is None:
+            zeros = x.new_zeros(1, B, C)
+            state = (zeros, zeros) if self.mode == "LSTM" else zeros
+        h, c = state if self.mode == "LSTM" else (state, None)
+        h, c = h[0], (c[0] if c is not None else None)
+        inputs = self.ih(x)
+        outputs = []
+        for t in range(T):
+            gi, gh = inputs[:, t], self.hh(h)
+            if self.mode == "GRU":
+                (ir, iz, i_n), (hr, hz, hn) = gi.chunk(3, dim=-1), gh.chunk(3, dim=-1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                h = (1 - z) * torch.tanh(i_n + r * hn) + z * h
+            elif self.mode == "LSTM":
+                i, f, g, o = (gi + gh).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                h = torch.relu(gi + gh) if self.mode == "RNN_RELU" else torch.tanh(gi + gh)
+            outputs.append(h)
+        state = (h[None], c[None]) if self.mode == "LSTM" else h[None]
+        return torch.stack(outputs, dim=1), state
+
+
+def quantize_int8(model: TiedHeadLM) -> TiedHeadLM:
+    """Quantize `model` (the GPT or the RNN) in place for inference: the tied embedding and head share one
+    int8 table; every Linear and recurrent layer keeps int8 weights; norms and biases stay as they are."""
     model.eval()
     table = quantize_rows(model.wte.weight)
     model.wte = Int8Embedding(*table)
     model.lm_head = Int8Linear(*table)
     model.loss_chunk_size = 0  # the chunked loss needs a float head weight
-    for block in model.blocks:
-        for parent in (block.attn, block.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear.from_linear(child))
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.RNNBase):
+                setattr(parent, name, Int8Recurrent(child))
+            elif isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear.from_linear(child))
     return model
 
 

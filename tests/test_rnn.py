@@ -24,6 +24,26 @@ def test_cached_and_uncached_greedy_decoding_agree(cell):
     assert torch.equal(cached, plain)
 
 
+@pytest.mark.parametrize("cell", ["relu", "gru", "lstm"])
+def test_int8_weights_are_about_a_quarter_and_predict_like_fp32(cell):
+    import copy
+
+    from model.quantize import quantize_int8, weight_bytes
+
+    torch.manual_seed(0)
+    fp32 = RNNAttentionLM(RNNConfig(vocab_size=512, n_layer=2, n_embd=64, cell=cell)).eval()
+    int8 = quantize_int8(copy.deepcopy(fp32))
+    assert weight_bytes(int8) <= 0.3 * weight_bytes(fp32)
+    x, y = torch.randint(0, 512, (2, 40)), torch.randint(0, 512, (2, 40))
+    with torch.no_grad():
+        # The int8 recurrent layers follow PyTorch's own gate equations: the same hidden states, to rounding.
+        torch.testing.assert_close(int8(x), fp32(x), rtol=0.05, atol=0.05)
+        assert int8.loss(int8(x), y).item() == pytest.approx(fp32.loss(fp32(x), y).item(), rel=1e-3)
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate(int8, prompt, 12, temperature=0, use_cache=True),
+                       generate(int8, prompt, 12, temperature=0, use_cache=False))
+
+
 def test_attention_is_causal_and_matches_the_running_form():
     torch.manual_seed(0)
     model = RNNAttentionLM(RNNConfig(vocab_size=50, n_layer=1, n_embd=16)).eval()
