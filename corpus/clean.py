@@ -4,7 +4,11 @@ Pass 1 (worker processes): main-content extraction and language. Between the pas
 each site's boilerplate (lines on a large share of its pages). Pass 2 (worker processes): language
 filter, boilerplate and C4 line removal, PII scrubbing, Gopher quality, Gopher repetition and FineWeb
 quality filters, spaCy sentences and tokens, MinHash signatures. The parent then drops exact and near
-duplicates in page order and writes the documents and the report."""
+duplicates in page order and writes the documents and the report.
+
+A clean after a recrawl redoes only what changed: pass 1 for pages whose bytes changed, pass 2 for pages
+whose extracted record changed or whose lines that are site boilerplate changed (a site's boilerplate
+moves when pages are added or removed); both passes' results are kept beside the documents."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from crawlers.urls import canonical_url, host_of
 from corpus.config import CleanConfig
 from corpus.extract import Block, extract_page
@@ -30,6 +36,7 @@ from corpus.pii import scrub
 DOCS_FILE = "docs.jsonl"
 REPORT_FILE = "report.json"
 EXTRACTED_FILE = "extracted.jsonl"
+FILTERED_FILE = "filtered.jsonl"
 EXAMPLES_PER_STEP = 5
 # Leakage: an output line that occurs on more than this share of its site's pages is boilerplate.
 LEAKAGE_SHARE = 0.5
@@ -58,6 +65,22 @@ class Cleaned:
     line_keys: list[bytes] = field(default_factory=list)
     lines_removed: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
     pii: Counter = field(default_factory=Counter)
+
+    def to_json(self) -> dict:
+        return {"url": self.url, "lang": self.lang, "dropped_by": self.dropped_by, "detail": self.detail,
+                "record": self.record, "dedup_key": self.dedup_key,
+                "signature": None if self.signature is None else [int(v) for v in self.signature],
+                "line_keys": [k.hex() for k in self.line_keys],
+                "lines_removed": {step: [n, examples] for step, (n, examples) in self.lines_removed.items()},
+                "pii": dict(self.pii)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Cleaned:
+        return cls(data["url"], data["lang"], data["dropped_by"], data["detail"], data["record"], data["dedup_key"],
+                   None if data["signature"] is None else np.array(data["signature"], dtype=np.uint64),
+                   [bytes.fromhex(k) for k in data["line_keys"]],
+                   {step: (n, examples) for step, (n, examples) in data["lines_removed"].items()},
+                   Counter(data["pii"]))
 
 
 def line_key(host: str, line: str) -> bytes:
@@ -92,6 +115,33 @@ def _previous_extractions(extracted_file: Path, config: CleanConfig) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------ pass 2
+def filter_keys(config: CleanConfig, boilerplate: frozenset[bytes]) -> Callable[[dict], str]:
+    """The key of pass 2's result for one page: what that result depends on, namely the extracted record,
+    the settings and spaCy pipeline that shape the output, and which of the page's lines are boilerplate."""
+    settings = json.dumps(["filter-v1", config.model_dump(mode="json", exclude={"workers", "batch_size"})],
+                          sort_keys=True)
+    pipelines: dict[str, str] = {}
+
+    def key(record: dict) -> str:
+        host, lang = record["host"], record["lang"]
+        pipeline = pipelines.setdefault(lang, spacy_pipeline_name(lang, config))
+        digest = hashlib.sha256(settings.encode())
+        digest.update(json.dumps([pipeline, record], sort_keys=True, ensure_ascii=False).encode())
+        for line_in_boilerplate in sorted({k for kind, text in record["blocks"] if kind != "code"
+                                           for line in text.split("\n") if (k := line_key(host, line)) in boilerplate}):
+            digest.update(line_in_boilerplate)
+        return digest.hexdigest()[:32]
+
+    return key
+
+
+def _previous_filtered(filtered_file: Path) -> dict[str, dict]:
+    """Pass 2's results from the last clean, by filter key."""
+    if not filtered_file.exists():
+        return {}
+    return {r["key"]: r["cleaned"] for r in read_jsonl(filtered_file)}
+
+
 def text_steps(record: dict, config: CleanConfig, boilerplate: frozenset[bytes] = frozenset()) -> tuple[Doc, Cleaned]:
     """Every step of pass 2 up to spaCy, for one extracted page."""
     doc = Doc(record["url"], record["host"], record["title"], record["lang"],
@@ -197,13 +247,16 @@ def _extract_chunk(pages: list[dict]) -> list[dict]:
     return out
 
 
-def _filter_chunk(records: list[dict]) -> list[Cleaned]:
+def _filter_chunk(records: list[dict]) -> list[Cleaned | str]:
     config, boilerplate = _worker["config"], _worker["boilerplate"]
-    results: list[Cleaned] = []
+    results: list[Cleaned | str] = []
     survivors: dict[str, list[tuple[Doc, Cleaned]]] = defaultdict(list)
     for record in records:
         if "error" in record:
             results.append(Cleaned(record["url"], "?", "unparseable", record["error"]))
+            continue
+        if "reuse_key" in record:  # the parent has this page's result from the last clean
+            results.append(record["reuse_key"])
             continue
         doc, result = text_steps(record, config, boilerplate)
         results.append(result)
@@ -333,17 +386,38 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
          for r in read_jsonl(extracted_file) if "error" not in r),
         host_pages, line_pages, config.boilerplate.min_pages)
 
-    # Pass 2: the filters, spaCy and signatures; duplicates settled here in page order.
+    # Pass 2: the filters, spaCy and signatures (reused for pages whose inputs did not change);
+    # duplicates settled here in page order.
+    filtered_file = out_dir / FILTERED_FILE
+    previous_filtered = _previous_filtered(filtered_file)
+    keys: list[str | None] = []  # each page's filter key, in page order
+    filter_key = filter_keys(config, boilerplate)
+
+    def records() -> Iterator[dict]:
+        for record in read_jsonl(extracted_file):
+            key = None if "error" in record else filter_key(record)
+            keys.append(key)
+            yield {"reuse_key": key} if key in previous_filtered else record
+
     seen: set[str] = set()
     near = NearDuplicateIndex(config.near_dedup) if config.near_dedup.enabled else None
     totals: Counter[str] = Counter()
     kept_lines: list[tuple[str, list[bytes]]] = []
-    done = 0
+    done = refiltered = 0
     tmp_file = out_dir / (DOCS_FILE + ".tmp")
-    with _mapper(workers, (config, boilerplate)) as imap, open(tmp_file, "w", encoding="utf-8") as out:
-        for chunk in imap(_filter_chunk, _chunks(read_jsonl(extracted_file), config.batch_size)):
+    tmp_filtered = out_dir / (FILTERED_FILE + ".tmp")
+    with _mapper(workers, (config, boilerplate)) as imap, open(tmp_file, "w", encoding="utf-8") as out, \
+            open(tmp_filtered, "w", encoding="utf-8") as filtered_out:
+        for chunk in imap(_filter_chunk, _chunks(records(), config.batch_size)):
             for item in chunk:
+                key = keys[done]
                 done += 1
+                if isinstance(item, str):
+                    item = Cleaned.from_json(previous_filtered[item])
+                elif key is not None:
+                    refiltered += 1
+                if key is not None:
+                    filtered_out.write(json.dumps({"key": key, "cleaned": item.to_json()}, ensure_ascii=False) + "\n")
                 for step, (n, examples) in item.lines_removed.items():
                     report.lines(step, n, examples)
                 report.pii.update(item.pii)
@@ -363,11 +437,13 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
                 totals.update(docs=1, chars=len(item.record["text"]), words=item.record["n_words"],
                               sentences=item.record["n_sentences"])
             progress(total + done, 2 * total)
+    tmp_filtered.replace(filtered_file)
     tmp_file.replace(out_dir / DOCS_FILE)
 
     summary = {
         "pages_in": pages_in,
         "pages_extracted_again": pages_in - reused,
+        "pages_filtered_again": refiltered,
         "docs_out": totals["docs"],
         "dropped": dict(report.dropped),
         "dropped_examples": dict(report.examples),

@@ -60,6 +60,40 @@ def test_clean_runs_every_step_and_counts_what_each_dropped(corpus, crawled):
         assert not any(marker in doc["text"] for marker in (*FURNITURE, "BOILERTOKEN"))
 
 
+@pytest.mark.integration
+def test_a_clean_after_a_recrawl_redoes_only_what_changed_and_gives_what_a_fresh_clean_gives(crawled, tmp_path):
+    import hashlib
+
+    from corpus.clean import clean
+    from corpus.config import CleanConfig
+
+    config = CleanConfig(workers=1)
+    out = tmp_path / "clean"
+    first = clean(crawled.pages_file, out, config)
+    first_docs = (out / "docs.jsonl").read_text()
+    assert first.report["pages_filtered_again"] == first.report["pages_in"] > 0
+    again = clean(crawled.pages_file, out, config)
+    assert again.report["pages_extracted_again"] == again.report["pages_filtered_again"] == 0
+    assert (out / "docs.jsonl").read_text() == first_docs
+
+    # One page gains a paragraph: it alone is extracted and filtered again.
+    kept_url = json.loads(first_docs.splitlines()[0])["url"]
+    pages = list(read_jsonl(crawled.pages_file))
+    changed = next(p for p in pages if (p.get("final_url") or p["url"]) == kept_url)
+    changed["html"] = changed["html"].replace(
+        "</p>", "</p><p>A paragraph added since the last crawl says that tuples cannot be changed once made.</p>", 1)
+    changed["sha256"] = hashlib.sha256(changed["html"].encode()).hexdigest()
+    recrawled = tmp_path / "pages.jsonl"
+    recrawled.write_text("".join(json.dumps(p) + "\n" for p in pages))
+    # On two worker processes, which changes nothing in what a page comes to.
+    incremental = clean(recrawled, out, CleanConfig(workers=2))
+    fresh = clean(recrawled, tmp_path / "fresh", config)
+    assert incremental.report["pages_extracted_again"] == incremental.report["pages_filtered_again"] == 1
+    assert (out / "docs.jsonl").read_text() == (tmp_path / "fresh" / "docs.jsonl").read_text() != first_docs
+    for part in ("dropped", "lines_removed", "pii_replaced", "leakage", "languages_out"):
+        assert incremental.report[part] == fresh.report[part], part
+
+
 def test_split_is_stable_when_pages_are_added(tmp_path):
     cfg = SplitConfig(val_fraction=0.3)
     make = lambda n: [{"url": f"http://site.example/page{i}.html", "text": "x"} for i in range(n)]  # noqa: E731
