@@ -91,11 +91,8 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.c_fc(x), approximate="tanh")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.hidden(x)))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -137,7 +134,7 @@ class Block(nn.Module):
         if recompute and self.mlp_chunks > 1 and x.size(1) >= self.mlp_chunks:
             # The block's recomputation needs only the tiled MLP's input back, not its output.
             params = [*self.ln_2.parameters(), *self.mlp.c_fc.parameters()]
-            return x + self.mlp.dropout(tiled_mlp(self._mlp_hidden, params, self.mlp.c_proj, x, self.mlp_chunks,
+            return x + self.mlp.dropout(tiled_mlp(self._mlp_first_layer, params, self.mlp.c_proj, x, self.mlp_chunks,
                                                   skip_output=self._recomputing))
         if recompute and self.checkpoint == "mlp":
             return x + checkpoint(self._mlp, x, use_reentrant=False)
@@ -149,8 +146,8 @@ class Block(nn.Module):
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.ln_2(x))
 
-    def _mlp_hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp.hidden(self.ln_2(x))
+    def _mlp_first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp.c_fc(self.ln_2(x))
 
 
 class TiedHeadLM(nn.Module):

@@ -94,11 +94,11 @@ class SplitHeadStep:
         """Step the input tokens' rows with the head's gradient plus the embedding's (now in .grad)."""
         state, rows = self._state(), self.rows
         grad = self.weight.grad.index_select(0, rows).add_(self.head_rows)
-        param, exp_avg, exp_avg_sq = (t.index_select(0, rows)
-                                      for t in (self.weight, state["exp_avg"], state["exp_avg_sq"]))
+        tensors = (self.weight, state["exp_avg"], state["exp_avg_sq"])
+        param, exp_avg, exp_avg_sq = (t.index_select(0, rows) for t in tensors)
         # The step counter already moved on for this step; these rows take the same step number.
         self._adamw(param, grad, exp_avg, exp_avg_sq, state["step"] - 1)
-        for tensor, rows_after in zip((self.weight, state["exp_avg"], state["exp_avg_sq"]), (param, exp_avg, exp_avg_sq)):
+        for tensor, rows_after in zip(tensors, (param, exp_avg, exp_avg_sq)):
             tensor.index_copy_(0, rows, rows_after)
         self.head_rows = self.rows = None
 
