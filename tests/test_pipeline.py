@@ -121,6 +121,11 @@ def test_generate_command_streams_from_the_registry_reproducibly(pipeline_run, t
     bad = memlm("generate", "-m", "models:/memlm-test/1", "-p", "x", "--temperature", "-1", "-c", str(config_file),
                 cwd=tmp_path)
     assert bad.returncode == 2 and "temperature must be >= 0" in bad.stderr
+    half = memlm(*args[:-2], "--weights", "fp16", "-c", str(config_file), cwd=tmp_path)
+    assert half.returncode == 0 and half.stdout.startswith("The list"), half.stderr
+    unknown = memlm("generate", "-m", "models:/memlm-test/1", "-p", "x", "--weights", "int4", "-c", str(config_file),
+                    cwd=tmp_path)
+    assert unknown.returncode == 2 and "--weights must be one of fp32, fp16, bf16, int8" in unknown.stderr
 
 
 def test_mlflow_serves_the_registered_model_over_http(pipeline_run, tmp_path):
