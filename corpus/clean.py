@@ -380,11 +380,6 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
     extract_s = time.monotonic() - started
 
     boilerplate, top_boilerplate = _site_boilerplate(config, host_pages, line_pages, line_text)
-    leakage_before = _leakage(
-        ((r["host"], [line_key(r["host"], line) for kind, text in r["blocks"] if kind != "code"
-                      for line in text.split("\n") if line.strip()])
-         for r in read_jsonl(extracted_file) if "error" not in r),
-        host_pages, line_pages, config.boilerplate.min_pages)
 
     # Pass 2: the filters, spaCy and signatures (reused for pages whose inputs did not change);
     # duplicates settled here in page order.
@@ -392,10 +387,15 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
     previous_filtered = _previous_filtered(filtered_file)
     keys: list[str | None] = []  # each page's filter key, in page order
     filter_key = filter_keys(config, boilerplate)
+    lines_in: list[tuple[str, list[bytes]]] = []  # every page's prose lines, for leakage before the steps
 
     def records() -> Iterator[dict]:
         for record in read_jsonl(extracted_file):
-            key = None if "error" in record else filter_key(record)
+            key = None
+            if "error" not in record:
+                key = filter_key(record)
+                lines_in.append((record["host"], [line_key(record["host"], line) for kind, text in record["blocks"]
+                                                  if kind != "code" for line in text.split("\n") if line.strip()]))
             keys.append(key)
             yield {"reuse_key": key} if key in previous_filtered else record
 
@@ -456,7 +456,8 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
                             "clusters": [{"kept": k, "duplicates": v} for k, v in (near.clusters if near else {}).items()][:50]},
         "boilerplate": {"sites": sum(1 for n in host_pages.values() if n >= config.boilerplate.min_pages),
                         "distinct_lines": len(boilerplate), "top": top_boilerplate},
-        "leakage": {"before": leakage_before, "after": _leakage(kept_lines, host_pages, line_pages, config.boilerplate.min_pages),
+        "leakage": {"before": _leakage(lines_in, host_pages, line_pages, config.boilerplate.min_pages),
+                    "after": _leakage(kept_lines, host_pages, line_pages, config.boilerplate.min_pages),
                     "definition": f"share of lines on more than {LEAKAGE_SHARE:.0%} of their site's pages"},
         "chars_out": totals["chars"],
         "words_out": totals["words"],
