@@ -88,12 +88,9 @@ def main() -> None:
     for name, use_cache in (("gpt-kv-cache-fp16", True), ("gpt-recompute-fp16", False)):
         rows.append({"name": name, **measure(half, prompt, args.new_tokens, use_cache)})
     fp16_bpb = validation_bpb(half, args.checkpoint)
-    fp16_same = rows[2]["tokens"][:model.config.block_size] == rows[0]["tokens"][:model.config.block_size]
     quantized = inference_weights(copy.deepcopy(model), "int8")
     rows.append({"name": "gpt-kv-cache-int8", **measure(quantized, prompt, args.new_tokens, True)})
     int8_bpb = validation_bpb(quantized, args.checkpoint)
-    for row in rows[2:]:
-        row.pop("tokens")
     if has_checkpoint(args.rnn_checkpoint):
         rnn = load_lm(args.rnn_checkpoint)
     else:
@@ -101,21 +98,22 @@ def main() -> None:
         rnn = RNNAttentionLM(RNNConfig(vocab_size=model.config.vocab_size, n_layer=2, n_embd=456))
     rnn.eval()
     rows.append({"name": "rnn-attention-state", **measure(rnn, prompt, args.new_tokens, True)})
-    rows[-1].pop("tokens")
     rnn_int8 = inference_weights(copy.deepcopy(rnn), "int8")
     rows.append({"name": "rnn-attention-state-int8", **measure(rnn_int8, prompt, args.new_tokens, True)})
-    rows[-1].pop("tokens")
     # Within the context both decode the same tokens; past it the cache restarts over half a block
     # while recomputation slides the window, so the sequences may part there.
     block = model.config.block_size
-    same = rows[0].pop("tokens")[:block] == rows[1].pop("tokens")[:block]
-    by_name = {r["name"]: r["tokens_per_s"] for r in rows}
-    speedup = by_name["gpt-kv-cache"] / by_name["gpt-recompute"]
-    speedup_fp16 = by_name["gpt-kv-cache-fp16"] / by_name["gpt-recompute-fp16"]
+    tokens = {r["name"]: r.pop("tokens")[:block] for r in rows}
+    same = tokens["gpt-kv-cache"] == tokens["gpt-recompute"]
+    fp16_same = tokens["gpt-kv-cache-fp16"] == tokens["gpt-kv-cache"]
+    by_name = {r["name"]: r for r in rows}
+    speed = {name: r["tokens_per_s"] for name, r in by_name.items()}
+    speedup = speed["gpt-kv-cache"] / speed["gpt-recompute"]
+    speedup_fp16 = speed["gpt-kv-cache-fp16"] / speed["gpt-recompute-fp16"]
     # Each way of decoding at its fastest weights on this machine: the cache is bound by reading the
     # weights (fp16 halves that), recomputation by arithmetic (fp32 is the fast one on a CPU).
-    speedup_best = max(by_name["gpt-kv-cache"], by_name["gpt-kv-cache-fp16"]) / \
-        max(by_name["gpt-recompute"], by_name["gpt-recompute-fp16"])
+    speedup_best = max(speed["gpt-kv-cache"], speed["gpt-kv-cache-fp16"]) / \
+        max(speed["gpt-recompute"], speed["gpt-recompute-fp16"])
     from rich.console import Console
     from rich.table import Table
 
@@ -125,7 +123,7 @@ def main() -> None:
     for r in rows:
         table.add_row(r["name"], f"{r['tokens_per_s']:.0f}", f"{r['peak_mib']:.1f}", f"{r['weights_mib']:.1f}")
     Console().print(table)
-    weight_ratio = rows[4]["weights_mib"] / rows[0]["weights_mib"]
+    weight_ratio = by_name["gpt-kv-cache-int8"]["weights_mib"] / by_name["gpt-kv-cache"]["weights_mib"]
     print(f"int8 weights: {weight_ratio:.2f}x the fp32 weight memory", end="")
     if fp32_bpb is not None:
         print(f"; validation bits per byte {fp32_bpb:.4f} (fp32) -> {int8_bpb:.4f} (int8), "

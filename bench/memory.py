@@ -60,8 +60,9 @@ ROWS: dict[str, dict] = {
     "memlm-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW},
     "memlm-best-any": {"impl": "memlm", "memory": BEST_ANY, "lr": 3e-2},
     "memlm-lowest-memory": {"impl": "memlm", "memory": LOWEST, "lr": 3e-2},
-    # The fastest setting found on CPU: the default's chunked loss, compiled (inductor fuses the elementwise
-    # work between the matrix multiplies; compiling takes about a minute, in the untimed first steps).
+    # The default's chunked loss, compiled (inductor fuses the elementwise work between the matrix
+    # multiplies; compiling takes about a minute, in the untimed first steps). On this 2-core CPU it is no
+    # faster than the default within the run-to-run noise; on a GPU it is the candidate for fastest.
     "memlm-fastest": {"impl": "memlm", "memory": {"loss_chunk_size": 512, "compile": True}},
     "memlm-default": {"impl": "memlm", "memory": {}},
     "hf-gpt2": {"impl": "hf", "checkpointing": False},

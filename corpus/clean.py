@@ -115,20 +115,20 @@ def _previous_extractions(extracted_file: Path, config: CleanConfig) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------ pass 2
-def filter_keys(config: CleanConfig, boilerplate: frozenset[bytes]) -> Callable[[dict], str]:
-    """The key of pass 2's result for one page: what that result depends on, namely the extracted record,
-    the settings and spaCy pipeline that shape the output, and which of the page's lines are boilerplate."""
+def filter_keys(config: CleanConfig, boilerplate: frozenset[bytes]) -> Callable[[dict, set[bytes]], str]:
+    """The key of pass 2's result for one page, given the page's record and its prose lines' keys: what
+    that result depends on, namely the record, the settings and spaCy pipeline that shape the output, and
+    which of the page's lines are boilerplate."""
     settings = json.dumps(["filter-v1", config.model_dump(mode="json", exclude={"workers", "batch_size"})],
                           sort_keys=True)
     pipelines: dict[str, str] = {}
 
-    def key(record: dict) -> str:
-        host, lang = record["host"], record["lang"]
+    def key(record: dict, line_keys: set[bytes]) -> str:
+        lang = record["lang"]
         pipeline = pipelines.setdefault(lang, spacy_pipeline_name(lang, config))
         digest = hashlib.sha256(settings.encode())
         digest.update(json.dumps([pipeline, record], sort_keys=True, ensure_ascii=False).encode())
-        for line_in_boilerplate in sorted({k for kind, text in record["blocks"] if kind != "code"
-                                           for line in text.split("\n") if (k := line_key(host, line)) in boilerplate}):
+        for line_in_boilerplate in sorted(line_keys & boilerplate):
             digest.update(line_in_boilerplate)
         return digest.hexdigest()[:32]
 
@@ -393,9 +393,11 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
         for record in read_jsonl(extracted_file):
             key = None
             if "error" not in record:
-                key = filter_key(record)
-                lines_in.append((record["host"], [line_key(record["host"], line) for kind, text in record["blocks"]
-                                                  if kind != "code" for line in text.split("\n") if line.strip()]))
+                host = record["host"]
+                lines = [(line, line_key(host, line)) for kind, text in record["blocks"] if kind != "code"
+                         for line in text.split("\n")]
+                key = filter_key(record, {k for _, k in lines})
+                lines_in.append((host, [k for line, k in lines if line.strip()]))
             keys.append(key)
             yield {"reuse_key": key} if key in previous_filtered else record
 
