@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from model.linear import Linear
 from model.losses import LateHeadGrad, linear_cross_entropy
 from model.optim import SplitHeadStep
 from model.tiled import tiled_mlp
@@ -48,12 +49,13 @@ class KVCache:
             shape = (k.size(0), k.size(1), block_size, k.size(3))
             self.layers[layer] = (k.new_empty(shape), v.new_empty(shape))
         keys, values = self.layers[layer]
-        end = self.length + k.size(2)
-        keys[:, :, self.length:end] = k
-        values[:, :, self.length:end] = v
+        T = k.size(2)
+        keys.narrow(2, self.length, T).copy_(k)
+        values.narrow(2, self.length, T).copy_(v)
+        end = self.length + T
         if layer == len(self.layers) - 1:
             self.length = end
-        return keys[:, :, :end], values[:, :, :end]
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
 
 class CausalSelfAttention(nn.Module):
@@ -61,15 +63,15 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.block_size = config.block_size
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3C) -> three (B, n_head, T, head size) views, in few operators (decoding runs them per token)
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             k, v = cache.update(layer, k, v, self.block_size)
         # With a cache, new queries attend to every cached position; causal masking applies only when
@@ -80,15 +82,15 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +161,7 @@ class TiedHeadLM(nn.Module):
     def __init__(self, vocab_size: int, n_embd: int):
         super().__init__()
         self.wte = nn.Embedding(vocab_size, n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head = Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.loss_chunk_size = 0  # memory techniques: see model/techniques.py
         # Where the tied weight's head gradient goes (memory techniques): autograd (None), or one of these.
@@ -217,8 +219,7 @@ class GPT(TiedHeadLM):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.drop(self.wte(idx) + self.wpe.weight[start:start + T])
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         return self.ln_f(x)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.gpt import TiedHeadLM
+from model.linear import Linear
 
 CELLS = {"relu": lambda c: nn.RNN(c, c, nonlinearity="relu", batch_first=True),
          "gru": lambda c: nn.GRU(c, c, batch_first=True),
@@ -50,10 +51,10 @@ class RNNAttentionLM(TiedHeadLM):
             raise ValueError(f"model.cell must be one of {', '.join(CELLS)}, got {config.cell!r}")
         self.config = config
         self.rnns = nn.ModuleList(CELLS[config.cell](config.n_embd) for _ in range(config.n_layer))
-        self.ffs = nn.ModuleList(nn.Sequential(nn.Linear(config.n_embd, config.n_embd), nn.ReLU(),
+        self.ffs = nn.ModuleList(nn.Sequential(Linear(config.n_embd, config.n_embd), nn.ReLU(),
                                                nn.Dropout(config.dropout)) for _ in range(config.n_layer - 1))
-        self.score = nn.Linear(config.n_embd, 1, bias=False)  # v
-        self.combine = nn.Linear(2 * config.n_embd, config.n_embd)
+        self.score = Linear(config.n_embd, 1, bias=False)  # v
+        self.combine = Linear(2 * config.n_embd, config.n_embd)
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.time_chunks = 1  # activation checkpointing over chunks of time steps (model/techniques.py)
         nn.init.normal_(self.wte.weight, std=0.02)
