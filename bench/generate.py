@@ -95,10 +95,11 @@ def main() -> None:
     rows.append({"name": "gpt-kv-cache-int8", **measure(quantized, prompt, args.new_tokens, True)})
     int8_bpb = validation_bpb(quantized, args.checkpoint)
     if has_checkpoint(args.rnn_checkpoint):
-        rnn = load_lm(args.rnn_checkpoint)
+        rnn, rnn_source = load_lm(args.rnn_checkpoint), str(args.rnn_checkpoint)
     else:
         # Speed and memory do not depend on the weights: an untrained model of about the GPT's size.
         rnn = RNNAttentionLM(RNNConfig(vocab_size=model.config.vocab_size, n_layer=2, n_embd=456))
+        rnn_source = "untrained model of about the GPT's size (no checkpoint found)"
     rnn.eval()
     rows.append({"name": "rnn-attention-state", **measure(rnn, prompt, args.new_tokens, True)})
     rnn_int8 = inference_weights(copy.deepcopy(rnn), "int8")
@@ -143,7 +144,8 @@ def main() -> None:
                                          "int8_weight_ratio": round(weight_ratio, 3), "fp32_val_bpb": fp32_bpb,
                                          "int8_val_bpb": int8_bpb, "fp16_val_bpb": fp16_bpb,
                                          "fp16_identical_tokens_within_context": fp16_same,
-                                         "identical_tokens_within_context": same, "model": source}, indent=2))
+                                         "identical_tokens_within_context": same, "model": source,
+                                         "rnn_model": rnn_source}, indent=2))
 
 
 if __name__ == "__main__":

@@ -276,6 +276,86 @@ def models(config: ConfigOption = None,
 
 
 @app.command()
+def plan(
+    budget: Annotated[str, typer.Option("--budget", "-b", help="Memory the run may use: 300MiB, 1.5GiB, 512MB (a bare number is MiB).")],
+    config: ConfigOption = None,
+    lossy: bool = typer.Option(False, help="Also try changes that alter training: Adafactor, no gradient clipping."),
+    try_all: bool = typer.Option(False, "--all", help="Try every candidate, not only up to the first that fits."),
+    write: Annotated[Optional[Path], typer.Option(help="Write the config with the chosen settings to this YAML file.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every trial's figures to this file.")] = None,
+):
+    """Fit training into a memory budget: try memory techniques a few steps each, from the fastest kind on."""
+    import json
+
+    import torch
+    import yaml
+
+    from model.arch import config_for
+    from model.hardware import resolve_device
+    from model.plan import MiB, apply_changes, parse_size
+    from model.plan import plan as make_plan
+
+    cfg = _load(config)
+    try:
+        budget_bytes = parse_size(budget)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] --budget: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    manifest = Path(cfg.run_dir) / "tokens" / "manifest.json"
+    vocab = json.loads(manifest.read_text())["vocab_size"] if manifest.exists() else cfg.tokenize.vocab_size
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    arch_cfg = config_for(cfg.model, vocab)
+    console.print(f"planning {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.n_embd}, vocabulary {vocab}"
+                  f"{'' if manifest.exists() else ' from tokenize.vocab_size'}), batch {cfg.train.batch_size} x "
+                  f"{cfg.model.block_size} tokens on {device}, budget {budget_bytes / MiB:.4g} MiB", highlight=False)
+    with console.status("") as status:
+        result = make_plan(arch_cfg, cfg.train, budget_bytes, device, lossy, try_all,
+                           on_trial=lambda t: status.update(f"tried {t.name}"))
+    table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB on {device}")
+    for col in ("candidate", "peak MiB", "activations", "optimizer", "tokens/s", ""):
+        table.add_column(col, justify="left" if col in ("candidate", "") else "right")
+    for trial in result.trials:
+        name = trial.name + (" (lossy)" if trial.lossy else "")
+        if trial.refused:
+            table.add_row(name, "", "", "", "", f"[yellow]refused:[/] {trial.refused}")
+            continue
+        verdict = "[green]fits[/]" if trial.fits(budget_bytes) else "[red]over[/]"
+        if trial is result.chosen:
+            verdict, name = "[bold green]chosen[/]", f"[bold]{name}[/]"
+        table.add_row(name, f"{trial.peak_bytes / MiB:.1f}", f"{trial.breakdown.get('activations', 0) / MiB:.1f}",
+                      f"{trial.breakdown.get('optimizer_state', 0) / MiB:.1f}", f"{trial.tokens_per_s:,.0f}", verdict)
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))
+    if result.chosen is None:
+        measured = [t for t in result.trials if t.peak_bytes is not None]
+        smallest = min(measured, key=lambda t: t.peak_bytes, default=None)
+        hint = "" if lossy else "; --lossy also tries Adafactor and no gradient clipping"
+        err.print(f"[red]error:[/] nothing tried fits {budget_bytes / MiB:.4g} MiB"
+                  + (f" (the least was {smallest.peak_bytes / MiB:.1f} MiB: {smallest.name})" if smallest else "")
+                  + f"{hint}; or make the model (model.n_embd, n_layer), model.block_size or train.batch_size "
+                  "smaller", highlight=False)
+        raise typer.Exit(1)
+    chosen_train = result.train.model_dump(mode="json")
+    section = {k: v for k, v in chosen_train.items() if k == "grad_clip" and v != cfg.train.grad_clip}
+    section["memory"] = result.train.memory.model_dump(mode="json", exclude_defaults=True)
+    console.print(f"chosen: [bold]{result.chosen.name}[/], {result.chosen.peak_bytes / MiB:.1f} MiB at "
+                  f"{result.chosen.tokens_per_s:,.0f} tokens/s. In the config:", highlight=False)
+    console.print(yaml.safe_dump({"train": section}, sort_keys=False).rstrip(), highlight=False)
+    if write:
+        data = (yaml.safe_load(config.read_text()) or {}) if config else {}
+        train = data.setdefault("train", {})
+        train.update({k: v for k, v in section.items() if k != "memory"})
+        train["memory"] = section["memory"]
+        write.write_text(f"# memlm plan --budget {budget}: {result.chosen.name}, measured "
+                         f"{result.chosen.peak_bytes / MiB:.1f} MiB on {device}\n"
+                         + yaml.safe_dump(data, sort_keys=False))
+        console.print(f"wrote {write}; run it with: memlm run -c {write}", highlight=False)
+
+
+@app.command()
 def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id, or a checkpoint folder.")],
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text to continue.")] = None,
@@ -285,8 +365,8 @@ def generate(
     seed: int = typer.Option(0, help="Seed for reproducible sampling (each prompt of a file gets seed + its index)."),
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before this text (repeatable).")] = None,
     stream: bool = typer.Option(True, help="Print tokens as they are sampled."),
-    weights: str = typer.Option("fp32", help="Weights for generation: fp32; fp16 (half the memory; on a CPU "
-                                "decodes about 2x faster); bf16; int8 (weight-only, about a quarter of fp32's)."),
+    weights: str = typer.Option("fp32", help="Weights for generation: fp32; fp16 (half the memory, about "
+                                "fp32's speed on a CPU); bf16; int8 (weight-only, about a quarter of fp32's)."),
     config: ConfigOption = None,
 ):
     """Generate text from a registered model, a run, or a checkpoint folder."""

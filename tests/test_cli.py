@@ -51,5 +51,5 @@ def test_demo_config_is_valid():
 def test_help_lists_every_command(tmp_path):
     result = memlm("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("run", "crawl", "clean", "split", "tokenize", "train", "evaluate", "ui", "serve-site", "generate"):
+    for command in ("run", "crawl", "clean", "split", "tokenize", "train", "evaluate", "ui", "serve-site", "generate", "plan"):
         assert command in result.stdout

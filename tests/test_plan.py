@@ -1,0 +1,118 @@
+"""The memory planner: its candidates are valid, it chooses as documented, and a run with the written
+plan stays inside the budget (its own memory report says so)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from flows.config import load_config
+from model.arch import config_for
+from model.config import TrainConfig
+from model.plan import MiB, Trial, apply_changes, candidates, choose, parse_size, plan
+from model.techniques import check
+from model.train import train
+from tests.test_cli import memlm
+
+
+@pytest.mark.parametrize("text, expected", [("300MiB", 300 * MiB), ("1.5 GiB", int(1.5 * 2**30)),
+                                            ("512MB", 512 * 10**6), ("300", 300 * MiB)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-3MiB", "3 parsecs", "0"])
+def test_parse_size_refuses_what_is_not_a_size(text):
+    with pytest.raises(ValueError, match="300MiB"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "rnn-attention"])
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+@pytest.mark.parametrize("lossy", [False, True])
+def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy):
+    cfg = TrainConfig(batch_size=8, grad_clip=grad_clip)
+    found = candidates(cfg, arch, lossy)
+    assert found[0] == ("as configured", {}, False)
+    for name, changes, is_lossy in found:
+        candidate = apply_changes(cfg, changes)
+        check(candidate, torch.device("cpu"))  # raises for a refused combination
+        if not is_lossy:  # exact: the optimizer and the clipping stay as configured
+            assert candidate.memory.optimizer == cfg.memory.optimizer and candidate.grad_clip == grad_clip
+        if arch == "rnn-attention":
+            assert candidate.memory.activation_checkpointing != "selective" and candidate.memory.mlp_chunks == 1
+    exact = [c for c in found if not c[2]]
+    # Stepping in backward is exact only without clipping; with it, the exact ladder never uses it.
+    assert any(apply_changes(cfg, c[1]).memory.split_head_step for c in exact) == (grad_clip == 0)
+    assert [c[1].get("memory.micro_batch_size") for c in exact if "micro" in c[0]] == [4, 2, 1]
+    assert any(c[2] for c in found) == lossy
+
+
+def test_choose_keeps_the_first_fit_unless_a_later_one_is_clearly_faster():
+    def trial(name, mib, tokens_per_s):
+        return Trial(name, {}, False, peak_bytes=mib * MiB, tokens_per_s=tokens_per_s)
+
+    over, first, slower, bit_faster = trial("a", 300, 900), trial("b", 200, 500), trial("c", 150, 300), \
+        trial("d", 100, 550)
+    assert choose([over, first, slower, bit_faster], 250 * MiB) is first
+    much_faster = trial("e", 120, 700)
+    assert choose([over, first, slower, much_faster], 250 * MiB) is much_faster
+    assert choose([over], 250 * MiB) is None
+
+
+@pytest.mark.integration
+def test_a_run_with_the_plan_stays_inside_the_budget(corpus, tmp_path):
+    config, parts = corpus
+    tokens_dir = parts["tokens"].manifest_file.parent
+    vocab = json.loads((tokens_dir / "manifest.json").read_text())["vocab_size"]
+    # A model whose activations dominate, so that the plain configuration does not fit.
+    model_cfg = config.model.model_copy(update={"block_size": 64})
+    train_cfg = config.train.model_copy(update={"batch_size": 16, "max_steps": 3})
+    arch_cfg = config_for(model_cfg, vocab)
+    probe = plan(arch_cfg, train_cfg, 2**40, torch.device("cpu"))
+    as_configured = probe.trials[0].peak_bytes
+    assert [t.name for t in probe.trials] == ["as configured"]  # it fits: nothing else is tried
+
+    budget = int(0.6 * as_configured)
+    result = plan(arch_cfg, train_cfg, budget, torch.device("cpu"))
+    assert result.trials[0].peak_bytes == as_configured and not result.trials[0].fits(budget)
+    assert result.chosen is not None and result.chosen is result.trials[-1]  # stops at the first fit
+    assert result.chosen.peak_bytes <= budget
+    run = train(model_cfg, result.train, tokens_dir, tmp_path)
+    assert run.peak_memory_mib * MiB <= budget
+    assert run.peak_memory_mib == pytest.approx(result.chosen.peak_bytes / MiB, rel=0.05)
+
+
+@pytest.mark.integration
+def test_plan_command_writes_a_config_that_loads(corpus, tmp_path):
+    config, _ = corpus
+    source = tmp_path / "small.yaml"
+    data = json.loads(config.model_dump_json())
+    data["train"]["batch_size"] = 4  # fewer micro-batch candidates to try when nothing fits
+    source.write_text(yaml.safe_dump(data))
+    written = tmp_path / "planned.yaml"
+    result = memlm("plan", "-c", str(source), "--budget", "100GiB", "--write", str(written),
+                   "--json", str(tmp_path / "plan.json"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "chosen: as configured" in result.stdout
+    planned = load_config(written)
+    assert planned.train == config.train.model_copy(update={"batch_size": 4})  # it fits: nothing to change
+    figures = json.loads((tmp_path / "plan.json").read_text())
+    assert figures["chosen"] == "as configured" and figures["trials"][0]["peak_mib"] > 0
+
+    too_small = memlm("plan", "-c", str(source), "--budget", "64KiB", cwd=tmp_path)
+    assert too_small.returncode == 1
+    assert "nothing tried fits 0.0625 MiB" in too_small.stderr and "--lossy" in too_small.stderr
+
+    bad = memlm("plan", "-c", str(source), "--budget", "a lot", cwd=tmp_path)
+    assert bad.returncode == 2 and "--budget" in bad.stderr
+
+
+def test_help_lists_plan(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "plan", "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert result.returncode == 0 and "--budget" in result.stdout
