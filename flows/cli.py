@@ -277,8 +277,8 @@ def models(config: ConfigOption = None,
 
 @app.command()
 def plan(
-    budget: Annotated[str, typer.Option("--budget", "-b", help="Memory the run may use: 300MiB, 1.5GiB, 512MB (a bare number is MiB).")],
     config: ConfigOption = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", "-b", help="Memory the run may use: 300MiB, 1.5GiB, 512MB (a bare number is MiB; default: train.memory_budget_mib).")] = None,
     lossy: bool = typer.Option(False, help="Also try changes that alter training: Adafactor, no gradient clipping."),
     try_all: bool = typer.Option(False, "--all", help="Try every candidate, not only up to the first that fits."),
     write: Annotated[Optional[Path], typer.Option(help="Write the config with the chosen settings to this YAML file.")] = None,
@@ -296,6 +296,12 @@ def plan(
     from model.plan import plan as make_plan
 
     cfg = _load(config)
+    if budget is None:
+        if cfg.train.memory_budget_mib is None:
+            err.print("[red]error:[/] give --budget (for example --budget 300MiB) or set train.memory_budget_mib "
+                      "in the config", highlight=False)
+            raise typer.Exit(2)
+        budget = f"{cfg.train.memory_budget_mib:g}MiB"
     try:
         budget_bytes = parse_size(budget)
     except ValueError as exc:
@@ -349,10 +355,12 @@ def plan(
         train = data.setdefault("train", {})
         train.update({k: v for k, v in section.items() if k != "memory"})
         train["memory"] = section["memory"]
+        train["memory_budget_mib"] = round(budget_bytes / MiB, 3)  # the run then stops if it goes over
         write.write_text(f"# memlm plan --budget {budget}: {result.chosen.name}, measured "
                          f"{result.chosen.peak_bytes / MiB:.1f} MiB on {device}\n"
                          + yaml.safe_dump(data, sort_keys=False))
-        console.print(f"wrote {write}; run it with: memlm run -c {write}", highlight=False)
+        console.print(f"wrote {write} (with train.memory_budget_mib, which the run checks); run it with: "
+                      f"memlm run -c {write}", highlight=False)
 
 
 @app.command()

@@ -99,6 +99,10 @@ class TrainConfig(BaseModel):
     )
     memory_sample_every: int = Field(default=100, ge=1, description="And every this many steps after.")
     resume: bool = Field(default=True, description="Continue from the last checkpoint when one exists.")
+    memory_budget_mib: float | None = Field(
+        default=None, gt=0,
+        description="Stop with an error as soon as a measured step's peak exceeds this many MiB (every step on "
+        "CUDA, the tracked steps on CPU); `memlm plan` finds memory settings that fit it.")
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")

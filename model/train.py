@@ -150,6 +150,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
             metrics["memory/step_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         if tracker.wants(step) and tracker.last is not None:
             metrics.update(tracker.last.metrics())
+        _check_budget(cfg, metrics, step)
         if step % cfg.log_interval == 0 or step == cfg.max_steps or tracker.wants(step):
             tokens_per_s = window_tokens / elapsed_window
             metrics["train/tokens_per_s"] = tokens_per_s
@@ -196,6 +197,21 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
         stopped_early=stopped_early,
         warnings=train_step.warnings,
     )
+
+
+class MemoryBudgetError(ValueError):
+    """A step used more memory than train.memory_budget_mib."""
+
+
+def _check_budget(cfg: TrainConfig, metrics: dict[str, float], step: int) -> None:
+    # On CUDA the allocator's peak, every step; on CPU the tracker's, on its steps.
+    measured = metrics.get("memory/step_peak_mib", metrics.get("memory/peak_mib"))
+    if cfg.memory_budget_mib is None or measured is None or measured <= cfg.memory_budget_mib:
+        return
+    raise MemoryBudgetError(
+        f"training step {step} peaked at {measured:.1f} MiB, over train.memory_budget_mib ({cfg.memory_budget_mib:g}): "
+        f"`memlm plan -c CONFIG` finds memory settings that fit it (it reads the budget from the config), "
+        "or raise the budget")
 
 
 def _memory_summary(tracker: MemoryTracker, device: torch.device) -> dict:

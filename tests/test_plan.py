@@ -15,7 +15,7 @@ from model.arch import config_for
 from model.config import TrainConfig
 from model.plan import MiB, Trial, apply_changes, candidates, choose, parse_size, plan
 from model.techniques import check
-from model.train import train
+from model.train import MemoryBudgetError, train
 from tests.test_cli import memlm
 
 
@@ -100,7 +100,8 @@ def test_plan_command_writes_a_config_that_loads(corpus, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "chosen: as configured" in result.stdout
     planned = load_config(written)
-    assert planned.train == config.train.model_copy(update={"batch_size": 4})  # it fits: nothing to change
+    # It fits as configured: nothing changes but the budget, which the planned run checks.
+    assert planned.train == config.train.model_copy(update={"batch_size": 4, "memory_budget_mib": 102400})
     figures = json.loads((tmp_path / "plan.json").read_text())
     assert figures["chosen"] == "as configured" and figures["trials"][0]["peak_mib"] > 0
 
@@ -110,6 +111,20 @@ def test_plan_command_writes_a_config_that_loads(corpus, tmp_path):
 
     bad = memlm("plan", "-c", str(source), "--budget", "a lot", cwd=tmp_path)
     assert bad.returncode == 2 and "--budget" in bad.stderr
+    no_budget = memlm("plan", "-c", str(source), cwd=tmp_path)
+    assert no_budget.returncode == 2 and "give --budget" in no_budget.stderr
+
+
+@pytest.mark.integration
+def test_training_stops_at_a_step_over_its_budget(corpus, tmp_path):
+    config, parts = corpus
+    tokens_dir = parts["tokens"].manifest_file.parent
+    over = config.train.model_copy(update={"max_steps": 5, "memory_budget_mib": 0.25})
+    with pytest.raises(MemoryBudgetError, match=r"training step 1 peaked at [0-9.]+ MiB, over "
+                                                r"train.memory_budget_mib \(0.25\): `memlm plan"):
+        train(config.model, over, tokens_dir, tmp_path / "over")
+    inside = train(config.model, over.model_copy(update={"memory_budget_mib": 1024}), tokens_dir, tmp_path / "in")
+    assert inside.steps == 5
 
 
 def test_help_lists_plan(tmp_path):
