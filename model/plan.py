@@ -164,10 +164,10 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
                 torch.cuda.synchronize(device)
             if step in TIMED_STEPS:
                 times.append(time.perf_counter() - start)
-        report = train_step.tracker.peak
+        reports = train_step.tracker.reports
         # On CUDA the allocator's own peak is what must fit; on CPU the tracker's live tensor bytes.
-        peak = report.cuda_max_allocated if report.cuda_max_allocated is not None else report.peak_bytes
-        return peak, dict(report.breakdown), min(times)
+        peak = max(r.cuda_max_allocated if r.cuda_max_allocated is not None else r.peak_bytes for r in reports)
+        return peak, dict(train_step.tracker.peak.breakdown), min(times)
     finally:
         del train_step, model
         gc.collect()

@@ -1,11 +1,13 @@
 """The CUDA paths: every precision and switch trains on a GPU, the tracker agrees with the CUDA
-allocator, a memory snapshot is written, and decoding gives the same tokens with and without caches.
+allocator, a memory snapshot is written, decoding gives the same tokens with and without caches, and a
+plan's choice fits the allocator's peak.
 
 Skipped where PyTorch sees no GPU (CI). On a GPU machine without the crawl and pipeline dependencies:
     python -m pytest --noconftest tests/test_cuda.py
 """
 from __future__ import annotations
 
+import gc
 import pickle
 import warnings
 
@@ -138,3 +140,19 @@ def test_int8_weights_decode_on_cuda():
     cached = generate(int8, prompt, 20, temperature=0, use_cache=True)
     assert cached.device.type == CUDA.type and cached.shape == (1, 24)
     assert torch.equal(cached, generate(int8, prompt, 20, temperature=0, use_cache=False))
+
+
+def test_the_plan_fits_the_cuda_allocator():
+    from model.plan import plan
+
+    arch = GPTConfig(vocab_size=VOCAB, block_size=T, n_layer=4, n_head=4, n_embd=128)
+    cfg = TrainConfig(batch_size=BATCH)
+    as_configured = plan(arch, cfg, 2**40, CUDA).trials[0].peak_bytes
+    budget = int(0.7 * as_configured)
+    result = plan(arch, cfg, budget, CUDA)
+    assert result.chosen is not None and result.chosen.peak_bytes <= budget
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(CUDA)
+    train_losses(gpt(), steps=3, **result.train.model_dump(exclude={"batch_size", "lr"}))
+    assert torch.cuda.max_memory_allocated(CUDA) <= budget * 1.05  # the run's tokens, not the plan's random ones
