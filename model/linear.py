@@ -4,9 +4,9 @@ Decoding multiplies a few rows by every weight matrix, so it is bound by reading
 2-core AMD machines this project runs on, PyTorch's fp32 `F.linear` reads a 20 MiB model's weights at
 about 9 GB/s when they are not already in cache (MKL's matrix-vector path); the same product as a
 `torch.bmm` over the weight's two halves of rows, with the input broadcast (a stride-0 batch), goes to
-MKL's strided batch GEMM and reads them at about 50 GB/s with 2 threads (about 30 with 1). Measured (`bench/generate.py`, the README) for 1 to 128 rows;
-at 2,048 rows (evaluation's batches) both run alike and the plain path is kept. Training is unchanged:
-with gradients on, this is `nn.Linear`.
+MKL's strided batch GEMM and reads them at about 50 GB/s with 2 threads (about 30 with 1). Measured for
+1 to 128 rows (`bench/generate.py`, the README); at 2,048 rows (evaluation's batches) both run alike and
+the plain path is kept. Training is unchanged: with gradients on, this is `nn.Linear`.
 """
 from __future__ import annotations
 
