@@ -86,10 +86,9 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
 
     def head(in_backward: bool, split: bool) -> dict:
         """The chunked loss, and the tied head's gradient kept short-lived the best way allowed."""
-        changes = {"memory.loss_chunk_size": chunk, "memory.late_head_grad": not (in_backward and split)}
-        if in_backward:
-            changes.update({"memory.optimizer_in_backward": True, "memory.split_head_step": split})
-        return changes
+        split = in_backward and split
+        return {"memory.loss_chunk_size": chunk, "memory.optimizer_in_backward": in_backward,
+                "memory.split_head_step": split, "memory.late_head_grad": not split}
 
     def ladder(in_backward: bool, split: bool, extra: dict) -> list[tuple[str, dict]]:
         base = {**head(in_backward, split), **extra}
@@ -112,10 +111,10 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
     out += [(name, changes, False) for name, changes in ladder(exact_in_backward, adamw, {})]
     # Smaller micro-batches, the gradients accumulated: activations shrink with them.
     frugal = ladder(False, adamw, {})[-1][1]
-    micro = cfg.micro_batch_size // 2
-    while micro >= 1 and cfg.batch_size % micro == 0:
+    micro = cfg.micro_batch_size
+    while micro > 1:  # about halving each time, to a size that divides the batch
+        micro = max(d for d in range(1, micro // 2 + 1) if cfg.batch_size % d == 0)
         out.append((f"+ micro-batches of {micro}", {**frugal, "memory.micro_batch_size": micro}, False))
-        micro //= 2
     if lossy:
         whole_batch = {"grad_clip": 0.0, "memory.micro_batch_size": None}
         if not exact_in_backward:

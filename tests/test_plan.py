@@ -52,6 +52,20 @@ def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy):
     assert any(c[2] for c in found) == lossy
 
 
+@pytest.mark.parametrize("batch, micro, expected", [(18, None, [9, 3, 1]), (12, 6, [3, 1]), (1, None, [])])
+def test_micro_batches_divide_the_batch(batch, micro, expected):
+    cfg = TrainConfig(batch_size=batch, memory={"micro_batch_size": micro})
+    found = [c[1]["memory.micro_batch_size"] for c in candidates(cfg, "gpt") if "micro" in c[0]]
+    assert found == expected
+
+
+def test_a_config_that_steps_in_backward_still_gets_micro_batch_candidates():
+    cfg = TrainConfig(batch_size=8, grad_clip=0.0,
+                      memory={"optimizer_in_backward": True, "split_head_step": True})
+    for name, changes, _ in candidates(cfg, "gpt"):
+        check(apply_changes(cfg, changes), torch.device("cpu"))
+
+
 def test_choose_keeps_the_first_fit_unless_a_later_one_is_clearly_faster():
     def trial(name, mib, tokens_per_s):
         return Trial(name, {}, False, peak_bytes=mib * MiB, tokens_per_s=tokens_per_s)
