@@ -7,6 +7,7 @@ memlm's MemoryTracker over steps 2 and 3 (live tensor bytes), its speed from the
 
     python bench/memory.py                      # every default row, table on stdout
     python bench/memory.py --rows memlm-baseline,hf-gpt2 --steps 10 --json out.json
+    python bench/memory.py --rows hf-gpt2,memlm-default --rounds 3   # speeds as medians of 3 rotated rounds
     python bench/memory.py --precision bf16-mixed   # on a GPU: every row under bf16 autocast
 
 Data: the demo corpus (runs/demo/split/train.jsonl) re-tokenized to a 16384-token BPE when it exists,
@@ -226,6 +227,15 @@ def measure_peak_flops(threads: int, precision: str) -> float:
     return matmul_peak_flops(device, dtype=dtype, size=size, seconds=0.5, rounds=6)
 
 
+def combine(runs: list[dict]) -> dict:
+    """One row from its rounds: memory repeats to the byte, speed is the median round's."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1]
+    middle = sorted(ok, key=lambda r: r["tokens_per_s"])[(len(ok) - 1) // 2]
+    return {**middle, "tokens_per_s_rounds": [r["tokens_per_s"] for r in ok]}
+
+
 def print_table(rows: list[dict], data_note: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -250,6 +260,8 @@ def main() -> None:
                         f"known: {', '.join(ROWS)}")
     parser.add_argument("--steps", type=int, default=15, help="optimizer steps per row (>= 6)")
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the rows this many times, in rotated order; each row's speed is its median")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"],
                         help="train.memory.precision for every row that does not set its own")
@@ -265,25 +277,31 @@ def main() -> None:
         return
     names = args.rows.split(",") if args.rows else [n for n, s in ROWS.items() if s.get("default", True)]
     unknown = [n for n in names if n not in ROWS]
-    if unknown or args.steps < 6:
-        parser.error(f"unknown rows: {', '.join(unknown)}" if unknown else "--steps must be at least 6")
+    if unknown or args.steps < 6 or args.rounds < 1:
+        parser.error(f"unknown rows: {', '.join(unknown)}" if unknown else
+                     "--steps must be at least 6" if args.steps < 6 else "--rounds must be at least 1")
     data_file, data_note = prepare_data(ROOT / "runs/bench", args.data)
     peak_flops = measure_peak_flops(args.threads, args.precision)
     print(f"{args.precision} matrix-multiply peak: {peak_flops / 1e9:.1f} GFLOP/s (the MFU yardstick for every row)", file=sys.stderr)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    rows = []
-    for name in names:
-        cmd = [sys.executable, __file__, "--row-worker", name, "--steps", str(args.steps),
-               "--data-file", str(data_file), "--threads", str(args.threads), "--peak-flops", str(peak_flops),
-               "--precision", args.precision]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-        if done.returncode != 0:
-            rows.append({"name": name, "impl": ROWS[name]["impl"], "error": done.stderr.strip().splitlines()[-1]})
-        else:
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"{name}: {json.dumps(rows[-1])}", file=sys.stderr)
-        if args.json:  # after every row, so that a run cut short keeps what it measured
-            args.json.write_text(json.dumps(rows, indent=2))
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        # Each round starts one row later, so that the machine's drift over minutes favours no row.
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            cmd = [sys.executable, __file__, "--row-worker", name, "--steps", str(args.steps),
+                   "--data-file", str(data_file), "--threads", str(args.threads), "--peak-flops", str(peak_flops),
+                   "--precision", args.precision]
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            if done.returncode != 0:
+                result = {"name": name, "impl": ROWS[name]["impl"], "error": done.stderr.strip().splitlines()[-1]}
+            else:
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+            results[name].append(result)
+            print(f"{name}: {json.dumps(result)}", file=sys.stderr)
+            rows = [combine(results[n]) for n in names if results[n]]
+            if args.json:  # after every row, so that a run cut short keeps what it measured
+                args.json.write_text(json.dumps(rows, indent=2))
     print_table(rows, data_note)
 
 
