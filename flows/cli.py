@@ -292,7 +292,7 @@ def plan(
 
     from model.arch import config_for
     from model.hardware import resolve_device
-    from model.plan import MiB, apply_changes, parse_size
+    from model.plan import MiB, parse_size
     from model.plan import plan as make_plan
 
     cfg = _load(config)
@@ -344,8 +344,7 @@ def plan(
                   + f"{hint}; or make the model (model.n_embd, n_layer), model.block_size or train.batch_size "
                   "smaller", highlight=False)
         raise typer.Exit(1)
-    chosen_train = result.train.model_dump(mode="json")
-    section = {k: v for k, v in chosen_train.items() if k == "grad_clip" and v != cfg.train.grad_clip}
+    section = {"grad_clip": result.train.grad_clip} if result.train.grad_clip != cfg.train.grad_clip else {}
     section["memory"] = result.train.memory.model_dump(mode="json", exclude_defaults=True)
     console.print(f"chosen: [bold]{result.chosen.name}[/], {result.chosen.peak_bytes / MiB:.1f} MiB at "
                   f"{result.chosen.tokens_per_s:,.0f} tokens/s. In the config:", highlight=False)
@@ -353,8 +352,7 @@ def plan(
     if write:
         data = (yaml.safe_load(config.read_text()) or {}) if config else {}
         train = data.setdefault("train", {})
-        train.update({k: v for k, v in section.items() if k != "memory"})
-        train["memory"] = section["memory"]
+        train.update(section)
         train["memory_budget_mib"] = round(budget_bytes / MiB, 3)  # the run then stops if it goes over
         write.write_text(f"# memlm plan --budget {budget}: {result.chosen.name}, measured "
                          f"{result.chosen.peak_bytes / MiB:.1f} MiB on {device}\n"

@@ -210,7 +210,7 @@ def _check_budget(cfg: TrainConfig, metrics: dict[str, float], step: int) -> Non
         return
     raise MemoryBudgetError(
         f"training step {step} peaked at {measured:.1f} MiB, over train.memory_budget_mib ({cfg.memory_budget_mib:g}): "
-        f"`memlm plan -c CONFIG` finds memory settings that fit it (it reads the budget from the config), "
+        "`memlm plan -c CONFIG` finds memory settings that fit it (it reads the budget from the config), "
         "or raise the budget")
 
 
