@@ -49,7 +49,6 @@ class Trial:
     lossy: bool
     peak_bytes: int | None = None
     breakdown: dict[str, int] = field(default_factory=dict)
-    step_s: float | None = None
     tokens_per_s: float | None = None
     refused: str | None = None  # why the candidate could not run (a refused combination, out of memory)
 
@@ -200,8 +199,8 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
         trial = Trial(name, changes, is_lossy)
         candidate = apply_changes(cfg, changes)
         try:
-            trial.peak_bytes, trial.breakdown, trial.step_s = measure(arch_cfg, candidate, device)
-            trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / trial.step_s
+            trial.peak_bytes, trial.breakdown, step_s = measure(arch_cfg, candidate, device)
+            trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / step_s
         except TechniqueError as exc:
             trial.refused = str(exc)
         except torch.OutOfMemoryError:
