@@ -101,7 +101,7 @@ def extract_record(page: dict, config: CleanConfig) -> dict:
 
 def extract_key(config: CleanConfig) -> str:
     """What pass 1's output depends on besides the page: a page with the same bytes and key is reused."""
-    return hashlib.sha256(json.dumps(["extract-v1", config.languages.model_dump()], sort_keys=True).encode()
+    return hashlib.sha256(json.dumps(["extract-v2", config.languages.model_dump()], sort_keys=True).encode()
                           ).hexdigest()[:16]
 
 
@@ -119,7 +119,7 @@ def filter_keys(config: CleanConfig, boilerplate: frozenset[bytes]) -> Callable[
     """The key of pass 2's result for one page, given the page's record and its prose lines' keys: what
     that result depends on, namely the record, the settings and spaCy pipeline that shape the output, and
     which of the page's lines are boilerplate."""
-    settings = json.dumps(["filter-v1", config.model_dump(mode="json", exclude={"workers", "batch_size"})],
+    settings = json.dumps(["filter-v2", config.model_dump(mode="json", exclude={"workers", "batch_size"})],
                           sort_keys=True)
     pipelines: dict[str, str] = {}
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from corpus.config import (C4LinesConfig, FineWebQualityConfig, GopherQualityConfig, GopherRepetitionConfig)
-from corpus.extract import Block
+from corpus.extract import TABLE_RULE, Block
 
 CJK_LANGS = {"zh", "ja"}
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -22,6 +22,7 @@ JS_ASK = re.compile(r"enable|disabled|required|turn on", re.I)
 # Notices are short; a paragraph that discusses JavaScript or cookies at length is content.
 NOTICE_MAX_WORDS = 25
 HEADING_MARK = re.compile(r"^#{1,6} ")
+TABLE_PIPES = re.compile(r"(?<!\\)\|")
 
 
 @dataclass
@@ -42,8 +43,19 @@ class Doc:
         """Prose as a reader sees it: heading marks and bullets stay, one entry per line."""
         return [line for b in self.blocks if b.is_prose for line in b.text.split("\n") if line.strip()]
 
+    def sentence_lines(self) -> list[str]:
+        """Prose lines outside tables: a table row is complete without a full stop, however short."""
+        return [line for b in self.blocks if b.is_prose and b.kind != "table" for line in b.text.split("\n")
+                if line.strip()]
+
     def prose_text(self) -> str:
-        return "\n".join(HEADING_MARK.sub("", line) for line in self.prose_lines())
+        """Prose as words: heading marks, table rules and the pipes between cells left out."""
+        lines = []
+        for line in self.prose_lines():
+            if TABLE_RULE.match(line):
+                continue
+            lines.append(TABLE_PIPES.sub(" ", line).strip() if line.startswith("| ") else HEADING_MARK.sub("", line))
+        return "\n".join(lines)
 
 
 def words_of(text: str, lang: str) -> list[str]:
@@ -67,18 +79,24 @@ def _strip_punct(word: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- lines
 def drop_prose_lines(doc: Doc, drops) -> list[str]:
-    """Remove the prose lines for which `drops(line)` is true (code is left alone); returns them."""
+    """Remove the prose lines for which `drops(line)` is true (code is left alone); returns them. A
+    table's header and rule stay while any of its rows does: a header that repeats across a site's
+    tables names their columns, and goes only with the last row."""
     removed: list[str] = []
     kept_blocks: list[Block] = []
     for block in doc.blocks:
         if not block.is_prose:
             kept_blocks.append(block)
             continue
+        lines = block.text.split("\n")
+        head = lines[:2] if block.kind == "table" and len(lines) > 1 and TABLE_RULE.match(lines[1]) else []
         kept = []
-        for line in block.text.split("\n"):
+        for line in lines[len(head):]:
             (removed if drops(line) else kept).append(line)
         if kept:
-            kept_blocks.append(Block(block.kind, "\n".join(kept)))
+            kept_blocks.append(Block(block.kind, "\n".join(head + kept)))
+        else:
+            removed += head[:1]
     doc.blocks = kept_blocks
     return removed
 
@@ -161,7 +179,7 @@ def _dup_share(items: list[str]) -> tuple[float, float]:
 
 
 def gopher_repetition(doc: Doc, cfg: GopherRepetitionConfig) -> str | None:
-    lines = doc.prose_lines()
+    lines = [line for line in doc.prose_lines() if not TABLE_RULE.match(line)]
     paragraphs = [b.text for b in doc.blocks if b.is_prose]
     line_share, line_chars = _dup_share(lines)
     if line_share > cfg.max_dup_line_share:
@@ -203,9 +221,9 @@ def _dup_ngram_char_share(words: list[str], n: int) -> int:
 
 
 def fineweb_quality(doc: Doc, cfg: FineWebQualityConfig) -> str | None:
-    lines = doc.prose_lines()
+    lines = doc.sentence_lines()
     if not lines:
-        return "no prose lines"
+        return None if doc.prose_lines() else "no prose lines"
     punct = sum(line.rstrip().endswith(TERMINAL) for line in lines) / len(lines)
     if punct < cfg.min_line_punct_share:
         return f"lines ending a sentence {punct:.2f} < {cfg.min_line_punct_share}"

@@ -1,0 +1,84 @@
+"""Table-aware extraction: rows as lines, a header marked once, admonitions and definition lists as
+text, XHTML parsed as XML without a warning; and a manual of tables keeps its words through the real
+clean."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from collections import Counter
+
+from corpus.clean import clean
+from corpus.config import CleanConfig
+from corpus.extract import extract, extract_page
+from corpus.jsonl import read_jsonl
+from tests.table_site import build_table_site
+
+
+def test_a_table_row_is_one_line_and_its_header_is_said_once():
+    _, text = extract("<html><body><main><p>Sizes of the packages.</p><table><caption>Packages</caption>"
+                      "<thead><tr><th>Package</th><th>Size</th></tr></thead><tbody>"
+                      "<tr><td><p>numpy</p></td><td>12 <b>MB</b></td></tr>"
+                      "<tr><th>Package</th><th>Size</th></tr>"  # the header again, down a long table
+                      "<tr><td>a|b</td><td></td></tr></tbody></table></main></body></html>")
+    assert text == ("Sizes of the packages.\nPackages\n| Package | Size |\n| --- | --- |\n| numpy | 12 MB |\n"
+                    "| a\\|b |  |")
+
+
+def test_a_layout_table_is_read_as_blocks():
+    _, text = extract("<html><body><table><tr><td><h2>Install</h2><p>Run the installer.</p></td>"
+                      "<td><pre>make install</pre></td></tr></table></body></html>")
+    assert text == "## Install\nRun the installer.\nmake install"
+
+
+def test_admonitions_and_definition_lists_are_kept_as_text():
+    page = extract_page(
+        "<html><body><div class='admonition warning'><p class='admonition-title'>Warning</p><p>Back up first.</p>"
+        "</div><aside class='admonition tip'><p class='admonition-title'>Tip</p><p>Use a venv.</p></aside>"
+        "<dl><dt>dtype</dt><dd><p>The type of the elements.</p><p>Defaults to float.</p></dd>"
+        "<dt>numpy.zeros(shape, dtype=float, order='C', *, like=None, device=None)</dt><dd><p>Zeros.</p></dd>"
+        "</dl></body></html>")
+    assert page.text == ("Warning: Back up first.\nTip: Use a venv.\ndtype: The type of the elements.\n"
+                         "Defaults to float.\nnumpy.zeros(shape, dtype=float, order='C', *, like=None, device=None)\n"
+                         "Zeros.")
+
+
+def test_xhtml_that_says_so_is_parsed_as_xml_without_a_warning():
+    xhtml = ('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 '
+             'Transitional//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">\n<html '
+             'xmlns="http://www.w3.org/1999/xhtml" xml:lang="fr"><head><meta http-equiv="Content-Type" content='
+             '"text/html; charset=UTF-8" /><title>Chapitre&nbsp;2</title><meta name="generator" content="DocBook XSL '
+             'Stylesheets V1.79.2" /><link rel="stylesheet" type="text/css" href="docbook.css" /></head><body>'
+             '<div class="navheader">Précédent Suivant</div><div class="chapter"><h2 class="title">Les paquets</h2>'
+             '<p>Caf&eacute; cr&egrave;me&nbsp;: 2&nbsp;&euro; &amp; plus.</p><div class="note"><h3 class="title">'
+             'Note</h3><p>Lisez ceci.</p></div></div><div class="navfooter">Sommaire</div></body></html>')
+    broken = xhtml.replace("</p><div", "<div", 1)  # XHTML in name only: read as HTML, still quietly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        page = extract_page(xhtml)
+        assert extract_page(broken).title == "Chapitre 2"
+    assert (page.title, page.lang) == ("Chapitre 2", "fr")
+    assert page.text == "## Les paquets\nCafé crème : 2 € & plus.\nNote: Lisez ceci."
+
+
+def _words(text: str) -> Counter:
+    return Counter(w.casefold() for w in re.findall(r"\w+(?:[.']\w+)*", text))
+
+
+def test_a_manual_of_tables_keeps_its_words_through_the_clean(tmp_path):
+    texts = build_table_site(tmp_path / "site")
+    pages = tmp_path / "pages.jsonl"
+    with open(pages, "w") as out:
+        for name in texts:
+            html = (tmp_path / "site" / name).read_text()
+            out.write(json.dumps({"url": f"http://manual.example/{name}", "html": html,
+                                  "sha256": hashlib.sha256(html.encode()).hexdigest()}) + "\n")
+    result = clean(pages, tmp_path / "clean", CleanConfig(workers=1))
+    docs = {d["url"].rsplit("/", 1)[1]: d["text"] for d in read_jsonl(result.docs_file)}
+    assert set(docs) == set(texts), result.report["dropped_examples"]
+    want = sum((_words(t) for t in texts.values()), Counter())
+    kept = sum(((_words(docs[n]) & _words(t)) for n, t in texts.items()), Counter())
+    assert sum(kept.values()) / sum(want.values()) >= 0.95
+    assert "| Package | Version | Size | License | Description |" in docs["chapter3.html"]
+    assert "Note: The audio packages are rebuilt" in docs["chapter4.html"]
