@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from crawlers.urls import canonical_url, host_of
+from crawlers.urls import host_of
 from corpus.config import CleanConfig
-from corpus.extract import Block, extract_page
+from corpus.extract import Block, extract_page, heading_lines
 from corpus.filters import Doc, c4_lines, fineweb_quality, gopher_quality, gopher_repetition, remove_lines
 from corpus.jsonl import read_jsonl
 from corpus.language import page_language
 from corpus.near_dedup import NearDuplicateIndex, signature
 from corpus.pii import scrub
+from corpus.split import document_url
 
 DOCS_FILE = "docs.jsonl"
 REPORT_FILE = "report.json"
@@ -90,7 +91,7 @@ def line_key(host: str, line: str) -> bytes:
 
 # ------------------------------------------------------------------------------------------ pass 1
 def extract_record(page: dict, config: CleanConfig) -> dict:
-    url = canonical_url(page.get("final_url") or page["url"])
+    url = document_url(page.get("final_url") or page["url"])
     extracted = extract_page(page["html"])
     prose = "\n".join(b.text for b in extracted.blocks if b.is_prose)
     lang, decided = page_language(extracted.lang, prose, config.languages)
@@ -275,6 +276,7 @@ def _filter_chunk(records: list[dict]) -> list[Cleaned | str]:
                 "text_sha256": hashlib.sha256(parsed.text.encode()).hexdigest(),
                 "n_words": n_words,
                 "n_sentences": sum(1 for _ in parsed.sents),
+                "headings": heading_lines(doc.blocks),
             }
     return results
 
@@ -359,7 +361,7 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
             for record in chunk:
                 pages_in += 1
                 if record.get("reuse"):
-                    url = canonical_url(record["url"])
+                    url = document_url(record["url"])
                     record = {**previous[record["sha256"]], "url": url, "host": host_of(url)}
                     reused += 1
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")

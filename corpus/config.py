@@ -1,6 +1,8 @@
 """Settings of the corpus stages (the `clean:`, `split:` and `tokenize:` sections of the config)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -159,6 +161,11 @@ class SplitConfig(BaseModel):
 
     val_fraction: float = Field(default=0.08, gt=0, lt=1, description="Share of documents for validation.")
     salt: str = Field(default="memlm", description="Mixed into the URL hash; change it to draw a new split.")
+    unit: Literal["auto", "page", "section"] = Field(
+        default="auto", description="What is assigned to a side: whole pages, or sections (a page's text under one "
+        "heading, keyed by the page's URL and its heading path). auto: sections when the pages are too few.")
+    min_val_pages: int = Field(
+        default=4, ge=1, description="auto splits by page when documents × val_fraction reaches this, else by section.")
 
 
 class TokenizeConfig(BaseModel):

@@ -74,6 +74,17 @@ class Page:
         return [b.text for b in self.blocks if b.is_prose]
 
 
+def heading_lines(blocks: list[Block]) -> list[int]:
+    """The line numbers of the headings in the text the blocks make (joined by newlines): the sections
+    the split may cut a page into, found without mistaking a code comment for a heading."""
+    found, line = [], 0
+    for block in blocks:
+        if block.kind == "heading":
+            found.append(line)
+        line += block.text.count("\n") + 1
+    return found
+
+
 def main_content(soup: BeautifulSoup) -> Tag:
     for selector in MAIN_SELECTORS:
         found = soup.select_one(selector)

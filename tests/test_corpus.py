@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from corpus.extract import extract
 from corpus.config import SplitConfig
 from corpus.jsonl import read_jsonl
-from corpus.split import side_of, split
+from corpus.split import document_url, side_of, split
 from tests.site import build_site
 
 FURNITURE = ("NAVTOKEN", "SIDEBARTOKEN", "FOOTERTOKEN", "HEADERTOKEN", "SCRIPTTOKEN", "color:red", "¶")
@@ -79,7 +79,7 @@ def test_a_clean_after_a_recrawl_redoes_only_what_changed_and_gives_what_a_fresh
     # One page gains a paragraph: it alone is extracted and filtered again.
     kept_url = json.loads(first_docs.splitlines()[0])["url"]
     pages = list(read_jsonl(crawled.pages_file))
-    changed = next(p for p in pages if (p.get("final_url") or p["url"]) == kept_url)
+    changed = next(p for p in pages if document_url(p.get("final_url") or p["url"]) == kept_url)
     changed["html"] = changed["html"].replace(
         "</p>", "</p><p>A paragraph added since the last crawl says that tuples cannot be changed once made.</p>", 1)
     changed["sha256"] = hashlib.sha256(changed["html"].encode()).hexdigest()
