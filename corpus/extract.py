@@ -26,13 +26,15 @@ DROP_ROLES = ("navigation", "search", "banner", "contentinfo", "complementary")
 # Class or id words that mark page furniture rather than content.
 FURNITURE = re.compile(
     r"(?:^|[-_\s])(side-?bar\w*|sphinxsidebar\w*|nav|navbar|navigation|menu|breadcrumbs?|footer|related|"
-    r"cookie\w*|banner|share|social|skip-?link|headerlink|toc|switcher\w*|navheader|navfooter)(?:$|[-_\s])",
+    r"cookie\w*|banner|share|social|skip-?link|headerlink|toc|switcher\w*|navheader|navfooter|comments?|"
+    r"postprofile|signature|author|byline|pagination|pager|buttons?|back2top|linenos|linenodiv)(?:$|[-_\s])",
     re.I,
 )
 # Sphinx and MkDocs "admonition note", DocBook "note"/"warning", GitHub "markdown-alert", callouts.
 ADMONITION = re.compile(r"(?:^|\s)(?:admonition|note|warning|tip|caution|important|hint|danger|attention|"
                         r"seealso|versionadded|versionchanged|deprecated|markdown-alert|callout)(?:$|\s)", re.I)
 ADMONITION_TITLE = re.compile(r"(?:^|\s)(?:admonition-title|title|markdown-alert-title|callout-title)(?:$|\s)")
+ID_IS_A_SLUG = {"h1", "h2", "h3", "h4", "h5", "h6", "section", "dt", "article", "span", "a"}
 HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 BLOCKS = {"p", "div", "section", "article", "main", "ul", "ol", "li", "dl", "dt", "dd", "table", "tr",
           "td", "th", "blockquote", "figure", "figcaption", "hr", "caption", "details", "summary", "body",
@@ -95,16 +97,24 @@ def main_content(soup: BeautifulSoup) -> Tag:
 
 def strip_furniture(root: Tag) -> None:
     for tag in root.find_all(DROP_TAGS):
-        if not tag.decomposed and not (tag.name == "aside" and _is_admonition(tag)):
+        if not tag.decomposed and not (tag.name == "aside" and _is_admonition(tag)) and not _article_header(tag):
             tag.decompose()
     for tag in root.find_all(attrs={"role": DROP_ROLES}):
         tag.decompose()
     for tag in root.find_all(True):
         if tag.decomposed or tag.attrs is None:
             continue
-        marks = _classes(tag) + " " + (tag.get("id") or "")
+        if tag.find_parent(("pre", "code")) is not None:
+            continue  # highlighters' classes ("hljs-comment") name code, not furniture
+        # A heading's or section's id is a slug of its title ("why-is-my-page-not-in-the-navigation").
+        marks = _classes(tag) + ("" if tag.name in ID_IS_A_SLUG else " " + (tag.get("id") or ""))
         if marks.strip() and FURNITURE.search(marks):
             tag.decompose()
+
+
+def _article_header(tag: Tag) -> bool:
+    """An article's own header, which holds its headline (a site's header is outside the article)."""
+    return tag.name == "header" and tag.find_parent("article") is not None and tag.find(tuple(HEADINGS)) is not None
 
 
 def _classes(tag: Tag) -> str:

@@ -82,3 +82,25 @@ def test_a_manual_of_tables_keeps_its_words_through_the_clean(tmp_path):
     assert sum(kept.values()) / sum(want.values()) >= 0.95
     assert "| Package | Version | Size | License | Description |" in docs["chapter3.html"]
     assert "Note: The audio packages are rebuilt" in docs["chapter4.html"]
+
+
+def test_extraction_fidelity_on_five_kinds_of_site():
+    """bench/extract.py's set: memlm's word-level F1 ≥ 0.96, and at least trafilatura's when it is installed."""
+    import importlib.util
+
+    from bench.extract import memlm_text, pages, score, trafilatura_text
+
+    items = pages()
+    assert len(items) >= 20 and len({name.split("-")[0] for name, _, _ in items}) >= 4
+    memlm = score(memlm_text, items)
+    assert memlm["total"]["f1"] >= 0.96, memlm["sites"]
+    if importlib.util.find_spec("trafilatura") is not None:
+        assert memlm["total"]["f1"] >= score(trafilatura_text, items)["total"]["f1"]
+
+
+def test_section_ids_and_code_classes_are_not_taken_for_furniture():
+    _, text = extract("<html><body><main><section id='comments'><h2 id='navigation-menu'>Comments and menus</h2>"
+                      "<p>Text.</p><pre><span class='hljs-comment'># keep me</span></pre></section>"
+                      "<div id='comments'>Reply</div><article><header><h1>Headline</h1></header><p>Body.</p>"
+                      "<footer class='entry-footer'>By someone</footer></article></main></body></html>")
+    assert text == "## Comments and menus\nText.\n# keep me\n# Headline\nBody."
