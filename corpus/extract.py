@@ -41,7 +41,7 @@ BLOCKS = {"p", "div", "section", "article", "main", "ul", "ol", "li", "dl", "dt"
           "aside", "thead", "tbody", "tfoot", "header", "footer", "nav", "pre", "h1", "h2", "h3", "h4", "h5",
           "h6", "address", "center", "fieldset", "form", "legend", "dialog"}
 # A table whose cells hold these lays out a page; its cells are read as blocks, not as rows.
-LAYOUT_INSIDE = ("table", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote")
+LAYOUT_INSIDE = {"table", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote"}
 # A definition-list term longer than this (an API signature) stays a line of its own.
 TERM_MAX_CHARS = 60
 SKIPPED_STRINGS = (Comment, Declaration, Doctype, ProcessingInstruction)
@@ -101,11 +101,11 @@ def strip_furniture(root: Tag) -> None:
             tag.decompose()
     for tag in root.find_all(attrs={"role": DROP_ROLES}):
         tag.decompose()
+    # Highlighters' classes ("hljs-comment") inside code name code, not furniture.
+    in_code = {id(d) for code in root.find_all(("pre", "code")) for d in code.descendants}
     for tag in root.find_all(True):
-        if tag.decomposed or tag.attrs is None:
+        if tag.decomposed or tag.attrs is None or id(tag) in in_code:
             continue
-        if tag.find_parent(("pre", "code")) is not None:
-            continue  # highlighters' classes ("hljs-comment") name code, not furniture
         # A heading's or section's id is a slug of its title ("why-is-my-page-not-in-the-navigation").
         marks = _classes(tag) + ("" if tag.name in ID_IS_A_SLUG else " " + (tag.get("id") or ""))
         if marks.strip() and FURNITURE.search(marks):
@@ -148,17 +148,17 @@ def inline_text(node: Tag) -> str:
 
 
 def _rows(table: Tag) -> list[Tag]:
-    """The table's own rows (thead, tbody, tfoot or bare), not those of a table inside a cell."""
-    return [tr for tr in table.find_all("tr") if tr.find_parent("table") is table]
+    """The rows of a data table (thead, tbody, tfoot or bare; it holds no table of its own)."""
+    return [d for d in table.descendants if d.name == "tr"]
 
 
 def _cells(row: Tag) -> list[Tag]:
-    return [cell for cell in row.find_all(("td", "th"), recursive=False)]
+    return [cell for cell in row.children if cell.name in ("td", "th")]
 
 
 def is_data_table(table: Tag) -> bool:
-    rows = _rows(table)
-    return bool(rows) and not any(cell.find(LAYOUT_INSIDE) for row in rows for cell in _cells(row))
+    names = {d.name for d in table.descendants}
+    return "tr" in names and names.isdisjoint(LAYOUT_INSIDE)
 
 
 def table_lines(table: Tag) -> list[str]:
@@ -234,8 +234,7 @@ def render_blocks(root: Tag) -> list[Block]:
                 walk(child)
                 flush()
                 flush_lead()
-            elif name == "dt" and len(term := inline_text(child)) <= TERM_MAX_CHARS and \
-                    isinstance(sibling := child.find_next_sibling(), Tag) and sibling.name == "dd":
+            elif name == "dt" and _next_tag_name(child) == "dd" and len(term := inline_text(child)) <= TERM_MAX_CHARS:
                 flush()
                 flush_lead()
                 if term:
@@ -256,6 +255,13 @@ def render_blocks(root: Tag) -> list[Block]:
     flush()
     flush_lead()
     return blocks
+
+
+def _next_tag_name(tag: Tag) -> str | None:
+    for sibling in tag.next_siblings:
+        if isinstance(sibling, Tag):
+            return sibling.name
+    return None
 
 
 def _admonition_title(admonition: Tag) -> Tag | None:
