@@ -4,7 +4,9 @@ WordPress blog and a phpBB forum), each against its gold text (what a reader cal
 
 Words are lowercased runs of letters and digits; precision is the share of the extracted words (as a
 multiset) that are in the gold text, recall the share of the gold text's words that were extracted. The
-totals pool every page's words (micro average); `mean_f1` averages the pages' F1.
+totals pool every page's words (micro average); `mean_f1` averages the pages' F1. It also runs the
+generated manual of tables (`tests/table_site.py`) through the real clean stage and counts the words of
+its plain-text rendering that the documents keep.
 
     python bench/extract.py                                  # table on stdout
     python bench/extract.py --json bench/results/extract.json
@@ -80,6 +82,33 @@ def score(extractor, items: list[tuple[str, str, str]]) -> dict:
             "seconds": round(elapsed, 3), "sites": per_site, "pages": per_page}
 
 
+def table_manual_words_kept() -> dict:
+    """Share of the table manual's words (against its own plain-text rendering) left after the clean."""
+    import hashlib
+    import tempfile
+
+    from corpus.clean import clean
+    from corpus.config import CleanConfig
+    from corpus.jsonl import read_jsonl
+    from tests.table_site import build_table_site
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        texts = build_table_site(root / "site")
+        with open(root / "pages.jsonl", "w") as out:
+            for name in texts:
+                markup = (root / "site" / name).read_text()
+                out.write(json.dumps({"url": f"http://manual.example/{name}", "html": markup,
+                                      "sha256": hashlib.sha256(markup.encode()).hexdigest()}) + "\n")
+        result = clean(root / "pages.jsonl", root / "clean", CleanConfig(workers=1))
+        docs = {d["url"].rsplit("/", 1)[1]: d["text"] for d in read_jsonl(result.docs_file)}
+    want = sum(sum(words(t).values()) for t in texts.values())
+    kept = sum(sum((words(docs.get(n, "")) & words(t)).values()) for n, t in texts.items())
+    return {"pages": len(texts), "docs_out": len(docs), "words": want, "words_kept": kept,
+            "share_kept": round(kept / want, 4), "dropped": result.report["dropped"],
+            "lines_removed": result.report["lines_removed"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -90,12 +119,15 @@ def main() -> None:
     results = {name: score(extractor, items) for name, extractor in EXTRACTORS.items()}
     report = {"pages": len(items), "sites": sorted({n.split("-")[0] for n, _, _ in items}),
               "trafilatura_version": trafilatura.__version__, "command": f"python bench/extract.py --json {args.json}",
-              "extractors": results}
+              "extractors": results, "table_manual_through_clean": table_manual_words_kept()}
     print(f"{len(items)} pages from {len(report['sites'])} sites")
     print(f"{'extractor':<12} {'site':<8} {'precision':>9} {'recall':>7} {'F1':>6}")
     for name, result in results.items():
         for site, row in [*result["sites"].items(), ("all", result["total"])]:
             print(f"{name:<12} {site:<8} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f}")
+    manual = report["table_manual_through_clean"]
+    print(f"table manual through the clean: {manual['docs_out']} of {manual['pages']} pages kept, "
+          f"{manual['share_kept']:.1%} of its words")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
