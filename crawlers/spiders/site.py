@@ -17,7 +17,7 @@ from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TCPTi
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 
 from crawlers.decode import NotText, decode_html
-from crawlers.store import PageStore
+from crawlers.store import PageStore, url_hash
 from crawlers.urls import canonical_url, host_of, on_domains, page_links
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
@@ -60,7 +60,7 @@ class SiteSpider(Spider):
         self.deny = [re.compile(p) for p in _list_arg(deny)]
         self.max_depth = int(max_depth)
         self.resume = str(resume) in ("1", "true", "True")
-        self.enqueued: set[str] = set()
+        self.enqueued: set[int] = set()  # hashes of the canonical URLs requested or recorded
 
     @classmethod
     def from_crawler(cls, crawler, *args, **kwargs):
@@ -71,7 +71,7 @@ class SiteSpider(Spider):
     async def start(self):
         for url in self.start_urls:
             if not self.store.has_page(url):
-                self.enqueued.add(canonical_url(url))
+                self.enqueued.add(url_hash(canonical_url(url)))
                 yield self._request(url, 0)
         # After a restart the frontier is rebuilt from the stored pages' own links: whatever they link
         # to that is neither stored nor failed is still to fetch.
@@ -110,9 +110,10 @@ class SiteSpider(Spider):
 
     def _follow(self, html: str, page_url: str, depth: int):
         for url in page_links(html, page_url):
-            if url in self.enqueued or url in self.store.urls or url in self.store.failed:
+            key = url_hash(url)
+            if key in self.enqueued or self.store.knows(url):
                 continue
-            self.enqueued.add(url)
+            self.enqueued.add(key)
             if not on_domains(url, self.domains):
                 self.store.add_failure(url, "offsite")
             elif (self.allow and not any(p.search(url) for p in self.allow)) or any(p.search(url) for p in self.deny):
