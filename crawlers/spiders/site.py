@@ -70,8 +70,11 @@ class SiteSpider(Spider):
 
     async def start(self):
         for url in self.start_urls:
-            if not self.store.has_page(url):
-                self.enqueued.add(url_hash(canonical_url(url)))
+            key = url_hash(canonical_url(url))
+            # A served folder's files are all start URLs; a page linked from one fetched earlier is
+            # enqueued already.
+            if key not in self.enqueued and not self.store.has_page(url):
+                self.enqueued.add(key)
                 yield self._request(url, 0)
         # After a restart the frontier is rebuilt from the stored pages' own links: whatever they link
         # to that is neither stored nor failed is still to fetch.
