@@ -23,6 +23,8 @@ from crawlers.site_server import serve_site
 ProgressCallback = Callable[[int, int], None]
 HTTP_CACHE_DIR = "httpcache"
 FRONTIER_DIR = "frontier"
+START_URLS_FILE = "start_urls.txt"
+MANIFEST_START_URLS = 20
 SCRAPY_LEVEL = re.compile(r"^\S+ \S+ \[[^\]]+\] (DEBUG|INFO|WARNING|ERROR|CRITICAL): ")
 log = logging.getLogger("memlm.crawl")
 
@@ -110,8 +112,12 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
     # A frontier left by a killed crawl is not trusted (Scrapy loses it on SIGKILL): the spider rebuilds
     # it from the stored pages' links.
     shutil.rmtree(out_dir / FRONTIER_DIR, ignore_errors=True)
+    # One URL a line in a file: a served folder of 100,000 pages has as many start URLs, far more than
+    # a command-line argument may hold.
+    start_file = out_dir / START_URLS_FILE
+    start_file.write_text("".join(url + "\n" for url in start_urls))
     args = {
-        "start_urls": json.dumps(start_urls),
+        "start_urls_file": str(start_file.resolve()),
         "allowed_domains": json.dumps(config.allowed_domains),
         "allow": json.dumps(config.allow),
         "deny": json.dumps(config.deny),
@@ -143,7 +149,8 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
         tail = "\n".join(last_lines)
         raise CrawlError(f"scrapy exited with code {proc.returncode}; log: {log_file}\n{tail}")
     manifest = json.loads(manifest_file.read_text())
-    manifest["start_urls"] = start_urls
+    manifest["start_urls"] = start_urls[:MANIFEST_START_URLS]
+    manifest["start_url_count"] = len(start_urls)
     manifest["resumed"] = resume
     manifest["elapsed_s"] = round(time.monotonic() - started, 1)
     manifest_file.write_text(json.dumps(manifest, indent=2))
@@ -151,7 +158,7 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
         on_progress(manifest["pages"], config.max_pages)
     if manifest["pages"] == 0:
         raise CrawlError(
-            f"the crawl stored no pages from {', '.join(start_urls)} (skipped: {manifest['skipped'] or 'nothing'}); "
+            f"the crawl stored no pages from {', '.join(start_urls[:3])}{' …' if len(start_urls) > 3 else ''} (skipped: {manifest['skipped'] or 'nothing'}); "
             f"check the start URLs, crawl.allow/deny and robots.txt; log: {log_file}"
         )
     return CrawlResult(pages_file, manifest_file, manifest)

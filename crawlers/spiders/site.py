@@ -49,13 +49,15 @@ class SiteSpider(Spider):
     name = "site"
 
     def __init__(self, start_urls=None, allowed_domains=None, allow=None, deny=None, max_depth=0, resume="0",
-                 *args, **kwargs):
+                 start_urls_file=None, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.start_urls = _list_arg(start_urls)
-        if not self.start_urls:
-            raise ValueError("the site spider needs start_urls (-a start_urls=https://example.org/)")
+        self.start_urls_file = Path(start_urls_file) if start_urls_file else None
+        if not self.start_urls and not self.start_urls_file:
+            raise ValueError("the site spider needs start_urls (-a start_urls=https://example.org/) or "
+                             "start_urls_file (one URL a line)")
         self.domains = [d.lower() for d in _list_arg(allowed_domains)] or sorted(
-            {host_of(u) for u in self.start_urls})
+            {host_of(u) for u in self._start_urls()})
         self.allow = [re.compile(p) for p in _list_arg(allow)]
         self.deny = [re.compile(p) for p in _list_arg(deny)]
         self.max_depth = int(max_depth)
@@ -69,7 +71,7 @@ class SiteSpider(Spider):
         return spider
 
     async def start(self):
-        for url in self.start_urls:
+        for url in self._start_urls():
             key = url_hash(canonical_url(url))
             # A served folder's files are all start URLs; a page linked from one fetched earlier is
             # enqueued already.
@@ -81,6 +83,12 @@ class SiteSpider(Spider):
         for record in self.store.stored_records():
             for request in self._follow(record["html"], record["final_url"], record.get("depth", 0)):
                 yield request
+
+    def _start_urls(self):
+        yield from self.start_urls
+        if self.start_urls_file:
+            with open(self.start_urls_file, encoding="utf-8") as f:
+                yield from (line.strip() for line in f if line.strip())
 
     def parse(self, response: Response):
         if not on_domains(response.url, self.domains):
