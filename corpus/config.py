@@ -30,6 +30,9 @@ class BoilerplateConfig(Strict):
     enabled: bool = True
     min_share: float = Field(default=0.3, gt=0, le=1, description="Remove lines found on at least this share of the site's pages.")
     min_pages: int = Field(default=5, ge=2, description="Sites with fewer pages are left alone.")
+    max_counts_in_memory: int = Field(
+        default=2_000_000, ge=1, description="Line counts held in memory (about 100 bytes each); past "
+        "this they are added into an SQLite table on disk.")
 
 
 class C4LinesConfig(Strict):
@@ -134,7 +137,15 @@ class CleanConfig(Strict):
         default=None, description="A trained spaCy pipeline for the first kept language, used if installed.")
     max_chars: int = Field(default=1_000_000, ge=1, description="Drop documents longer than this after extraction.")
     batch_size: int = Field(default=16, ge=1, description="Pages per worker chunk and spaCy `nlp.pipe` batch.")
-    workers: int = Field(default=0, ge=0, description="Processes that clean pages in parallel (0: one per core).")
+    workers: int = Field(default=0, ge=0, description="Processes that clean pages in parallel (0: one per core); "
+                         "with runner dask and no dask_address, the local cluster's workers.")
+    runner: Literal["processes", "dask"] = Field(
+        default="processes", description="Where the passes run: worker processes on this machine, or a Dask "
+        "cluster through Prefect's Dask task runner.")
+    dask_address: str | None = Field(
+        default=None, description="Scheduler of an existing Dask cluster (tcp://host:8786) for runner dask; "
+        "none starts a local cluster of `workers` processes.")
+    shard_pages: int = Field(default=128, ge=1, description="Pages per Dask task (runner dask).")
 
     @model_validator(mode="after")
     def _overrides_are_valid(self) -> "CleanConfig":

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_SITE_DIR = Path("/usr/share/doc/python3.11/html")
+# Hosts crawled without delay or throttling: a folder served on this machine.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class CrawlConfig(BaseModel):
@@ -36,13 +39,29 @@ class CrawlConfig(BaseModel):
     max_pages: int = Field(default=600, ge=1, description="Stop after storing this many HTML pages.")
     max_depth: int = Field(default=8, ge=0, description="Link depth limit from the start URLs (0: no limit).")
     max_redirects: int = Field(default=10, ge=0, description="A longer redirect chain (or a loop) is recorded, not followed.")
-    obey_robots: bool = True
+    obey_robots: bool = Field(default=True, description="Obey each host's robots.txt.")
     http_cache: bool = Field(default=True, description="Keep responses and revalidate them on the next crawl "
                              "(conditional requests: unchanged pages cost a 304).")
     download_maxsize_mb: float = Field(default=8.0, gt=0, description="Responses larger than this are skipped.")
     download_timeout_s: float = Field(default=20.0, gt=0)
-    concurrency: int = Field(default=16, ge=1, le=256)
-    user_agent: str = "memlm (+https://github.com/memlm/memlm)"
+    concurrency: int = Field(default=16, ge=1, le=256, description="Requests in flight in all.")
+    # Politeness toward other people's servers; a folder served on this machine is crawled at full speed.
+    concurrency_per_host: int = Field(
+        default=4, ge=1, le=256, description=f"Requests in flight per host other than {', '.join(LOCAL_HOSTS)}.")
+    download_delay_s: float = Field(
+        default=1.0, ge=0, description=f"Seconds between two requests to one host other than "
+        f"{', '.join(LOCAL_HOSTS)} (±50% jitter); AutoThrottle never goes below it.")
+    autothrottle: bool = Field(
+        default=True, description="Scrapy's AutoThrottle: a host's delay follows its latency, so that a slow "
+        "server gets fewer requests (hosts other than 127.0.0.1 and localhost).")
+    autothrottle_target_concurrency: float = Field(
+        default=2.0, gt=0, description="Requests AutoThrottle aims to have in flight per remote host.")
+    autothrottle_max_delay_s: float = Field(default=30.0, gt=0, description="AutoThrottle's longest delay.")
+    user_agent: str = Field(default="memlm (+https://github.com/memlm/memlm)", min_length=1,
+                            description="The User-Agent header of every request, robots.txt included.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Scrapy's log level; its log goes to `scrapy.log` in the crawl folder and "
+        "to memlm's log while the crawl runs.")
 
     @model_validator(mode="after")
     def _needs_a_start(self) -> "CrawlConfig":

@@ -32,7 +32,7 @@ class PageStorePipeline:
         return self.crawler.spider.store
 
     def process_item(self, item):
-        if len(self.store.pages) >= self.max_pages:
+        if self.store.pages >= self.max_pages:
             self.crawler.stats.inc_value("memlm/not_stored/max_pages")
             raise DropItem("page limit reached")
         if not self.store.add_page(item):
@@ -43,15 +43,15 @@ class PageStorePipeline:
 
     def close_spider(self):
         store = self.store
-        store.close()
         stats = self.crawler.stats.get_stats()
         # Links not followed (URL patterns, depth) and pages not stored (limit, duplicates): counts only.
         not_taken = {key.rsplit("/", 1)[1]: value for key, value in stats.items()
                      if key.startswith(("memlm/not_followed/", "memlm/not_stored/"))}
         responses = {key.rsplit("/", 1)[1]: value for key, value in stats.items()
                      if key.startswith("downloader/response_status_count/")}
+        page_digests = store.page_digests()
         manifest = {
-            "pages": len(store.pages),
+            "pages": store.pages,
             "resumed_with_pages": store.resumed_pages,
             "pages_by_status": dict(store.by_status),
             "responses_by_status": responses,
@@ -59,7 +59,8 @@ class PageStorePipeline:
             "failures_file": FAILURES_FILE,
             "retries": stats.get("retry/count", 0),
             "not_modified": stats.get("httpcache/revalidate", 0),
-            "content_digest": content_digest(store.pages),
-            "page_digests": dict(store.pages),
+            "content_digest": content_digest(list(page_digests.items())),
+            "page_digests": page_digests,
         }
+        store.close()
         (Path(store.out_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

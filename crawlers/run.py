@@ -2,22 +2,31 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from crawlers.config import CrawlConfig
-from crawlers.store import MANIFEST_FILE, PAGES_FILE, complete_records
+from crawlers.config import LOCAL_HOSTS, CrawlConfig
+from crawlers.store import MANIFEST_FILE, PAGES_FILE, count_complete_records
 from crawlers.site_server import serve_site
 
 ProgressCallback = Callable[[int, int], None]
 HTTP_CACHE_DIR = "httpcache"
+FRONTIER_DIR = "frontier"
+START_URLS_FILE = "start_urls.txt"
+MANIFEST_START_URLS = 20
+SCRAPY_LEVEL = re.compile(r"^\S+ \S+ \[[^\]]+\] (DEBUG|INFO|WARNING|ERROR|CRITICAL): ")
+log = logging.getLogger("memlm.crawl")
 
 
 @dataclass
@@ -62,13 +71,10 @@ def folder_start_urls(site_dir: Path, base_url: str, config: CrawlConfig) -> lis
                     and (not allow or any(a.search(u) for a in allow))]
 
 
-def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
-                on_progress: ProgressCallback | None) -> CrawlResult:
-    pages_file, manifest_file, log_file = out_dir / PAGES_FILE, out_dir / MANIFEST_FILE, out_dir / "scrapy.log"
-    resume = pages_file.exists() and not manifest_file.exists()
-    stored = sum(1 for _ in complete_records(pages_file)) if resume else 0
-    manifest_file.unlink(missing_ok=True)
-    settings = {
+def scrapy_settings(config: CrawlConfig, out_dir: Path, stored: int) -> dict:
+    """Scrapy's settings for one crawl of `config` into `out_dir` that has `stored` pages already."""
+    local_slot = {"delay": 0, "concurrency": config.concurrency}
+    return {
         "MEMLM_OUT_DIR": str(out_dir.resolve()),
         "MEMLM_MAX_PAGES": config.max_pages,
         "CLOSESPIDER_ITEMCOUNT": max(config.max_pages - stored, 1),
@@ -81,12 +87,37 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
         "DOWNLOAD_MAXSIZE": int(config.download_maxsize_mb * 1024 * 1024),
         "DOWNLOAD_TIMEOUT": config.download_timeout_s,
         "CONCURRENT_REQUESTS": config.concurrency,
-        "CONCURRENT_REQUESTS_PER_DOMAIN": config.concurrency,
+        # Remote hosts get the polite settings; the local hosts' download slots override them (and
+        # AutoThrottle leaves those slots alone: crawlers/throttle.py).
+        "CONCURRENT_REQUESTS_PER_DOMAIN": config.concurrency_per_host,
+        "DOWNLOAD_DELAY": config.download_delay_s,
+        "AUTOTHROTTLE_ENABLED": config.autothrottle,
+        "AUTOTHROTTLE_START_DELAY": max(config.download_delay_s, 1.0),
+        "AUTOTHROTTLE_MAX_DELAY": config.autothrottle_max_delay_s,
+        "AUTOTHROTTLE_TARGET_CONCURRENCY": config.autothrottle_target_concurrency,
+        "DOWNLOAD_SLOTS": json.dumps({host: local_slot for host in LOCAL_HOSTS}),
         "USER_AGENT": config.user_agent,
-        "LOG_FILE": str(log_file.resolve()),
+        "LOG_LEVEL": config.log_level,
+        # The frontier (requests not sent yet) waits on disk, not in memory.
+        "JOBDIR": str((out_dir / FRONTIER_DIR).resolve()),
     }
+
+
+def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
+                on_progress: ProgressCallback | None) -> CrawlResult:
+    pages_file, manifest_file, log_file = out_dir / PAGES_FILE, out_dir / MANIFEST_FILE, out_dir / "scrapy.log"
+    resume = pages_file.exists() and not manifest_file.exists()
+    stored = count_complete_records(pages_file) if resume else 0
+    manifest_file.unlink(missing_ok=True)
+    # A frontier left by a killed crawl is not trusted (Scrapy loses it on SIGKILL): the spider rebuilds
+    # it from the stored pages' links.
+    shutil.rmtree(out_dir / FRONTIER_DIR, ignore_errors=True)
+    # One URL a line in a file: a served folder of 100,000 pages has as many start URLs, far more than
+    # a command-line argument may hold.
+    start_file = out_dir / START_URLS_FILE
+    start_file.write_text("".join(url + "\n" for url in start_urls))
     args = {
-        "start_urls": json.dumps(start_urls),
+        "start_urls_file": str(start_file.resolve()),
         "allowed_domains": json.dumps(config.allowed_domains),
         "allow": json.dumps(config.allow),
         "deny": json.dumps(config.deny),
@@ -96,21 +127,30 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
     cmd = [sys.executable, "-m", "scrapy", "crawl", "site"]
     for key, value in args.items():
         cmd += ["-a", f"{key}={value}"]
-    for key, value in settings.items():
+    for key, value in scrapy_settings(config, out_dir, stored).items():
         cmd += ["-s", f"{key}={value}"]
     env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "crawlers.settings"}
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Scrapy logs to stderr; a thread copies each line to scrapy.log and to memlm's log as it comes, so
+    # that a chatty crawl never fills a pipe and blocks.
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    last_lines: deque[str] = deque(maxlen=15)
+    copier = threading.Thread(target=_copy_log, args=(proc.stdout, log_file, last_lines), daemon=True,
+                              name="memlm-crawl-log")
+    copier.start()
+    counter = RecordCounter(pages_file)
     while proc.poll() is None:
         if on_progress:
-            on_progress(_count_lines(pages_file), config.max_pages)
+            on_progress(counter.count(), config.max_pages)
         time.sleep(0.5)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    copier.join()
     if proc.returncode != 0 or not manifest_file.exists():
-        tail = "\n".join((stderr or _tail(log_file)).splitlines()[-15:])
+        tail = "\n".join(last_lines)
         raise CrawlError(f"scrapy exited with code {proc.returncode}; log: {log_file}\n{tail}")
     manifest = json.loads(manifest_file.read_text())
-    manifest["start_urls"] = start_urls
+    manifest["start_urls"] = start_urls[:MANIFEST_START_URLS]
+    manifest["start_url_count"] = len(start_urls)
     manifest["resumed"] = resume
     manifest["elapsed_s"] = round(time.monotonic() - started, 1)
     manifest_file.write_text(json.dumps(manifest, indent=2))
@@ -118,18 +158,40 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
         on_progress(manifest["pages"], config.max_pages)
     if manifest["pages"] == 0:
         raise CrawlError(
-            f"the crawl stored no pages from {', '.join(start_urls)} (skipped: {manifest['skipped'] or 'nothing'}); "
+            f"the crawl stored no pages from {', '.join(start_urls[:3])}{' …' if len(start_urls) > 3 else ''} (skipped: {manifest['skipped'] or 'nothing'}); "
             f"check the start URLs, crawl.allow/deny and robots.txt; log: {log_file}"
         )
     return CrawlResult(pages_file, manifest_file, manifest)
 
 
-def _count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+def _copy_log(stream, log_file: Path, last_lines: deque) -> None:
+    """Each line of Scrapy's output to `log_file` and to memlm's log at the level Scrapy gave it (lines
+    that continue a record, such as a traceback's or the final stats', at that record's level; output
+    that is no log record at all, such as a crash before logging starts, as an error)."""
+    level = logging.ERROR
+    with open(log_file, "a", encoding="utf-8") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
+            line = line.rstrip("\n")
+            last_lines.append(line)
+            if match := SCRAPY_LEVEL.match(line):
+                level = logging.getLevelName(match.group(1))
+            log.log(level, "%s", line)
 
 
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+class RecordCounter:
+    """Whole lines of a growing JSONL file, counted from where the last count stopped."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.lines = path, 0, 0
+
+    def count(self) -> int:
+        if not self.path.exists():
+            return self.lines
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                self.lines += chunk.count(b"\n")
+                self.offset += len(chunk)
+        return self.lines

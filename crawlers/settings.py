@@ -29,6 +29,8 @@ DEPTH_PRIORITY = 1
 SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
 SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
 
+# AutoThrottle (on when the crawl config says so) leaves 127.0.0.1 and localhost alone.
+EXTENSIONS = {"scrapy.extensions.throttle.AutoThrottle": None, "crawlers.throttle.RemoteAutoThrottle": 0}
 ITEM_PIPELINES = {"crawlers.pipelines.PageStorePipeline": 300}
 LOG_LEVEL = "INFO"
 FEED_EXPORT_ENCODING = "utf-8"

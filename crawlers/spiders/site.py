@@ -17,7 +17,7 @@ from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TCPTi
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 
 from crawlers.decode import NotText, decode_html
-from crawlers.store import PageStore
+from crawlers.store import PageStore, url_hash
 from crawlers.urls import canonical_url, host_of, on_domains, page_links
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
@@ -49,18 +49,20 @@ class SiteSpider(Spider):
     name = "site"
 
     def __init__(self, start_urls=None, allowed_domains=None, allow=None, deny=None, max_depth=0, resume="0",
-                 *args, **kwargs):
+                 start_urls_file=None, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.start_urls = _list_arg(start_urls)
-        if not self.start_urls:
-            raise ValueError("the site spider needs start_urls (-a start_urls=https://example.org/)")
+        self.start_urls_file = Path(start_urls_file) if start_urls_file else None
+        if not self.start_urls and not self.start_urls_file:
+            raise ValueError("the site spider needs start_urls (-a start_urls=https://example.org/) or "
+                             "start_urls_file (one URL a line)")
         self.domains = [d.lower() for d in _list_arg(allowed_domains)] or sorted(
-            {host_of(u) for u in self.start_urls})
+            {host_of(u) for u in self._start_urls()})
         self.allow = [re.compile(p) for p in _list_arg(allow)]
         self.deny = [re.compile(p) for p in _list_arg(deny)]
         self.max_depth = int(max_depth)
         self.resume = str(resume) in ("1", "true", "True")
-        self.enqueued: set[str] = set()
+        self.enqueued: set[int] = set()  # hashes of the canonical URLs requested or recorded
 
     @classmethod
     def from_crawler(cls, crawler, *args, **kwargs):
@@ -69,15 +71,24 @@ class SiteSpider(Spider):
         return spider
 
     async def start(self):
-        for url in self.start_urls:
-            if not self.store.has_page(url):
-                self.enqueued.add(canonical_url(url))
+        for url in self._start_urls():
+            key = url_hash(canonical_url(url))
+            # A served folder's files are all start URLs; a page linked from one fetched earlier is
+            # enqueued already.
+            if key not in self.enqueued and not self.store.has_page(url):
+                self.enqueued.add(key)
                 yield self._request(url, 0)
         # After a restart the frontier is rebuilt from the stored pages' own links: whatever they link
         # to that is neither stored nor failed is still to fetch.
         for record in self.store.stored_records():
             for request in self._follow(record["html"], record["final_url"], record.get("depth", 0)):
                 yield request
+
+    def _start_urls(self):
+        yield from self.start_urls
+        if self.start_urls_file:
+            with open(self.start_urls_file, encoding="utf-8") as f:
+                yield from (line.strip() for line in f if line.strip())
 
     def parse(self, response: Response):
         if not on_domains(response.url, self.domains):
@@ -110,9 +121,10 @@ class SiteSpider(Spider):
 
     def _follow(self, html: str, page_url: str, depth: int):
         for url in page_links(html, page_url):
-            if url in self.enqueued or url in self.store.urls or url in self.store.failed:
+            key = url_hash(url)
+            if key in self.enqueued or self.store.knows(url):
                 continue
-            self.enqueued.add(url)
+            self.enqueued.add(key)
             if not on_domains(url, self.domains):
                 self.store.add_failure(url, "offsite")
             elif (self.allow and not any(p.search(url) for p in self.allow)) or any(p.search(url) for p in self.deny):

@@ -1,0 +1,146 @@
+"""Site boilerplate and leakage: each line of a page (outside code blocks) is counted once per page, as
+an 8-byte hash of its site and its normalized text; lines on a large share of one site's pages are its
+boilerplate, and leakage is the share of output lines that occur on more than half of their site's pages.
+
+The counts are what grows with the corpus here: one entry per distinct line of a site. Up to
+`clean.boilerplate.max_counts_in_memory` entries stay in memory (about 100 bytes each in CPython); past
+that they are added into an SQLite table beside the documents and memory starts again, so a million
+pages' lines cost disk, not RAM."""
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from corpus.config import BoilerplateConfig
+
+# Leakage: an output line that occurs on more than this share of its site's pages is boilerplate.
+LEAKAGE_SHARE = 0.5
+TOP_LINES = 15
+
+
+def line_key(host: str, line: str) -> bytes:
+    normalized = " ".join(line.casefold().split())
+    return hashlib.blake2b(f"{host}\0{normalized}".encode(), digest_size=8).digest()
+
+
+class LineCounts:
+    """Pages per site, and per site the number of pages each line key occurs on."""
+
+    def __init__(self, spill_file: Path, max_in_memory: int):
+        self.spill_file, self.max_in_memory = Path(spill_file), max_in_memory
+        self.site_pages: Counter[str] = Counter()
+        self._counts: dict[str, Counter[bytes]] = {}
+        self._in_memory = 0
+        self.peak_in_memory = 0
+        self.spills = 0
+        self._db: sqlite3.Connection | None = None
+        self.spill_file.unlink(missing_ok=True)
+
+    def add_page(self, host: str, keys: Iterable[bytes]) -> None:
+        """Count one page of `host` whose distinct line keys are `keys`."""
+        self.site_pages[host] += 1
+        counts = self._counts.setdefault(host, Counter())
+        before = len(counts)
+        counts.update(keys)
+        self._in_memory += len(counts) - before
+        self.peak_in_memory = max(self.peak_in_memory, self._in_memory)
+        if self._in_memory > self.max_in_memory:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect(self.spill_file)
+            self._db.execute("PRAGMA journal_mode=OFF")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute("CREATE TABLE counts (host TEXT, key BLOB, n INTEGER, PRIMARY KEY (host, key)) "
+                             "WITHOUT ROWID")
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO counts VALUES (?, ?, ?) ON CONFLICT (host, key) DO UPDATE SET n = n + excluded.n",
+                ((host, key, n) for host, counts in self._counts.items() for key, n in counts.items()))
+        self._counts = {}
+        self._in_memory = 0
+        self.spills += 1
+
+    def repeated(self, host: str) -> Iterator[tuple[bytes, int]]:
+        """(line key, pages) of the lines of `host` found on two pages or more."""
+        if self._db is not None:
+            if self._in_memory:
+                self._spill()
+            yield from self._db.execute("SELECT key, n FROM counts WHERE host = ? AND n >= 2", (host,))
+        else:
+            yield from ((key, n) for key, n in self._counts.get(host, {}).items() if n >= 2)
+
+    def sizes(self) -> dict:
+        """What the counts took: entries in memory at most, and the table on disk when they spilled."""
+        return {"max_entries_in_memory": self.max_in_memory, "peak_entries_in_memory": self.peak_in_memory,
+                "spills": self.spills,
+                "disk_bytes": self.spill_file.stat().st_size if self.spill_file.exists() else 0}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self.spill_file.unlink(missing_ok=True)
+
+
+class SiteLines:
+    """What the counts say about each site: the boilerplate line keys to remove, the keys of lines that
+    leak (on more than LEAKAGE_SHARE of the site's pages), and the most widespread boilerplate lines."""
+
+    def __init__(self, cfg: BoilerplateConfig, counts: LineCounts):
+        self.cfg = cfg
+        self.site_pages = dict(counts.site_pages)
+        self.leaky: dict[str, set[bytes]] = {}
+        found: list[tuple[float, bytes]] = []
+        for host, pages in self.site_pages.items():
+            if pages < cfg.min_pages:
+                continue
+            leaky = self.leaky.setdefault(host, set())
+            for key, n in counts.repeated(host):
+                if n > LEAKAGE_SHARE * pages:
+                    leaky.add(key)
+                if cfg.enabled and n >= cfg.min_share * pages:
+                    found.append((n / pages, key))
+        found.sort(reverse=True)
+        self.boilerplate = frozenset(key for _, key in found)
+        self.top = found[:TOP_LINES]
+        self._top_keys = {key for _, key in self.top}
+        self.top_text: dict[bytes, str] = {}
+
+    def note_text(self, key: bytes, line: str) -> None:
+        """Keep the text of a top boilerplate line, as first seen in page order, for the report."""
+        if key in self._top_keys and key not in self.top_text:
+            self.top_text[key] = line
+
+    def top_lines(self) -> list[dict]:
+        return [{"line": self.top_text.get(key, "")[:120], "share_of_pages": round(share, 3)}
+                for share, key in self.top]
+
+    def leakage_meter(self) -> LeakageMeter:
+        return LeakageMeter(self)
+
+    def sites(self) -> int:
+        return sum(1 for n in self.site_pages.values() if n >= self.cfg.min_pages)
+
+
+class LeakageMeter:
+    """Share of the lines of the pages added that occur on more than half of their site's crawled pages
+    (sites of at least `min_pages` pages: on a site of one page every line is on all of them)."""
+
+    def __init__(self, site_lines: SiteLines):
+        self.site_lines = site_lines
+        self.lines = self.leaked = 0
+
+    def add(self, host: str, keys: list[bytes]) -> None:
+        if self.site_lines.site_pages.get(host, 0) < self.site_lines.cfg.min_pages:
+            return
+        leaky = self.site_lines.leaky.get(host, set())
+        self.lines += len(keys)
+        self.leaked += sum(k in leaky for k in keys)
+
+    def value(self) -> float:
+        return round(self.leaked / self.lines, 5) if self.lines else 0.0

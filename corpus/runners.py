@@ -1,0 +1,82 @@
+"""Where the cleaning passes run: worker processes on this machine (`clean.runner: processes`), or a Dask
+cluster through Prefect's Dask task runner (`clean.runner: dask`), an existing one at `clean.dask_address`
+or a local one. Either way a pass is a function over chunks of records, and the results come back in
+the order of the chunks, so that the parent settles duplicates in page order and the documents are the
+same whatever ran them.
+
+On Dask each chunk is a shard of `clean.shard_pages` pages and one Prefect task (Prefect keeps every task
+run's state for the whole run: tasks per shard, not per page), and at most two shards per Dask worker
+are in flight, so that the parent holds a bounded number of pages."""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+
+from corpus.config import CleanConfig
+from corpus.workers import ensure_worker, start_worker
+
+Chunk = list
+RunPass = Callable[[Callable[[Chunk], list], Iterable[Chunk]], Iterator[list]]
+
+
+def workers_of(config: CleanConfig) -> int:
+    return config.workers or os.cpu_count() or 1
+
+
+def chunk_size(config: CleanConfig) -> int:
+    return config.shard_pages if config.runner == "dask" else config.batch_size
+
+
+@contextlib.contextmanager
+def pass_runner(config: CleanConfig, boilerplate: frozenset[bytes] = frozenset()) -> Iterator[RunPass]:
+    """A function that maps a pass over chunks, with each worker set up for (config, boilerplate)."""
+    if config.runner == "dask":
+        with _dask_runner(config, boilerplate) as run:
+            yield run
+    elif workers_of(config) > 1:
+        with multiprocessing.get_context("spawn").Pool(workers_of(config), start_worker, (config, boilerplate)) as pool:
+            yield pool.imap
+    else:
+        start_worker(config, boilerplate)
+        yield map
+
+
+def clean_shard(step: Callable[[Chunk], list], shard: Chunk, config: CleanConfig,
+                boilerplate: frozenset[bytes]) -> list:
+    """One shard of a pass on a Dask worker (the body of the Prefect task `clean-shard`)."""
+    ensure_worker(config, boilerplate)
+    return step(shard)
+
+
+@contextlib.contextmanager
+def _dask_runner(config: CleanConfig, boilerplate: frozenset[bytes]) -> Iterator[RunPass]:
+    from distributed import Client, LocalCluster
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect_dask import DaskTaskRunner
+
+    shard_task = task(clean_shard, name="clean-shard", cache_policy=NO_CACHE, persist_result=False)
+    with contextlib.ExitStack() as stack:
+        address = config.dask_address
+        if address is None:
+            cluster = stack.enter_context(LocalCluster(n_workers=workers_of(config), threads_per_worker=1,
+                                                       processes=True, dashboard_address=None))
+            address = cluster.scheduler_address
+        with Client(address) as client:
+            in_flight = 2 * max(len(client.scheduler_info()["workers"]), 1)
+        runner = stack.enter_context(DaskTaskRunner(address=address))
+
+        def run(step: Callable[[Chunk], list], shards: Iterable[Chunk]) -> Iterator[list]:
+            futures: deque = deque()
+            for shard in shards:
+                futures.append(runner.submit(shard_task, parameters={
+                    "step": step, "shard": shard, "config": config, "boilerplate": boilerplate}))
+                if len(futures) >= in_flight:
+                    yield futures.popleft().result()
+            while futures:
+                yield futures.popleft().result()
+
+        yield run

@@ -1,0 +1,39 @@
+"""What a cleaning worker holds between chunks: the config, the site boilerplate of pass 2, and the spaCy
+pipelines it loaded. Set once per worker process by the processes runner (Pool initializer), and by a
+Dask task when the worker has another config or boilerplate than the one it holds."""
+from __future__ import annotations
+
+from corpus.config import CleanConfig
+
+_state: dict = {}
+
+
+def start_worker(config: CleanConfig, boilerplate: frozenset[bytes] = frozenset()) -> None:
+    _state.clear()
+    _state.update(config=config, boilerplate=boilerplate, nlp={})
+
+
+def ensure_worker(config: CleanConfig, boilerplate: frozenset[bytes]) -> None:
+    """Start this worker for (config, boilerplate) unless it holds them already (spaCy stays loaded)."""
+    if _state.get("config") != config:
+        start_worker(config, boilerplate)
+    elif _state.get("boilerplate") != boilerplate:
+        _state["boilerplate"] = boilerplate
+
+
+def worker_config() -> CleanConfig:
+    return _state["config"]
+
+
+def worker_boilerplate() -> frozenset[bytes]:
+    return _state["boilerplate"]
+
+
+def worker_nlp(lang: str):
+    """spaCy for `lang`: the configured trained pipeline if installed, else spacy.blank + sentencizer."""
+    from corpus.filter_pass import load_nlp
+
+    cache = _state["nlp"]
+    if lang not in cache:
+        cache[lang] = load_nlp(lang, _state["config"])
+    return cache[lang]
