@@ -18,6 +18,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect's local (ephemeral) server needs 13-25 s to start on a new database on 2 cores; its default
 # patience is 20 s.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# memlm's models unpickle nothing; refuse a pickled pyfunc that found its way into the registry.
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 app = typer.Typer(help="memlm: from a website to a registered language model, with as little memory as possible.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -430,14 +432,15 @@ def _load_generator(reference: str, cfg):
         raise typer.Exit(2)
     import mlflow
 
+    from model.pyfunc import load_registered
+
     mlflow.set_tracking_uri(cfg.mlflow.resolved_tracking_uri())
     try:
-        loaded = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        return load_registered(uri)
     except Exception as exc:  # MLflow raises several types for a reference it cannot resolve
         err.print(f"[red]error:[/] cannot load model {uri!r} from {cfg.mlflow.resolved_tracking_uri()}: "
-                  f"{str(exc).splitlines()[0]}")
+                  f"{str(exc).splitlines()[0]}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    return loaded.model, loaded.tokenizer
 
 
 if __name__ == "__main__":
