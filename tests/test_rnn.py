@@ -44,6 +44,24 @@ def test_int8_weights_are_about_a_quarter_and_predict_like_fp32(cell):
                        generate(int8, prompt, 12, temperature=0, use_cache=False))
 
 
+@pytest.mark.parametrize("kind", ["fp16", "bf16", "int8"])
+def test_converted_weights_predict_like_fp32_on_a_trained_model(trained_rnn, kind):
+    import copy
+
+    from model.quantize import inference_weights
+    from tests.test_generate import predicts_like_fp32
+
+    predicts_like_fp32(trained_rnn, inference_weights(copy.deepcopy(trained_rnn), kind), kind)
+
+
+@pytest.fixture(scope="module")
+def trained_rnn():
+    from tests.trained import VOCAB, train_tiny
+
+    torch.manual_seed(0)
+    return train_tiny(RNNAttentionLM(RNNConfig(vocab_size=VOCAB, n_layer=1, n_embd=48, cell="gru")))
+
+
 def test_attention_is_causal_and_matches_the_running_form():
     torch.manual_seed(0)
     model = RNNAttentionLM(RNNConfig(vocab_size=50, n_layer=1, n_embd=16)).eval()
