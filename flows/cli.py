@@ -51,13 +51,15 @@ def _run_flow(flow_name: str, config_path: Path | None, **kwargs):
     config = _load(config_path)
     _servers(config)
     from flows import pipeline
+    from flows.failures import expected_failures, failures_to_run_log
 
     flow = getattr(pipeline, flow_name)
-    try:
-        return config, flow(config_path=str(config_path) if config_path else None, config=config, **kwargs)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    with failures_to_run_log(config.run_dir) as log_file:
+        try:
+            return config, flow(config_path=str(config_path) if config_path else None, config=config, **kwargs)
+        except expected_failures() as exc:
+            err.print(f"[red]error:[/] {exc} [dim](details: {log_file})[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
 
 def _print_outcomes(outcomes) -> None:
