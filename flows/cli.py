@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +14,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect's local (ephemeral) server needs 13-25 s to start on a new database on 2 cores; its default
 # patience is 20 s.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# memlm's models unpickle nothing; refuse a pickled pyfunc that found its way into the registry.
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 app = typer.Typer(help="memlm: from a website to a registered language model, with as little memory as possible.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -53,13 +51,15 @@ def _run_flow(flow_name: str, config_path: Path | None, **kwargs):
     config = _load(config_path)
     _servers(config)
     from flows import pipeline
+    from flows.failures import expected_failures, failures_to_run_log
 
     flow = getattr(pipeline, flow_name)
-    try:
-        return config, flow(config_path=str(config_path) if config_path else None, config=config, **kwargs)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    with failures_to_run_log(config.run_dir) as log_file:
+        try:
+            return config, flow(config_path=str(config_path) if config_path else None, config=config, **kwargs)
+        except expected_failures() as exc:
+            err.print(f"[red]error:[/] {exc} [dim](details: {log_file})[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
 
 def _print_outcomes(outcomes) -> None:
@@ -150,54 +150,35 @@ def serve_site(directory: Path, port: int = typer.Option(8731, help="Port on 127
         server.server_close()
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.5)
-    return False
-
-
 @app.command()
 def ui(config: ConfigOption = None,
-       mlflow_port: int = typer.Option(5000, help="MLflow UI port."),
-       prefect_port: int = typer.Option(4200, help="Prefect UI port.")):
-    """Start the MLflow UI (over the local store) and the Prefect server and UI; Ctrl-C stops both."""
+       mlflow_port: Annotated[Optional[int], typer.Option(help="MLflow port (default: servers.mlflow_port).")] = None,
+       prefect_port: Annotated[Optional[int], typer.Option(help="Prefect port (default: servers.prefect_port).")] = None):
+    """Start the MLflow and Prefect servers and UIs as `memlm up` does, in the foreground; Ctrl-C stops
+    them (servers `memlm up` had already started keep running)."""
     cfg = _load(config)
-    bin_dir = Path(sys.executable).parent
-    Path("mlflow").mkdir(exist_ok=True)
-    servers = {
-        "MLflow": (subprocess.Popen([str(bin_dir / "mlflow"), "server", "--backend-store-uri",
-                                     cfg.mlflow.resolved_tracking_uri(), "--host", "127.0.0.1",
-                                     "--port", str(mlflow_port), "--workers", "1"]),
-                   f"http://127.0.0.1:{mlflow_port}/health", f"http://127.0.0.1:{mlflow_port}"),
-        "Prefect": (subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                      "--port", str(prefect_port)]),
-                    f"http://127.0.0.1:{prefect_port}/api/health", f"http://127.0.0.1:{prefect_port}"),
-    }
+    ports = {k: v for k, v in (("mlflow_port", mlflow_port), ("prefect_port", prefect_port)) if v is not None}
+    cfg = cfg.model_copy(update={"servers": cfg.servers.model_copy(update=ports)})
+    from flows.servers import ServerError, down as stop, recorded, up as start
+
+    already_up = bool(recorded(cfg))
     try:
-        for name, (proc, health, url) in servers.items():
-            if not _wait_healthy(health, proc, 90):
-                err.print(f"[red]error:[/] the {name} server did not answer at {health}")
-                raise typer.Exit(1)
-            console.print(f"{name} UI: [bold]{url}[/]")
+        servers = start(cfg)
+    except ServerError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    try:
+        for server in servers.values():
+            console.print(f"{server.name} UI: [bold]{server.ui}[/]", highlight=False)
         console.print(f"Runs are in the MLflow experiment [bold]{cfg.mlflow.experiment}[/], models under "
-                      f"[bold]{cfg.mlflow.registered_model}[/]; flow runs in Prefect's Runs page. Ctrl-C stops both.")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+                      f"[bold]{cfg.mlflow.registered_model}[/]; flow runs in Prefect's Runs page. "
+                      + ("Started by `memlm up`: `memlm down` stops them." if already_up else "Ctrl-C stops both."),
+                      highlight=False)
+        if not already_up:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
-        for proc, _, _ in servers.values():
-            proc.terminate()
-        for proc, _, _ in servers.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if not already_up:
+            stop(cfg)
 
 
 @app.command()
@@ -262,10 +243,10 @@ def models(config: ConfigOption = None,
     try:
         rows = list_versions(model_name)
     except mlflow.exceptions.MlflowException:
-        err.print(f"[red]error:[/] no registered model {model_name!r} in {cfg.mlflow.resolved_tracking_uri()}; "
+        err.print(f"[red]error:[/] no registered model {model_name!r} in {cfg.mlflow.shown_tracking_uri()}; "
                   "`memlm run` registers one")
         raise typer.Exit(1) from None
-    table = Table(title=f"{model_name} ({cfg.mlflow.resolved_tracking_uri()})")
+    table = Table(title=f"{model_name} ({cfg.mlflow.shown_tracking_uri()})")
     for col in ("version", "aliases", "bits/byte (own val)", "bits/byte (current val)", "decision", "run"):
         table.add_column(col)
     for r in rows:
@@ -430,14 +411,15 @@ def _load_generator(reference: str, cfg):
         raise typer.Exit(2)
     import mlflow
 
+    from model.pyfunc import load_registered
+
     mlflow.set_tracking_uri(cfg.mlflow.resolved_tracking_uri())
     try:
-        loaded = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        return load_registered(uri)
     except Exception as exc:  # MLflow raises several types for a reference it cannot resolve
-        err.print(f"[red]error:[/] cannot load model {uri!r} from {cfg.mlflow.resolved_tracking_uri()}: "
-                  f"{str(exc).splitlines()[0]}")
+        err.print(f"[red]error:[/] cannot load model {uri!r} from {cfg.mlflow.shown_tracking_uri()}: "
+                  f"{str(exc).splitlines()[0]}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    return loaded.model, loaded.tokenizer
 
 
 if __name__ == "__main__":

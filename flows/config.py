@@ -1,31 +1,61 @@
 """The memlm configuration: one YAML file, validated by pydantic, every field with an offline default."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, SecretStr, ValidationError, field_validator
 
 from corpus.config import CleanConfig, SplitConfig, TokenizeConfig
 from crawlers.config import CrawlConfig
 from model.config import EvalConfig, ModelConfig, TrainConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
+REDACTED = "***"
+CREDENTIAL_WORDS = ("pass", "secret", "token", "key", "auth")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its credentials shown as ***: the password of user:password@, and query values whose
+    name says credential (libpq and SQLite URLs may carry ?password=)."""
+    url = re.sub(r"^([^:/?#]+://[^:/@?#]*):[^@/?#]*@", rf"\1:{REDACTED}@", url)
+    return re.sub(rf"([?&][^=&#]*(?:{'|'.join(CREDENTIAL_WORDS)})[^=&#]*=)[^&#]*", rf"\1{REDACTED}", url,
+                  flags=re.IGNORECASE)
+
+
+class SecretUrl(SecretStr):
+    """A URL that may hold credentials: printed, logged and serialized with them as *** (redact_url);
+    get_secret_value() gives the URL itself, for the one place that connects with it."""
+
+    def _display(self) -> str:
+        return redact_url(self.get_secret_value())
+
+
+# In every JSON dump (MLflow params, config.json, Prefect flow-run parameters): *** for the secret.
+Secret = Annotated[SecretStr, PlainSerializer(lambda v: REDACTED, return_type=str, when_used="json")]
+SecretUrlStr = Annotated[SecretUrl, PlainSerializer(lambda v: v._display(), return_type=str, when_used="json")]
 
 
 class MlflowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tracking_uri: str = Field(
-        default=DEFAULT_TRACKING_URI, description="MLflow store; the MLFLOW_TRACKING_URI variable overrides it."
-    )
+    tracking_uri: SecretUrlStr = Field(
+        default=SecretUrl(DEFAULT_TRACKING_URI),
+        description="MLflow store; the MLFLOW_TRACKING_URI variable overrides it. Credentials in it show as ***.")
     experiment: str = "memlm"
     registered_model: str = Field(default="memlm-demo", description="Model registry name for trained models.")
     ui_url: str = Field(default="http://127.0.0.1:5000", description="Where `memlm ui` serves MLflow (for links).")
 
     def resolved_tracking_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+        """The store to connect to, credentials included: never print it, print shown_tracking_uri()."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri.get_secret_value()
+
+    def shown_tracking_uri(self) -> str:
+        return redact_url(self.resolved_tracking_uri())
 
 
 class ServersConfig(BaseModel):
@@ -37,13 +67,50 @@ class ServersConfig(BaseModel):
     prefect_port: int = Field(default=4200, ge=1, le=65535)
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
     state_dir: Path = Field(default=Path(".memlm"), description="PIDs, logs and the Prefect database (SQLite).")
-    prefect_database_url: str | None = Field(
+    prefect_database_url: SecretUrlStr | None = Field(
         default=None, description="e.g. postgresql+asyncpg://user:password@host:5432/prefect; "
-        "PREFECT_API_DATABASE_CONNECTION_URL in the environment works too.")
-    mlflow_backend_store_uri: str | None = Field(
+        "PREFECT_API_DATABASE_CONNECTION_URL in the environment works too. Given to the server through its "
+        "environment; shown as ***.")
+    mlflow_backend_store_uri: SecretUrlStr | None = Field(
         default=None, description="e.g. postgresql://user:password@host:5432/mlflow; MLFLOW_BACKEND_STORE_URI in "
-        "the environment works too; default: mlflow.tracking_uri.")
+        "the environment works too; default: mlflow.tracking_uri. Given to the server through its environment.")
     mlflow_artifacts_dir: Path = Field(default=Path("mlflow/artifacts"), description="Artifacts the MLflow server serves.")
+    require_auth: bool = Field(
+        default=False, description="Ask for username and password on a loopback host too (always asked on any "
+        "other host: `memlm up` refuses to start without them).")
+    username: str = Field(default="admin", min_length=1, description="The servers' user: MLflow's admin, Prefect's "
+                          "auth string user.")
+    password: Secret | None = Field(
+        default=None, description="The servers' password (at least 12 characters, MLflow's rule); "
+        "MEMLM_SERVERS_PASSWORD in the environment works too and keeps it out of the config file.")
+
+    def auth_required(self) -> bool:
+        return self.require_auth or not is_loopback(self.host)
+
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, password) when configured (the config's password, else MEMLM_SERVERS_PASSWORD)."""
+        password = self.password.get_secret_value() if self.password else os.environ.get(PASSWORD_VARIABLE)
+        return (self.username, password) if password else None
+
+    @field_validator("password")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_PASSWORD_LENGTH:
+            raise ValueError(f"must be at least {MIN_PASSWORD_LENGTH} characters (MLflow's rule for its admin)")
+        return value
+
+
+PASSWORD_VARIABLE = "MEMLM_SERVERS_PASSWORD"
+MIN_PASSWORD_LENGTH = 12
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ScheduleConfig(BaseModel):
@@ -53,6 +120,9 @@ class ScheduleConfig(BaseModel):
 
     crawl_cron: str = Field(default="0 3 * * *", description="Cron schedule of the crawl deployment.")
     timezone: str = "UTC"
+
+
+SECRET_FIELDS = {"tracking_uri", "prefect_database_url", "mlflow_backend_store_uri", "password"}  # never echoed
 
 
 class MemlmConfig(BaseModel):
@@ -82,7 +152,8 @@ def _describe(error: dict, model: type[BaseModel] = MemlmConfig) -> str:
         allowed = _allowed_fields(error["loc"][:-1], model)
         return f"{where}: unknown field; allowed here: {', '.join(allowed)}"
     given = error.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    secret = error["loc"] and error["loc"][-1] in SECRET_FIELDS
+    shown = "" if isinstance(given, dict) or secret else f" (got {given!r})"
     return f"{where}: {error['msg']}{shown}"
 
 

@@ -1,11 +1,17 @@
 """The Prefect server and the MLflow tracking server that `memlm up` starts and `memlm down` stops.
 
 They run detached (their own process group), with their PIDs, URLs and logs under the state folder, so
-that later commands find them and `memlm down` stops exactly what `memlm up` started."""
+that later commands find them and `memlm down` stops exactly what `memlm up` started.
+
+Secrets (database URLs, the servers' password) reach the servers through their environment, which only
+their user can read, never through the command line, which every local user can; servers.json holds none.
+Off loopback (or with servers.require_auth) both servers ask for the username and password: MLflow
+through its basic-auth app, Prefect through its API auth string; memlm's own clients send them."""
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,7 +21,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flows.config import MemlmConfig
+from flows.config import MIN_PASSWORD_LENGTH, PASSWORD_VARIABLE, MemlmConfig
 
 SERVERS_FILE = "servers.json"
 
@@ -57,19 +63,51 @@ def _commands(config: MemlmConfig, state: Path) -> dict[str, tuple[list[str], di
     prefect_env = {"PREFECT_HOME": str((state / "prefect").resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "PREFECT_UI_API_URL": f"http://{s.host}:{s.prefect_port}/api"}
     if s.prefect_database_url:
-        prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = s.prefect_database_url
-    backend = s.mlflow_backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or config.mlflow.tracking_uri
-    if backend.startswith("sqlite:///"):
+        prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = s.prefect_database_url.get_secret_value()
+    backend = (s.mlflow_backend_store_uri.get_secret_value() if s.mlflow_backend_store_uri else
+               os.environ.get("MLFLOW_BACKEND_STORE_URI") or config.mlflow.tracking_uri.get_secret_value())
+    if backend.startswith("sqlite:///") and "?" not in backend:
         Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     artifacts = Path(s.mlflow_artifacts_dir).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
+    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": backend}
+    mlflow = [str(bin_dir / "mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port),
+              "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts", "--workers", "1"]
+    credentials = s.credentials()
+    if credentials:
+        username, password = credentials
+        mlflow += ["--app-name", "basic-auth"]
+        mlflow_env.update(MLFLOW_AUTH_CONFIG_PATH=str(_auth_config(state)), MLFLOW_AUTH_ADMIN_USERNAME=username,
+                          MLFLOW_AUTH_ADMIN_PASSWORD=password,
+                          # Signs the UI's CSRF tokens; a new one per start only asks browsers to log in again.
+                          MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32))
+        prefect_env["PREFECT_SERVER_API_AUTH_STRING"] = f"{username}:{password}"
     return {
         "prefect": ([str(bin_dir / "prefect"), "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
                     prefect_env),
-        "mlflow": ([str(bin_dir / "mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port),
-                    "--backend-store-uri", backend, "--artifacts-destination", artifacts.as_uri(),
-                    "--serve-artifacts", "--workers", "1"], {}),
+        "mlflow": (mlflow, mlflow_env),
     }
+
+
+def _auth_config(state: Path) -> Path:
+    """MLflow's basic-auth settings: its users in the state folder (not ./basic_auth.db of whatever folder
+    the server started in), no permission for users other than the admin; the admin's password comes
+    from the environment."""
+    path = state / "mlflow-auth.ini"
+    path.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                    f"database_uri = sqlite:///{(state / 'mlflow-auth.db').resolve()}\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return path
+
+
+def check_auth(config: MemlmConfig) -> None:
+    """Servers that others can reach start only with a password."""
+    s = config.servers
+    if s.auth_required() and s.credentials() is None:
+        why = "servers.require_auth is set" if s.require_auth else f"servers.host {s.host} is not a loopback address"
+        raise ServerError(f"{why}, so both servers must ask for a password, and none is configured: set "
+                          f"servers.password (at least {MIN_PASSWORD_LENGTH} characters) or {PASSWORD_VARIABLE} "
+                          f"in the environment (user: servers.username, {s.username!r})")
 
 
 def recorded(config: MemlmConfig) -> dict[str, Server]:
@@ -81,6 +119,7 @@ def recorded(config: MemlmConfig) -> dict[str, Server]:
 
 def up(config: MemlmConfig, timeout_s: float = 120.0) -> dict[str, Server]:
     """Start whichever server is not answering yet; returns both."""
+    check_auth(config)
     state = Path(config.servers.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     servers = {**planned(config), **recorded(config)}
@@ -136,6 +175,12 @@ def use_running_servers(config: MemlmConfig) -> dict[str, str]:
     if servers:
         for key, variable in (("prefect", "PREFECT_API_URL"), ("mlflow", "MLFLOW_TRACKING_URI")):
             os.environ.setdefault(variable, servers[key].url)
+    if credentials := config.servers.credentials():
+        # What MLflow's and Prefect's clients read (and the flows this process starts inherit).
+        username, password = credentials
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", username)
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", f"{username}:{password}")
     checks = [("PREFECT_API_URL", "Prefect API", "/health"), ("MLFLOW_TRACKING_URI", "MLflow tracking server", "/health")]
     for variable, what, health in checks:
         url = os.environ.get(variable, "")

@@ -53,3 +53,36 @@ def test_help_lists_every_command(tmp_path):
     assert result.returncode == 0
     for command in ("run", "crawl", "clean", "split", "tokenize", "train", "evaluate", "ui", "serve-site", "generate", "plan"):
         assert command in result.stdout
+
+
+def _stage_inputs(tmp_path: Path, clean_record: str) -> Path:
+    """A run folder whose clean stage left `clean_record` and no documents, and a config for it."""
+    (tmp_path / "run" / "clean").mkdir(parents=True)
+    (tmp_path / "run" / "clean" / "stage.json").write_text(clean_record)
+    (tmp_path / "run" / "clean" / "docs.jsonl").write_text("")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nmlflow:\n  tracking_uri: sqlite:///{tmp_path}/mlflow.db\n")
+    return config
+
+
+@pytest.mark.integration
+def test_a_stage_that_stops_for_a_known_reason_says_so_in_one_line(tmp_path):
+    config = _stage_inputs(tmp_path, '{"key": "k", "summary": {"docs_sha256": "0"}}')
+    result = memlm("split", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "Finished in state Failed" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    log = tmp_path / "run" / "memlm.log"
+    assert errors == [f"error: the train split is empty (0 documents in all): crawl more pages or change "
+                      f"split.val_fraction (details: {log})"]
+    # Prefect's task and flow tracebacks are in the run's log.
+    assert log.read_text().count("Traceback") >= 2 and "EmptySplitError" in log.read_text()
+
+
+@pytest.mark.integration
+def test_an_unexpected_error_keeps_its_traceback(tmp_path):
+    config = _stage_inputs(tmp_path, '{"key": "k"}')  # a record this memlm never writes: a bug, not a reason
+    result = memlm("split", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "KeyError: 'summary'" in result.stderr

@@ -38,7 +38,7 @@ def test_mlflow_holds_params_metrics_datasets_and_artifacts(pipeline_run):
     import mlflow
 
     config, first, _ = pipeline_run
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri.get_secret_value())
     train = next(o for o in first if o.name == "train").summary
     run = mlflow.get_run(train["mlflow_run_id"])
     assert run.data.params["model.n_embd"] == "32"
@@ -62,7 +62,7 @@ def test_registered_model_version_loads_and_generates(pipeline_run):
     import mlflow
 
     config, first, _ = pipeline_run
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri.get_secret_value())
     evaluation = first[-1].summary
     assert evaluation["registered_model"] == "memlm-test" and evaluation["registered_version"] == 1
     version = mlflow.MlflowClient().get_model_version("memlm-test", "1")
@@ -144,7 +144,7 @@ def test_mlflow_serves_the_registered_model_over_http(pipeline_run, tmp_path):
         port = s.getsockname()[1]
     bin_dir = str(Path(sys.executable).parent)
     # mlflow starts its scoring server as `uvicorn`, found on PATH: the environment's own bin folder.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri.get_secret_value(),
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                                "models:/memlm-test/1", "--env-manager", "local", "--host", "127.0.0.1",

@@ -44,6 +44,24 @@ def test_int8_weights_are_about_a_quarter_and_predict_like_fp32(cell):
                        generate(int8, prompt, 12, temperature=0, use_cache=False))
 
 
+@pytest.mark.parametrize("kind", ["fp16", "bf16", "int8"])
+def test_converted_weights_predict_like_fp32_on_a_trained_model(trained_rnn, kind):
+    import copy
+
+    from model.quantize import inference_weights
+    from tests.test_generate import predicts_like_fp32
+
+    predicts_like_fp32(trained_rnn, inference_weights(copy.deepcopy(trained_rnn), kind), kind)
+
+
+@pytest.fixture(scope="module")
+def trained_rnn():
+    from tests.trained import VOCAB, train_tiny
+
+    torch.manual_seed(0)
+    return train_tiny(RNNAttentionLM(RNNConfig(vocab_size=VOCAB, n_layer=1, n_embd=48, cell="gru")))
+
+
 def test_attention_is_causal_and_matches_the_running_form():
     torch.manual_seed(0)
     model = RNNAttentionLM(RNNConfig(vocab_size=50, n_layer=1, n_embd=16)).eval()
@@ -55,6 +73,30 @@ def test_attention_is_causal_and_matches_the_running_form():
     cache = model.new_cache()
     steps = torch.cat([model(x[:, :5], cache), model(x[:, 5:9], cache), model(x[:, 9:], cache)], dim=1)
     torch.testing.assert_close(steps, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["relu", "gru", "lstm"])
+@pytest.mark.parametrize("memory", [{"activation_checkpointing": "full"},
+                                    {"activation_checkpointing": "full", "loss_chunk_size": 16, "late_head_grad": True}],
+                         ids=["checkpointing", "checkpointing-chunked-loss"])
+def test_checkpointed_recurrence_gives_the_plain_loss_and_gradients(cell, memory):
+    def loss_and_grads(**switches):
+        torch.manual_seed(0)
+        model = RNNAttentionLM(RNNConfig(vocab_size=97, n_layer=2, n_embd=32, cell=cell)).train()
+        apply_to_model(model, MemoryConfig(**switches))
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randint(0, 97, (3, 40), generator=g), torch.randint(0, 97, (3, 40), generator=g)
+        loss = model.loss(model(x), y)
+        loss.backward()
+        return model, loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain_model, plain_loss, plain = loss_and_grads(loss_chunk_size=0)
+    model, loss, grads = loss_and_grads(**memory)
+    assert model.time_chunks > 1 and plain_model.time_chunks == 1  # the recurrence really was checkpointed
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    assert grads.keys() == plain.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def run(corpus, tmp_path, **memory):
