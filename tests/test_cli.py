@@ -74,7 +74,7 @@ def test_a_stage_that_stops_for_a_known_reason_says_so_in_one_line(tmp_path):
     assert "Traceback" not in output and "Finished in state Failed" not in output, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     log = tmp_path / "run" / "memlm.log"
-    assert errors == [f"error: the train split is empty (0 documents in all): crawl more pages or change "
+    assert errors == [f"error: the train split is empty (0 documents in all, split by section): crawl more pages or change "
                       f"split.val_fraction (details: {log})"]
     # Prefect's task and flow tracebacks are in the run's log.
     assert log.read_text().count("Traceback") >= 2 and "EmptySplitError" in log.read_text()
