@@ -113,7 +113,11 @@ def test_the_registered_model_is_code_and_data_and_loads_both_ways(registered):
     model, tokenizer = load_registered("models:/m/1")
     assert model.num_params() > 0 and tokenizer.get_vocab_size() > 0
     served = mlflow.pyfunc.load_model("models:/m/1")  # what `mlflow models serve` does
-    assert served.predict(["The list"], params={"max_new_tokens": 3, "temperature": 0.0})[0].startswith("The list")
+    from model.generate import generate_text
+
+    # The logged signature's params reach predict (greedy, 3 new tokens), as memlm's own loading gives.
+    expected = generate_text(model, tokenizer, "The list", 3, 0.0, None, 1.0, seed=0)
+    assert served.predict(["The list"], params={"max_new_tokens": 3, "temperature": 0.0}) == [expected]
 
 
 def test_registry_artifacts_replaced_by_pickles_run_nothing(registered, tmp_path, monkeypatch):
