@@ -197,6 +197,11 @@ def up(config: ConfigOption = None):
     console.print("memlm commands now use them; `memlm down` stops them. For other tools:\n"
                   f"  export PREFECT_API_URL={servers['prefect'].url} MLFLOW_TRACKING_URI={servers['mlflow'].url}",
                   highlight=False, soft_wrap=True)
+    if credentials := cfg.servers.credentials():
+        user = credentials[0]
+        console.print(f"  and, both servers asking for the password (never printed here): MLFLOW_TRACKING_USERNAME={user} "
+                      f"MLFLOW_TRACKING_PASSWORD=PASSWORD PREFECT_API_AUTH_STRING={user}:PASSWORD", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()

@@ -2,7 +2,9 @@
 not change. Flows take the path of a config file so that a run is reproducible from the Prefect UI."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -57,9 +59,11 @@ def pipeline_flow(config_path: str | None = None, force: bool = False,
     outcomes = [crawl_task(config)]
     for stage in (clean_task, split_task, tokenize_task, train_task, evaluate_task):
         outcomes.append(stage(config, force))
+    elapsed_s = time.monotonic() - started
+    write_summary(config, outcomes, elapsed_s)
     create_markdown_artifact(
         key=f"memlm-{config.name}".lower().replace("_", "-"),
-        markdown=summary_markdown(config, outcomes, time.monotonic() - started),
+        markdown=summary_markdown(config, outcomes, elapsed_s),
         description="memlm pipeline summary",
     )
     return outcomes
@@ -103,6 +107,41 @@ def headline(outcomes: list[StageOutcome]) -> dict:
                              if ev.get("registered_version") else None),
         "MLflow run": train.get("mlflow_run_url"),
     }
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def figures(outcomes: list[StageOutcome]) -> dict:
+    """The summary table's figures as numbers, unrounded (what README tables of a run are checked against)."""
+    by = {o.name: o.summary for o in outcomes}
+    crawl, clean, tokens = by.get("crawl", {}), by.get("clean", {}), by.get("tokenize", {})
+    train, ev = by.get("train", {}), by.get("evaluate", {})
+    splits = tokens.get("splits", {})
+    return {
+        "pages_crawled": crawl.get("pages"), "crawl_s": crawl.get("elapsed_s"),
+        "docs_kept": clean.get("docs_out"), "clean_s": clean.get("elapsed_s"),
+        "train_tokens": splits.get("train", {}).get("tokens"), "val_tokens": splits.get("val", {}).get("tokens"),
+        "parameters": train.get("n_params"), "steps": train.get("steps"),
+        "val_loss_start": train.get("val_loss_start"), "val_loss": train.get("val_loss"),
+        "tokens_per_s": train.get("tokens_per_s"), "mfu": train.get("mfu"),
+        "peak_memory_mib": train.get("peak_memory_mib"), "peak_breakdown_mib": train.get("memory_breakdown_mib"),
+        "train_s": train.get("elapsed_s"),
+        "eval_val_loss": ev.get("val_loss"), "perplexity": ev.get("perplexity"), "bits_per_byte": ev.get("bits_per_byte"),
+        "registered_model": ev.get("registered_model"), "registered_version": ev.get("registered_version"),
+        "mlflow_run_url": train.get("mlflow_run_url"),
+    }
+
+
+def write_summary(config: MemlmConfig, outcomes: list[StageOutcome], elapsed_s: float) -> Path:
+    """RUN_DIR/summary.json: each stage's status and time, and the figures of the summary table."""
+    path = Path(config.run_dir) / SUMMARY_FILE
+    path.write_text(json.dumps({
+        "name": config.name, "elapsed_s": round(elapsed_s, 1),
+        "stages": [{"name": o.name, "skipped": o.skipped, "elapsed_s": o.elapsed_s} for o in outcomes],
+        "figures": figures(outcomes),
+    }, indent=2, default=str))
+    return path
 
 
 def summary_markdown(config: MemlmConfig, outcomes: list[StageOutcome], elapsed_s: float) -> str:

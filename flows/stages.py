@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +160,7 @@ def train_key(config: MemlmConfig) -> str:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
+    from flows.model_runs import resumable_run
     from flows.tracking import log_config, log_datasets, run_link, setup_mlflow
 
     dirs = stage_dirs(config)
@@ -173,7 +173,7 @@ def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
     from model.train import train
 
     experiment_id = setup_mlflow(config)
-    run_id = _resumable_run(dirs["train"], key, force)
+    run_id = resumable_run(dirs["train"], key, force)
     started = time.monotonic()
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else config.name) as run:
         (dirs["train"] / "inputs.json").write_text(json.dumps({"key": key, "mlflow_run_id": run.info.run_id}))
@@ -218,18 +218,6 @@ def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
     return StageOutcome("train", False, summary, round(time.monotonic() - started, 1), {"memory": memory})
 
 
-def _resumable_run(train_dir: Path, key: str, force: bool) -> str | None:
-    """The MLflow run of an interrupted training with the same inputs (its checkpoint resumes too);
-    otherwise clear what an older training left so that it cannot be resumed by mistake."""
-    record_file = train_dir / "inputs.json"
-    record = json.loads(record_file.read_text()) if record_file.exists() else None
-    if not force and record and record.get("key") == key and (train_dir / "checkpoint").exists():
-        return record["mlflow_run_id"]
-    shutil.rmtree(train_dir, ignore_errors=True)
-    train_dir.mkdir(parents=True)
-    return None
-
-
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool = True) -> StageOutcome:
     import mlflow
@@ -256,47 +244,9 @@ def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool
             mlflow.log_artifact(str(result.samples_file), "eval")
             summary = dict(report)
             if register_model:
-                from model.pyfunc import log_text_generator
+                from flows.model_runs import register_and_promote
 
-                info = log_text_generator(checkpoint, dirs["tokens"] / "tokenizer.json",
-                                          config.mlflow.registered_model, config.evaluate.prompts[0])
-                version = info.registered_model_version
-                client = mlflow.MlflowClient()
-                for tag, value in (("val_loss", report["val_loss"]), ("bits_per_byte", report["bits_per_byte"]),
-                                   ("mlflow_run_id", train_summary["mlflow_run_id"])):
-                    client.set_model_version_tag(config.mlflow.registered_model, str(version), tag, str(value))
-                summary.update(model_uri=info.model_uri, registered_model=config.mlflow.registered_model,
-                               registered_version=version)
-                promotion = _promote(config, str(version), report["bits_per_byte"])
-                mlflow.set_tag("memlm.promotion", promotion.decision)
-                summary["promotion"] = promotion.as_dict()
+                summary.update(register_and_promote(config, checkpoint, report, train_summary["mlflow_run_id"]))
         return summary
 
     return _run("evaluate", dirs["eval"], key, force, work)
-
-
-def _promote(config: MemlmConfig, version: str, bpb: float):
-    """Champion or challenger for the new version, and a Prefect artifact that shows the decision."""
-    import mlflow
-    from prefect.artifacts import create_markdown_artifact
-
-    from flows.registry import champion_bpb_on, promote
-    from flows.tracking import run_link
-
-    dirs = stage_dirs(config)
-    name = config.mlflow.registered_model
-    promotion = promote(name, version, bpb, lambda champion: champion_bpb_on(
-        name, champion, dirs["split"] / "val.jsonl", dirs["eval"] / "champion", config.train.batch_size,
-        config.train.device, config.evaluate.max_batches))
-    client = mlflow.MlflowClient()
-    rows = ["| version | bits per byte on the current validation split | MLflow run |", "|---|---|---|"]
-    for v, figure in ((promotion.new_version, promotion.new_bpb), (promotion.champion_version, promotion.champion_bpb)):
-        if v is None:
-            continue
-        run = client.get_run(client.get_model_version(name, v).run_id)
-        link = run_link(config, run.info.experiment_id, run.info.run_id)
-        rows.append(f"| v{v}{' (winner)' if v == promotion.winner else ''} | {figure:.4f} | [{run.info.run_id}]({link}) |")
-    create_markdown_artifact(key=f"memlm-{config.name}-promotion".lower().replace("_", "-"),
-                             markdown=f"# {name}: {promotion.decision}\n\n" + "\n".join(rows),
-                             description="champion / challenger decision")
-    return promotion

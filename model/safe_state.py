@@ -3,6 +3,7 @@ tensor into one safetensors file, the structure around them (dicts, lists, tuple
 into JSON. Loading either file runs no code, whatever its contents."""
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 # JSON objects that stand for something JSON has no type for; a plain dict never uses these keys.
-TENSOR, TUPLE, PAIRS = "__tensor__", "__tuple__", "__pairs__"
+TENSOR, TUPLE, PAIRS, SUBCLASS = "__tensor__", "__tuple__", "__pairs__", "__subclass__"
+# Tensor subclasses written as their inner tensors and rebuilt by their own __tensor_unflatten__: torchao's
+# low-bit optimizer states. Only these are imported by name when a state is loaded.
+LOADABLE_SUBCLASSES = {"torchao.optim.subclass_8bit.OptimState8bit", "torchao.optim.subclass_4bit.OptimState4bit",
+                       "torchao.optim.subclass_fp8.OptimStateFp8"}
 
 
 class StateFileError(ValueError):
@@ -43,12 +48,12 @@ def load_state(tensors_file: Path, structure_file: Path):
 def _encode(value, tensors: dict[str, torch.Tensor]):
     if isinstance(value, torch.Tensor):
         if type(value) not in (torch.Tensor, torch.nn.Parameter):
-            raise TypeError(f"cannot write a {type(value).__name__} (a tensor subclass) as safetensors")
+            return _encode_subclass(value, tensors)
         key = str(len(tensors))
         tensors[key] = value.detach()
         return {TENSOR: key}
     if isinstance(value, dict):
-        if all(isinstance(k, str) and k not in (TENSOR, TUPLE, PAIRS) for k in value):
+        if all(isinstance(k, str) and k not in (TENSOR, TUPLE, PAIRS, SUBCLASS) for k in value):
             return {k: _encode(v, tensors) for k, v in value.items()}
         # Optimizer state is keyed by parameter index (int): keep the key types.
         return {PAIRS: [[k, _encode(v, tensors)] for k, v in value.items()]}
@@ -61,6 +66,25 @@ def _encode(value, tensors: dict[str, torch.Tensor]):
     raise TypeError(f"cannot write a {type(value).__name__} into a training state file")
 
 
+def _encode_subclass(value: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict:
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    if name not in LOADABLE_SUBCLASSES or not hasattr(value, "__tensor_flatten__"):
+        raise TypeError(f"cannot write a {name} (a tensor subclass memlm does not know) into a training state")
+    inner_names, context = value.__tensor_flatten__()
+    return {SUBCLASS: name, "inner": {n: _encode(getattr(value, n), tensors) for n in inner_names},
+            "context": _encode(context, tensors)}
+
+
+def _decode_subclass(value: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    name = value[SUBCLASS]
+    if name not in LOADABLE_SUBCLASSES:
+        raise ValueError(f"tensor subclass {name} is not one memlm loads")
+    module, _, class_name = name.rpartition(".")
+    cls = getattr(importlib.import_module(module), class_name)
+    inner = {n: _decode(v, tensors) for n, v in value["inner"].items()}
+    return cls.__tensor_unflatten__(inner, _decode(value["context"], tensors), None, None)
+
+
 def _decode(value, tensors: dict[str, torch.Tensor]):
     if isinstance(value, list):
         return [_decode(v, tensors) for v in value]
@@ -68,6 +92,8 @@ def _decode(value, tensors: dict[str, torch.Tensor]):
         return value
     if TENSOR in value:
         return tensors[value[TENSOR]]
+    if SUBCLASS in value:
+        return _decode_subclass(value, tensors)
     if TUPLE in value:
         return tuple(_decode(v, tensors) for v in value[TUPLE])
     if PAIRS in value:

@@ -16,16 +16,20 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
         self.model = load_lm_files(context.artifacts["weights"], context.artifacts["model_config"], "cpu")
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
 
-    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
+    # No type hints on predict: MLflow would infer a signature from them and drop the logged one, whose
+    # params (max_new_tokens, temperature, ...) would then be ignored at inference.
+    def predict(self, context, model_input, params=None):
         from model.generate import generate_text
         from model.pyfunc import GENERATION_DEFAULTS
 
         options = {**GENERATION_DEFAULTS, **(params or {})}
+        # MLflow hands the prompts over as a one-column DataFrame; called directly, a list.
+        prompts = model_input.iloc[:, 0].tolist() if hasattr(model_input, "iloc") else list(model_input)
         return [
             generate_text(self.model, self.tokenizer, prompt, int(options["max_new_tokens"]),
                           float(options["temperature"]), int(options["top_k"]) or None,
                           float(options["top_p"]), seed=int(options["seed"]) + i)
-            for i, prompt in enumerate(model_input)
+            for i, prompt in enumerate(prompts)
         ]
 
 

@@ -86,3 +86,15 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path):
     result = memlm("split", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "KeyError: 'summary'" in result.stderr
+
+
+def test_demo_rnn_config_is_the_demo_with_the_recurrent_model():
+    from flows.config import load_config
+
+    configs = Path(__file__).parents[1] / "configs"
+    gpt, rnn = load_config(configs / "demo.yaml"), load_config(configs / "demo-rnn.yaml")
+    assert rnn.model.arch == "rnn-attention" and (rnn.model.n_layer, rnn.model.n_embd) == (2, 456)
+    for section in ("crawl", "clean", "split", "tokenize", "evaluate"):
+        assert getattr(rnn, section) == getattr(gpt, section), section
+    assert rnn.train.model_copy(update={"max_minutes": gpt.train.max_minutes}) == gpt.train
+    assert rnn.run_dir != gpt.run_dir and rnn.mlflow.registered_model != gpt.mlflow.registered_model

@@ -113,7 +113,11 @@ def test_the_registered_model_is_code_and_data_and_loads_both_ways(registered):
     model, tokenizer = load_registered("models:/m/1")
     assert model.num_params() > 0 and tokenizer.get_vocab_size() > 0
     served = mlflow.pyfunc.load_model("models:/m/1")  # what `mlflow models serve` does
-    assert served.predict(["The list"], params={"max_new_tokens": 3, "temperature": 0.0})[0].startswith("The list")
+    from model.generate import generate_text
+
+    # The logged signature's params reach predict (greedy, 3 new tokens), as memlm's own loading gives.
+    expected = generate_text(model, tokenizer, "The list", 3, 0.0, None, 1.0, seed=0)
+    assert served.predict(["The list"], params={"max_new_tokens": 3, "temperature": 0.0}) == [expected]
 
 
 def test_registry_artifacts_replaced_by_pickles_run_nothing(registered, tmp_path, monkeypatch):
@@ -144,3 +148,47 @@ def test_registry_artifacts_replaced_by_pickles_run_nothing(registered, tmp_path
     with pytest.raises(RegisteredModelError, match="models:/m/1: .*model.safetensors is not a safetensors file"):
         load_registered("models:/m/1")
     assert not marker.exists()
+
+
+class Packed(torch.Tensor):
+    """A stand-in for torchao's low-bit optimizer states: a tensor subclass that is its inner tensors."""
+
+    @staticmethod
+    def __new__(cls, codes: torch.Tensor, scale: torch.Tensor, shape: tuple):
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float32)
+
+    def __init__(self, codes, scale, shape):
+        self.codes, self.scale = codes, scale
+
+    def __tensor_flatten__(self):
+        return ["codes", "scale"], (tuple(self.shape),)
+
+    @classmethod
+    def __tensor_unflatten__(cls, inner, context, outer_size, outer_stride):
+        return cls(inner["codes"], inner["scale"], context[0])
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(f"{func} on a Packed tensor")
+
+
+def test_a_known_tensor_subclass_round_trips_and_an_unknown_one_is_never_imported(tmp_path, monkeypatch):
+    import json
+
+    from model import safe_state
+    from model.safe_state import StateFileError, load_state, save_state
+
+    packed = Packed(torch.arange(6, dtype=torch.uint8), torch.tensor([0.5]), (2, 3))
+    with pytest.raises(TypeError, match="tensor subclass memlm does not know"):
+        save_state({"exp_avg": packed}, tmp_path / "s.safetensors", tmp_path / "s.json")
+    monkeypatch.setattr(safe_state, "LOADABLE_SUBCLASSES", {"tests.test_no_pickle.Packed"})
+    save_state({"exp_avg": packed}, tmp_path / "s.safetensors", tmp_path / "s.json")
+    back = load_state(tmp_path / "s.safetensors", tmp_path / "s.json")["exp_avg"]
+    assert type(back) is Packed and back.shape == (2, 3)
+    assert torch.equal(back.codes, packed.codes) and torch.equal(back.scale, packed.scale)
+    # A structure file that names another class (here one that would start a process) is refused unimported.
+    structure = json.loads((tmp_path / "s.json").read_text())
+    structure["exp_avg"]["__subclass__"] = "subprocess.Popen"
+    (tmp_path / "s.json").write_text(json.dumps(structure))
+    with pytest.raises(StateFileError, match="subprocess.Popen is not one memlm loads"):
+        load_state(tmp_path / "s.safetensors", tmp_path / "s.json")

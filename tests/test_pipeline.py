@@ -34,6 +34,21 @@ def test_pipeline_runs_every_stage_then_skips_unchanged_ones(pipeline_run):
     assert second[-1].summary == first[-1].summary
 
 
+def test_the_run_writes_its_summary_figures(pipeline_run):
+    import json
+
+    from flows.pipeline import headline
+
+    config, first, second = pipeline_run
+    summary = json.loads((config.run_dir / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == [o.name for o in second]
+    assert [s["skipped"] for s in summary["stages"]] == [o.skipped for o in second]
+    figures, shown = summary["figures"], headline(second)
+    assert figures["bits_per_byte"] == first[-1].summary["bits_per_byte"] == shown["bits per byte"]
+    assert figures["parameters"] == shown["parameters"] and figures["pages_crawled"] == shown["pages crawled"]
+    assert round(figures["tokens_per_s"]) == shown["tokens/s"] and figures["registered_version"] == 1
+
+
 def test_mlflow_holds_params_metrics_datasets_and_artifacts(pipeline_run):
     import mlflow
 
