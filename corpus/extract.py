@@ -26,7 +26,8 @@ DROP_ROLES = ("navigation", "search", "banner", "contentinfo", "complementary")
 # Class or id words that mark page furniture rather than content.
 FURNITURE = re.compile(
     r"(?:^|[-_\s])(side-?bar\w*|sphinxsidebar\w*|nav|navbar|navigation|menu|breadcrumbs?|footer|related|"
-    r"cookie\w*|banner|share|social|skip-?link|headerlink|toc|switcher\w*|navheader|navfooter|legalnotice|copiable-anchor|copiable-link|comments?|"
+    r"cookie\w*|banner|share|social|skip-?link|headerlink|toc|switcher\w*|navheader|navfooter|legalnotice|"
+    r"copiable-anchor|copiable-link|comments?|"
     r"postprofile|signature|author|byline|pagination|pager|buttons?|back2top|linenos|linenodiv)(?:$|[-_\s])",
     re.I,
 )
