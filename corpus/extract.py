@@ -26,7 +26,8 @@ DROP_ROLES = ("navigation", "search", "banner", "contentinfo", "complementary")
 # Class or id words that mark page furniture rather than content.
 FURNITURE = re.compile(
     r"(?:^|[-_\s])(side-?bar\w*|sphinxsidebar\w*|nav|navbar|navigation|menu|breadcrumbs?|footer|related|"
-    r"cookie\w*|banner|share|social|skip-?link|headerlink|toc|switcher\w*|navheader|navfooter|comments?|"
+    r"cookie\w*|banner|share|social|skip-?link|headerlink|toc|switcher\w*|navheader|navfooter|legalnotice|"
+    r"copiable-anchor|copiable-link|comments?|"
     r"postprofile|signature|author|byline|pagination|pager|buttons?|back2top|linenos|linenodiv)(?:$|[-_\s])",
     re.I,
 )
@@ -34,6 +35,10 @@ FURNITURE = re.compile(
 ADMONITION = re.compile(r"(?:^|\s)(?:admonition|note|warning|tip|caution|important|hint|danger|attention|"
                         r"seealso|versionadded|versionchanged|deprecated|markdown-alert|callout)(?:$|\s)", re.I)
 ADMONITION_TITLE = re.compile(r"(?:^|\s)(?:admonition-title|title|markdown-alert-title|callout-title)(?:$|\s)")
+# Links to the neighbouring pages, and the blocks whose other text is at most a few labels ("Next:", "Up:").
+PAGE_LINK_RELS = {"next", "prev", "previous", "up", "index", "contents", "start"}
+LINK_PANEL_BLOCKS = {"p", "div", "td", "tr", "table", "ul", "ol", "li", "body", "main", "article", "html"}
+LINK_PANEL_MAX_OTHER_CHARS = 24
 ID_IS_A_SLUG = {"h1", "h2", "h3", "h4", "h5", "h6", "section", "dt", "article", "span", "a"}
 HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 BLOCKS = {"p", "div", "section", "article", "main", "ul", "ol", "li", "dl", "dt", "dd", "table", "tr",
@@ -110,6 +115,28 @@ def strip_furniture(root: Tag) -> None:
         marks = _classes(tag) + ("" if tag.name in ID_IS_A_SLUG else " " + (tag.get("id") or ""))
         if marks.strip() and FURNITURE.search(marks):
             tag.decompose()
+    for link in root.find_all("a", rel=True):
+        if not link.decomposed and PAGE_LINK_RELS & set(_words_of(link.get("rel"))):
+            _drop_link_panel(link)
+
+
+def _words_of(value) -> list[str]:
+    """An attribute's words (a list from the HTML parser, a string from the XML one), lowercased."""
+    return [w.lower() for w in (value.split() if isinstance(value, str) else value or [])]
+
+
+def _drop_link_panel(link: Tag) -> None:
+    """Remove the block around a next/previous/up link when it holds little besides links ("Next: Simple
+    Example, Up: Using libffi [Index]", the page-to-page bar of Texinfo and older DocBook)."""
+    block = link.parent
+    while block is not None and block.name not in LINK_PANEL_BLOCKS:
+        block = block.parent
+    if block is None or block.name in ("body", "main", "article", "html"):
+        return
+    link_text = "".join(inline_text(a) for a in block.find_all("a"))
+    other = len(re.sub(r"\W", "", inline_text(block))) - len(re.sub(r"\W", "", link_text))
+    if link_text and other <= LINK_PANEL_MAX_OTHER_CHARS:
+        block.decompose()
 
 
 def _article_header(tag: Tag) -> bool:

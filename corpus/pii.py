@@ -54,8 +54,8 @@ CARD_ISSUERS = [
 PHONE_END = r"(?![\w-]|[.,]\d)"
 # +CC, an optional "(0)", then groups; the first group after the country code may be one digit.
 INTERNATIONAL_PHONE = re.compile(
-    r"(?<![\w+])\+(\d{1,3})(?:[ .-]?\(0\))?[ .-]?(?:\(\d{1,5}\)|\d{1,14})(?:(?:[ .-]|(?<=\)) ?)(?:\(\d{2,5}\)|\d{2,8})){0,5}"
-    + PHONE_END
+    r"(?<![\w+])\+(\d{1,3})(?:[ .-]?\(0\))?[ .-]?(?:\(\d{1,5}\)|\d{1,14})"
+    r"(?:(?:[ .-]|(?<=\)) ?)(?:\(\d{2,5}\)|\d{2,8})){0,5}" + PHONE_END
 )
 NORTH_AMERICAN_PHONE = re.compile(
     r"(?<![\w.+-])(?:1[ .-])?(?:\([2-9]\d\d\)[ .-]?|[2-9]\d\d[.-])[2-9]\d\d[.-]\d{4}" + PHONE_END

@@ -97,8 +97,9 @@ def section_parts(doc: dict, config: SplitConfig) -> list[tuple[str, dict]]:
         text = "\n".join(texts)
         if text.strip():
             key = f"{doc['url']}\0{paths[0]}"
-            out.append((side, {"id": hashlib.sha256(key.encode()).hexdigest()[:16], "url": doc["url"], "title": doc.get("title", ""),
-                               "lang": doc.get("lang"), "sections": paths, "text": text}))
+            out.append((side, {"id": hashlib.sha256(key.encode()).hexdigest()[:16], "url": doc["url"],
+                               "title": doc.get("title", ""), "lang": doc.get("lang"), "sections": paths,
+                               "text": text}))
     return out
 
 

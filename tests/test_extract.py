@@ -104,3 +104,14 @@ def test_section_ids_and_code_classes_are_not_taken_for_furniture():
                       "<div id='comments'>Reply</div><article><header><h1>Headline</h1></header><p>Body.</p>"
                       "<footer class='entry-footer'>By someone</footer></article></main></body></html>")
     assert text == "## Comments and menus\nText.\n# keep me\n# Headline\nBody."
+
+
+def test_page_to_page_link_bars_and_legal_notices_are_furniture():
+    _, text = extract("<html><body><div class='header'><p>Next: <a href='b.html' rel='next'>Basics</a>, Up: "
+                      "<a href='u.html' rel='up'>Using it</a> &nbsp; [<a href='i.html' rel='index'>Index</a>]</p></div>"
+                      "<div class='legalnotice'><p>This document is free; you can redistribute it.</p></div>"
+                      "<h3>2.1 The Basics</h3><p>Read the <a href='b.html' rel='next'>next page</a> after this one, "
+                      "which explains how a call interface is prepared before the first call.</p>"
+                      "<p>Next: <a href='b.html'>Basics</a> [<a href='i.html' rel='index'>Index</a>]</p></body></html>")
+    assert text == ("### 2.1 The Basics\nRead the next page after this one, which explains how a call interface is "
+                    "prepared before the first call.")
