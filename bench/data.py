@@ -9,15 +9,27 @@ and then 2 worker processes on the memlm crawl's pages; tokenization trains the 
 
     python bench/data.py                        # table on stdout
     python bench/data.py --json runs/bench/data.json --max-pages 600
+
+At scale (`--scale`), a generated documentation site (tests/big_site.py) of each given size is written
+to a temporary folder and served on 127.0.0.1; the crawl and the clean each run in a process of their
+own, and their peak resident memory is the sum over that process and its children (Scrapy, the worker
+processes), sampled every 0.1 s. The smallest site's crawl is also killed with SIGKILL half way and
+resumed; the first pages of that crawl are cleaned by both runners (processes, and Dask on a local
+cluster of as many workers), and timed step by step on one core.
+
+    python bench/data.py --scale 10000 30000 --json bench/results/data-scale-cpu.json
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -116,7 +128,210 @@ def tokenize_rate(docs_file: Path, html_mb: float, out: Path) -> dict:
             "mb_per_s": round(text_mb / elapsed, 3), "html_mb_per_s": round(html_mb / elapsed, 3)}
 
 
+class TreeMemory:
+    """Peak of the summed resident memory of a process and its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1):
+        import psutil
+
+        self.root, self.interval_s, self.peak = psutil.Process(pid), interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_stage(args: list[str], kill_when: tuple[Path, int] | None = None) -> dict:
+    """Run `bench/data.py --stage ...` in a process of its own; its JSON result with the tree's peak RSS.
+    `kill_when` (pages file, pages): SIGKILL the stage and its Scrapy once the store holds that many."""
+    import psutil
+
+    from crawlers.store import count_complete_records
+
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, __file__, "--stage", *args], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    meter = TreeMemory(proc.pid)
+    if kill_when:
+        pages_file, pages = kill_when
+        while proc.poll() is None and count_complete_records(pages_file) < pages:
+            time.sleep(0.2)
+        for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            child.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate()
+    peak = meter.stop()
+    if kill_when:
+        return {"killed_at_pages": count_complete_records(kill_when[0]), "peak_rss_mb": round(peak / 2**20, 1)}
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {args[0]} exited with {proc.returncode}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(peak_rss_mb=round(peak / 2**20, 1), wall_s=round(time.monotonic() - started, 1))
+    return result
+
+
+def stage_main(args: list[str]) -> None:
+    """One stage in this process: `crawl SITE OUT MAX_PAGES`, `clean PAGES OUT RUNNER WORKERS`."""
+    stage = args[0]
+    started = time.monotonic()
+    if stage == "crawl":
+        from crawlers.config import CrawlConfig
+        from crawlers.run import crawl
+
+        site, out, max_pages = Path(args[1]), Path(args[2]), int(args[3])
+        config = CrawlConfig(site_dir=site, serve_port=0, max_pages=max_pages, max_depth=0, http_cache=False,
+                             deny=[])
+        manifest = crawl(config, out).manifest
+        elapsed = time.monotonic() - started
+        result = {"pages": manifest["pages"], "resumed_with_pages": manifest["resumed_with_pages"],
+                  "seconds": round(elapsed, 1), "pages_per_s": round(manifest["pages"] / elapsed, 1)}
+    else:
+        from corpus.clean import clean
+        from corpus.config import CleanConfig
+
+        pages_file, out, runner, workers = Path(args[1]), Path(args[2]), args[3], int(args[4])
+        mb = pages_file.stat().st_size / 1e6
+        report = clean(pages_file, out, CleanConfig(runner=runner, workers=workers)).report
+        elapsed = time.monotonic() - started
+        result = {"runner": runner, "workers": workers, "pages": report["pages_in"], "docs_out": report["docs_out"],
+                  "store_mb": round(mb, 2), "seconds": round(elapsed, 1), "pages_per_s": round(report["pages_in"] / elapsed, 1),
+                  "mb_per_s": round(mb / elapsed, 3), "mb_per_s_per_core": round(mb / elapsed / workers, 3),
+                  "extract_s": report["extract_s"], "memory": report["memory"],
+                  "docs_sha256": __import__("corpus.jsonl", fromlist=["file_sha256"]).file_sha256(out / "docs.jsonl")}
+    print(json.dumps(result))
+
+
+def step_times(pages_file: Path, n_pages: int) -> dict:
+    """Seconds each step of cleaning takes on one core, over the first `n_pages` pages (no reuse)."""
+    from collections import Counter
+
+    from corpus import filters
+    from corpus.boilerplate import line_key
+    from corpus.config import CleanConfig
+    from corpus.extract import extract_page
+    from corpus.extract_pass import extract_record
+    from corpus.filter_pass import load_nlp, text_steps
+    from corpus.language import page_language
+    from corpus.near_dedup import signature
+    from corpus.pii import scrub
+
+    config = CleanConfig(workers=1)
+    pages = [json.loads(line) for line in itertools.islice(open(pages_file, encoding="utf-8"), n_pages)]
+    html_mb = sum(len(p["html"].encode()) for p in pages) / 1e6
+    times: Counter[str] = Counter()
+
+    def timed(name, fn, *args):
+        t = time.perf_counter()
+        value = fn(*args)
+        times[name] += time.perf_counter() - t
+        return value
+
+    records = []
+    for page in pages:
+        extracted = timed("extract: parse HTML and main content (BeautifulSoup)", extract_page, page["html"])
+        prose = "\n".join(b.text for b in extracted.blocks if b.is_prose)
+        timed("language (py3langid)", page_language, extracted.lang, prose, config.languages)
+        records.append(extract_record(page, config))
+    times["line keys (boilerplate counts)"] += 0
+    nlp = load_nlp("en", config)
+    for record in records:
+        t = time.perf_counter()
+        {line_key(record["host"], line) for kind, text in record["blocks"] if kind != "code" for line in text.split("\n")}
+        times["line keys (boilerplate counts)"] += time.perf_counter() - t
+        doc, result = text_steps(record, config)
+        for name, fn, section in (("c4_lines", filters.c4_lines, config.c4_lines),
+                                  ("gopher_quality", filters.gopher_quality, config.gopher_quality),
+                                  ("gopher_repetition", filters.gopher_repetition, config.gopher_repetition),
+                                  ("fineweb_quality", filters.fineweb_quality, config.fineweb_quality)):
+            timed(name, fn, doc, section)
+        for block in doc.blocks:
+            timed("pii", scrub, block.text, config.pii)
+        text = doc.text
+        timed("minhash signature (datasketch)", signature, text, doc.lang, config.near_dedup)
+        parsed = timed("spaCy (blank + sentencizer)", nlp, text)
+        timed("spaCy word and sentence counts", lambda: (sum(1 for t in parsed if not (t.is_space or t.is_punct)),
+                                                         sum(1 for _ in parsed.sents)))
+    timed("JSON decode of the page store", lambda: [json.loads(line) for line in itertools.islice(
+        open(pages_file, encoding="utf-8"), n_pages)])
+    total = sum(times.values())
+    return {"pages": len(pages), "html_mb": round(html_mb, 2), "seconds": round(total, 2),
+            "mb_per_s_one_core": round(html_mb / total, 3),
+            "steps": {name: {"seconds": round(s, 2), "share": round(s / total, 3)}
+                      for name, s in sorted(times.items(), key=lambda kv: -kv[1])}}
+
+
+def scale_main(sizes: list[int], json_out: Path | None, workers: int) -> None:
+    from tests.big_site import build_big_site
+
+    tmp = Path(tempfile.mkdtemp(prefix="memlm-bench-scale-"))
+    result: dict = {"cores": os.cpu_count(), "workers": workers, "sizes": {}, "note":
+                    "peak RSS: the stage's process and its children summed, sampled every 0.1 s"}
+    for n in sizes:
+        site = tmp / f"site-{n}"
+        started = time.monotonic()
+        paths = build_big_site(site, n)
+        generated_s = time.monotonic() - started
+        crawl = run_stage(["crawl", str(site), str(tmp / f"crawl-{n}"), str(len(paths))])
+        pages_file = tmp / f"crawl-{n}" / "pages.jsonl"
+        clean = run_stage(["clean", str(pages_file), str(tmp / f"clean-{n}"), "processes", str(workers)])
+        result["sizes"][n] = {"files": len(paths), "generated_s": round(generated_s, 1), "crawl": crawl, "clean": clean}
+        print(json.dumps({n: result["sizes"][n]}), flush=True)
+    smallest, largest = min(sizes), max(sizes)
+    base, top = result["sizes"][smallest], result["sizes"][largest]
+    result["ratios_largest_over_smallest"] = {
+        stage: {"peak_rss": round(top[stage]["peak_rss_mb"] / base[stage]["peak_rss_mb"], 3),
+                "pages_per_s": round(top[stage]["pages_per_s"] / base[stage]["pages_per_s"], 3)}
+        for stage in ("crawl", "clean")}
+
+    # A crawl killed half way and resumed, on the smallest site.
+    site, out = tmp / f"site-{smallest}", tmp / "crawl-killed"
+    files = base["files"]
+    killed = run_stage(["crawl", str(site), str(out), str(files)], kill_when=(out / "pages.jsonl", files // 2))
+    resumed = run_stage(["crawl", str(site), str(out), str(files)])
+    urls = [json.loads(line[:line.index(', "html": ')] + "}")["final_url"] for line in open(out / "pages.jsonl")]
+    result["kill_and_resume"] = {"site_files": files, "killed": killed, "resumed": resumed,
+                                 "stored_pages": len(urls), "distinct_pages": len(set(urls))}
+    print(json.dumps(result["kill_and_resume"]), flush=True)
+
+    # Runners on the same pages: the first 3,000 of the smallest crawl.
+    sample = tmp / "sample.jsonl"
+    with open(tmp / f"crawl-{smallest}" / "pages.jsonl", encoding="utf-8") as f, open(sample, "w", encoding="utf-8") as out_f:
+        out_f.writelines(itertools.islice(f, 3000))
+    runners = {runner: run_stage(["clean", str(sample), str(tmp / f"runner-{runner}"), runner, str(workers)])
+               for runner in ("processes", "dask")}
+    result["runners"] = {**runners, "same_docs": runners["processes"]["docs_sha256"] == runners["dask"]["docs_sha256"],
+                         "dask_over_processes_mb_per_s": round(runners["dask"]["mb_per_s"] / runners["processes"]["mb_per_s"], 3)}
+    print(json.dumps(result["runners"]), flush=True)
+    result["step_times"] = step_times(sample, 600)
+    print(json.dumps(result, indent=2))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--stage"]:
+        return stage_main(sys.argv[2:])
     from rich.console import Console
     from rich.table import Table
 
@@ -128,7 +343,12 @@ def main() -> None:
     parser.add_argument("--max-pages", type=int, default=600)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--skip-plain", action="store_true", help="do not run the plain Scrapy crawl")
+    parser.add_argument("--scale", type=int, nargs="+", metavar="PAGES",
+                        help="instead: crawl and clean generated sites of these sizes (see the module's doc)")
+    parser.add_argument("--workers", type=int, default=2, help="cleaning workers at --scale")
     args = parser.parse_args()
+    if args.scale:
+        return scale_main(args.scale, args.json, args.workers)
     if not args.site_dir.is_dir():
         parser.error(f"{args.site_dir} does not exist: apt-get install python3.11-doc, or pass --site-dir")
     deny = CrawlConfig().deny

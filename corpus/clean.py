@@ -105,94 +105,95 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
             else:
                 yield page
 
-    counts = LineCounts(out_dir / LINE_COUNTS_FILE, config.boilerplate.max_counts_in_memory)
-    pages_in = reused = 0
-    tmp_extracted = out_dir / (EXTRACTED_FILE + ".tmp")
-    with pass_runner(config) as run, open(tmp_extracted, "w", encoding="utf-8") as out:
-        for chunk in run(extract_chunk, _chunks(pages(), chunk_size(config))):
-            for record in chunk:
-                pages_in += 1
-                if record.get("reuse"):
-                    url = document_url(record["url"])
-                    record = {**previous[record["sha256"]], "url": url, "host": host_of(url)}
-                    reused += 1
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                if "error" in record:
-                    continue
-                report.languages[record["lang"]] += 1
-                host = record["host"]
-                counts.add_page(host, {line_key(host, line) for kind, text in record["blocks"] if kind != "code"
-                                       for line in text.split("\n")})
-            progress(pages_in, 2 * total)
-    previous.close()
-    tmp_extracted.replace(extracted_file)
-    extract_s = time.monotonic() - started
+    with pass_runner(config) as run:  # the workers start once, for both passes
+        counts = LineCounts(out_dir / LINE_COUNTS_FILE, config.boilerplate.max_counts_in_memory)
+        pages_in = reused = 0
+        tmp_extracted = out_dir / (EXTRACTED_FILE + ".tmp")
+        with open(tmp_extracted, "w", encoding="utf-8") as out:
+            for chunk in run(extract_chunk, _chunks(pages(), chunk_size(config))):
+                for record in chunk:
+                    pages_in += 1
+                    if record.get("reuse"):
+                        url = document_url(record["url"])
+                        record = {**previous[record["sha256"]], "url": url, "host": host_of(url)}
+                        reused += 1
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    if "error" in record:
+                        continue
+                    report.languages[record["lang"]] += 1
+                    host = record["host"]
+                    counts.add_page(host, {line_key(host, line) for kind, text in record["blocks"] if kind != "code"
+                                           for line in text.split("\n")})
+                progress(pages_in, 2 * total)
+        previous.close()
+        tmp_extracted.replace(extracted_file)
+        extract_s = time.monotonic() - started
 
-    site_lines = SiteLines(config.boilerplate, counts)
-    line_counts = counts.sizes()
-    counts.close()
-    boilerplate = site_lines.boilerplate
+        site_lines = SiteLines(config.boilerplate, counts)
+        line_counts = counts.sizes()
+        counts.close()
+        boilerplate = site_lines.boilerplate
 
-    # Pass 2: the filters, spaCy and signatures (reused for pages whose inputs did not change);
-    # duplicates settled here in page order.
-    filtered_file = out_dir / FILTERED_FILE
-    previous_results = previous_filtered(filtered_file, out_dir / "filtered.index.sqlite")
-    keys: deque[str | None] = deque()  # the filter keys of the pages sent and not back yet, in page order
-    filter_key = filter_keys(config, boilerplate)
-    leakage_before, leakage_after = site_lines.leakage_meter(), site_lines.leakage_meter()
+        # Pass 2: the filters, spaCy and signatures (reused for pages whose inputs did not change);
+        # duplicates settled here in page order.
+        filtered_file = out_dir / FILTERED_FILE
+        previous_results = previous_filtered(filtered_file, out_dir / "filtered.index.sqlite")
+        keys: deque[str | None] = deque()  # the filter keys of the pages sent and not back yet, in page order
+        filter_key = filter_keys(config, boilerplate)
+        leakage_before, leakage_after = site_lines.leakage_meter(), site_lines.leakage_meter()
 
-    def records() -> Iterator[dict]:
-        for record in _read_jsonl(extracted_file):
-            key = None
-            if "error" not in record:
-                host = record["host"]
-                lines = [(line, line_key(host, line)) for kind, text in record["blocks"] if kind != "code"
-                         for line in text.split("\n")]
-                key = filter_key(record, {k for _, k in lines})
-                for line, k in lines:
-                    site_lines.note_text(k, line)
-                leakage_before.add(host, [k for line, k in lines if line.strip()])
-            keys.append(key)
-            yield {"reuse_key": key} if key in previous_results else record
+        def records() -> Iterator[dict]:
+            for record in _read_jsonl(extracted_file):
+                key = None
+                if "error" not in record:
+                    host = record["host"]
+                    lines = [(line, line_key(host, line)) for kind, text in record["blocks"] if kind != "code"
+                             for line in text.split("\n")]
+                    key = filter_key(record, {k for _, k in lines})
+                    for line, k in lines:
+                        site_lines.note_text(k, line)
+                    leakage_before.add(host, [k for line, k in lines if line.strip()])
+                keys.append(key)
+                yield {"reuse_key": key} if key in previous_results else record
 
-    seen: set[int] = set()  # the first 8 bytes of each kept document's normalized-text sha256
-    near = NearDuplicateIndex(config.near_dedup) if config.near_dedup.enabled else None
-    totals: Counter[str] = Counter()
-    done = refiltered = 0
-    tmp_file = out_dir / (DOCS_FILE + ".tmp")
-    tmp_filtered = out_dir / (FILTERED_FILE + ".tmp")
-    with pass_runner(config, boilerplate) as run, open(tmp_file, "w", encoding="utf-8") as out, \
-            open(tmp_filtered, "w", encoding="utf-8") as filtered_out:
-        for chunk in run(filter_chunk, _chunks(records(), chunk_size(config))):
-            for item in chunk:
-                key = keys.popleft()
-                done += 1
-                if isinstance(item, str):
-                    item = Cleaned.from_json(previous_results[item]["cleaned"])
-                elif key is not None:
-                    refiltered += 1
-                if key is not None:
-                    filtered_out.write(json.dumps({"key": key, "cleaned": item.to_json()}, ensure_ascii=False) + "\n")
-                for step, (n, examples) in item.lines_removed.items():
-                    report.lines(step, n, examples)
-                report.pii.update(item.pii)
-                if item.dropped_by:
-                    report.drop(item.dropped_by, item.url, item.detail)
-                    continue
-                dedup_key = int(item.dedup_key[:16], 16)
-                if dedup_key in seen:
-                    report.drop("duplicate", item.url)
-                    continue
-                seen.add(dedup_key)
-                if near is not None and (kept := near.add(item.url, item.signature)):
-                    report.drop("near_duplicate", item.url, f"like {kept}")
-                    continue
-                out.write(json.dumps(item.record, ensure_ascii=False) + "\n")
-                report.languages_out[item.lang] += 1
-                leakage_after.add(host_of(item.url), item.line_keys)
-                totals.update(docs=1, chars=len(item.record["text"]), words=item.record["n_words"],
-                              sentences=item.record["n_sentences"])
-            progress(total + done, 2 * total)
+        seen: set[int] = set()  # the first 8 bytes of each kept document's normalized-text sha256
+        near = NearDuplicateIndex(config.near_dedup) if config.near_dedup.enabled else None
+        totals: Counter[str] = Counter()
+        done = refiltered = 0
+        tmp_file = out_dir / (DOCS_FILE + ".tmp")
+        tmp_filtered = out_dir / (FILTERED_FILE + ".tmp")
+        with open(tmp_file, "w", encoding="utf-8") as out, open(tmp_filtered, "w", encoding="utf-8") as filtered_out:
+            for chunk in run(filter_chunk, _chunks(records(), chunk_size(config)), boilerplate):
+                for item in chunk:
+                    key = keys.popleft()
+                    done += 1
+                    if isinstance(item, str):
+                        item = Cleaned.from_json(previous_results[item]["cleaned"])
+                    elif key is not None:
+                        refiltered += 1
+                    if key is not None:
+                        filtered_out.write(json.dumps({"key": key, "cleaned": item.to_json()},
+                                                      ensure_ascii=False) + "\n")
+                    for step, (n, examples) in item.lines_removed.items():
+                        report.lines(step, n, examples)
+                    report.pii.update(item.pii)
+                    if item.dropped_by:
+                        report.drop(item.dropped_by, item.url, item.detail)
+                        continue
+                    dedup_key = int(item.dedup_key[:16], 16)
+                    if dedup_key in seen:
+                        report.drop("duplicate", item.url)
+                        continue
+                    seen.add(dedup_key)
+                    if near is not None and (kept := near.add(item.url, item.signature)):
+                        report.drop("near_duplicate", item.url, f"like {kept}")
+                        continue
+                    out.write(json.dumps(item.record, ensure_ascii=False) + "\n")
+                    report.languages_out[item.lang] += 1
+                    leakage_after.add(host_of(item.url), item.line_keys)
+                    totals.update(docs=1, chars=len(item.record["text"]), words=item.record["n_words"],
+                                  sentences=item.record["n_sentences"])
+                progress(total + done, 2 * total)
     previous_results.close()
     tmp_filtered.replace(filtered_file)
     tmp_file.replace(out_dir / DOCS_FILE)

@@ -130,12 +130,12 @@ def clean_page(html: str, url: str, config: CleanConfig) -> Cleaned:
 
 
 def spacy_pipeline_name(lang: str, config: CleanConfig) -> str:
+    keep = config.languages.keep
+    if not (config.spacy_model and keep and lang == keep[0]):
+        return f"blank:{lang}"  # without importing spaCy (and thinc, and torch): the parent has no use for them
     import spacy
 
-    keep = config.languages.keep
-    if config.spacy_model and keep and lang == keep[0] and spacy.util.is_package(config.spacy_model):
-        return config.spacy_model
-    return f"blank:{lang}"
+    return config.spacy_model if spacy.util.is_package(config.spacy_model) else f"blank:{lang}"
 
 
 def load_nlp(lang: str, config: CleanConfig):

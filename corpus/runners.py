@@ -14,12 +14,14 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 from corpus.config import CleanConfig
-from corpus.workers import ensure_worker, start_worker
+from corpus.workers import ensure_worker, run_chunk, start_worker
 
 Chunk = list
-RunPass = Callable[[Callable[[Chunk], list], Iterable[Chunk]], Iterator[list]]
+# run(step, chunks, boilerplate): the step's results per chunk, in the order of the chunks.
+RunPass = Callable[[Callable[[Chunk], list], Iterable[Chunk], frozenset], Iterator[list]]
 
 
 def workers_of(config: CleanConfig) -> int:
@@ -31,17 +33,17 @@ def chunk_size(config: CleanConfig) -> int:
 
 
 @contextlib.contextmanager
-def pass_runner(config: CleanConfig, boilerplate: frozenset[bytes] = frozenset()) -> Iterator[RunPass]:
-    """A function that maps a pass over chunks, with each worker set up for (config, boilerplate)."""
+def pass_runner(config: CleanConfig) -> Iterator[RunPass]:
+    """A function that maps a pass over chunks; the workers start once, for both passes."""
     if config.runner == "dask":
-        with _dask_runner(config, boilerplate) as run:
+        with _dask_runner(config) as run:
             yield run
     elif workers_of(config) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers_of(config), start_worker, (config, boilerplate)) as pool:
-            yield pool.imap
+        with multiprocessing.get_context("spawn").Pool(workers_of(config), start_worker, (config,)) as pool:
+            yield lambda step, chunks, boilerplate=frozenset(): pool.imap(partial(run_chunk, step, boilerplate), chunks)
     else:
-        start_worker(config, boilerplate)
-        yield map
+        start_worker(config)
+        yield lambda step, chunks, boilerplate=frozenset(): map(partial(run_chunk, step, boilerplate), chunks)
 
 
 def clean_shard(step: Callable[[Chunk], list], shard: Chunk, config: CleanConfig,
@@ -52,7 +54,7 @@ def clean_shard(step: Callable[[Chunk], list], shard: Chunk, config: CleanConfig
 
 
 @contextlib.contextmanager
-def _dask_runner(config: CleanConfig, boilerplate: frozenset[bytes]) -> Iterator[RunPass]:
+def _dask_runner(config: CleanConfig) -> Iterator[RunPass]:
     from distributed import Client, LocalCluster
     from prefect import task
     from prefect.cache_policies import NO_CACHE
@@ -69,7 +71,8 @@ def _dask_runner(config: CleanConfig, boilerplate: frozenset[bytes]) -> Iterator
             in_flight = 2 * max(len(client.scheduler_info()["workers"]), 1)
         runner = stack.enter_context(DaskTaskRunner(address=address))
 
-        def run(step: Callable[[Chunk], list], shards: Iterable[Chunk]) -> Iterator[list]:
+        def run(step: Callable[[Chunk], list], shards: Iterable[Chunk],
+                boilerplate: frozenset[bytes] = frozenset()) -> Iterator[list]:
             futures: deque = deque()
             for shard in shards:
                 futures.append(runner.submit(shard_task, parameters={

@@ -13,6 +13,13 @@ def start_worker(config: CleanConfig, boilerplate: frozenset[bytes] = frozenset(
     _state.update(config=config, boilerplate=boilerplate, nlp={})
 
 
+def run_chunk(step, boilerplate: frozenset[bytes], chunk: list) -> list:
+    """A pass's `step` over one chunk, in a worker started with the run's config, with the boilerplate of
+    this pass (none in pass 1): one set of workers serves both passes."""
+    _state["boilerplate"] = boilerplate
+    return step(chunk)
+
+
 def ensure_worker(config: CleanConfig, boilerplate: frozenset[bytes]) -> None:
     """Start this worker for (config, boilerplate) unless it holds them already (spaCy stays loaded)."""
     if _state.get("config") != config:
