@@ -157,11 +157,9 @@ def down(config: MemlmConfig, timeout_s: float = 20.0) -> list[str]:
     for server in recorded(config).values():
         if server.pid and _alive(server.pid) and _is_ours(server):
             os.killpg(server.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while _alive(server.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if _alive(server.pid):
+            if not _gone(server.pid, timeout_s):
                 os.killpg(server.pid, signal.SIGKILL)
+                _gone(server.pid, 10.0)  # return only once it is gone, also on a loaded machine
             stopped.append(server.name)
     (state / SERVERS_FILE).unlink(missing_ok=True)
     return stopped
@@ -196,6 +194,15 @@ def use_running_servers(config: MemlmConfig) -> dict[str, str]:
 
 def _save(state: Path, servers: dict[str, Server]) -> None:
     (state / SERVERS_FILE).write_text(json.dumps({k: asdict(v) for k, v in servers.items()}, indent=2))
+
+
+def _gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _alive(pid: int) -> bool:

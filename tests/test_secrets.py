@@ -27,7 +27,8 @@ def test_credentials_in_urls_show_as_stars():
     assert redact_url("sqlite:///mlflow/mlflow.db") == "sqlite:///mlflow/mlflow.db"
 
 
-def test_every_dump_of_the_config_redacts_its_secrets():
+def test_every_dump_of_the_config_redacts_its_secrets(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it for the process
     config = MemlmConfig.model_validate({
         "mlflow": {"tracking_uri": "http://memlm:tracking-secret@h:5000"},
         "servers": {"prefect_database_url": "postgresql+asyncpg://u:prefect-secret@db/prefect",
@@ -110,7 +111,7 @@ def _status(url: str, body: dict | None = None, auth: bool = False) -> int:
     request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
                                      headers=headers, method="POST" if body is not None else "GET")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:  # MLflow hashes the password: slow when loaded
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -155,7 +156,7 @@ def test_planted_passwords_are_nowhere_after_a_run(guarded):
     token = base64.b64encode(f"admin:{PASSWORDS['servers']}".encode()).decode()
     request = urllib.request.Request(guarded["prefect"] + "/flow_runs/filter", data=b"{}", method="POST", headers={
         "Content-Type": "application/json", "Authorization": f"Basic {token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:
         flow_runs = json.loads(response.read())
     assert flow_runs and flow_runs[0]["parameters"]["config"]["servers"]["password"] == "***"
 
