@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch._C._profiler import _EventType
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.profiler import ProfilerActivity, profile, record_function
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries")
@@ -31,11 +32,13 @@ PHASES = ("forward", "backward", "optimizer")
 MiB = 2**20
 _MARK = "memlm::"
 _MAX_TIMELINE_POINTS = 1500
+_TEMPORARY_ROWS = 8
 
 
 @dataclass
 class MemoryReport:
-    """A tracked step: peak live tensor bytes on the device and where they went."""
+    """A tracked step (or stage): peak live tensor bytes on the device and where they went, with the
+    process's own meter beside it where one was taken."""
 
     step: int
     device: str
@@ -48,6 +51,16 @@ class MemoryReport:
     phase_starts_ms: dict[str, float] = field(default_factory=dict)
     module_activation_bytes: dict[str, int] = field(default_factory=dict)
     cuda_max_allocated: int | None = None
+    temporaries_at_peak: list[dict] = field(default_factory=list)
+    stage: str | None = None  # a stage's name (validation, checkpoint_save, ...); None for a training step
+    process_peak_bytes: int | None = None  # CPU: live tensor bytes at the start + the resident set's rise
+    cuda_max_reserved: int | None = None
+    cuda_device_used: int | None = None  # the device's used memory (every process, the CUDA context too)
+
+    @property
+    def budgeted_bytes(self) -> int:
+        """What the budget is checked against: on CUDA the allocator's peak, on CPU the tracker's."""
+        return self.cuda_max_allocated if self.cuda_max_allocated is not None else self.peak_bytes
 
     @property
     def peak_mib(self) -> float:
@@ -60,8 +73,21 @@ class MemoryReport:
         for phase, info in self.phases.items():
             out[f"memory/{phase}/peak_mib"] = round(info["peak_bytes"] / MiB, 3)
             out.update({f"memory/{phase}/{c}_mib": round(b / MiB, 3) for c, b in info["breakdown"].items()})
-        if self.cuda_max_allocated is not None:
-            out["memory/cuda_max_allocated_mib"] = round(self.cuda_max_allocated / MiB, 3)
+        for name, nbytes in self.meters().items():
+            out[f"memory/{name}_mib"] = round(nbytes / MiB, 3)
+        return out
+
+    def meters(self) -> dict[str, int]:
+        figures = {"process_peak": self.process_peak_bytes, "cuda_max_allocated": self.cuda_max_allocated,
+                   "cuda_max_reserved": self.cuda_max_reserved, "cuda_device_used": self.cuda_device_used}
+        return {name: nbytes for name, nbytes in figures.items() if nbytes is not None}
+
+    def stage_metrics(self) -> dict[str, float]:
+        """memory/stage/<stage>/peak_mib and its breakdown, for MLflow."""
+        prefix = f"memory/stage/{self.stage}"
+        out = {f"{prefix}/peak_mib": round(self.budgeted_bytes / MiB, 3)}
+        out.update({f"{prefix}/{c}_mib": round(b / MiB, 3) for c, b in self.breakdown.items()})
+        out.update({f"{prefix}/{name}_mib": round(b / MiB, 3) for name, b in self.meters().items()})
         return out
 
     def to_dict(self) -> dict:
@@ -69,7 +95,78 @@ class MemoryReport:
             "step": self.step, "device": self.device, "peak_bytes": self.peak_bytes,
             "peak_mib": round(self.peak_mib, 3), "peak_phase": self.peak_phase, "breakdown": self.breakdown,
             "phases": self.phases, "modules": self.modules, "cuda_max_allocated": self.cuda_max_allocated,
+            "temporaries_at_peak": self.temporaries_at_peak,
+            **({"stage": self.stage} if self.stage else {}),
+            "meters": {name: {"bytes": b, "mib": round(b / MiB, 3)} for name, b in self.meters().items()},
         }
+
+
+class MemoryBudgetError(ValueError):
+    """A training step or a stage used more memory than train.memory_budget_mib."""
+
+
+# What to change when a stage goes over the budget (a training step: `memlm plan`'s techniques).
+_STAGE_SETTING = {
+    "validation": "train.memory.micro_batch_size (sequences per evaluation forward)",
+    "evaluate": "train.memory.micro_batch_size (sequences per evaluation forward)",
+    "rescore": "train.memory.micro_batch_size (sequences per evaluation forward)",
+    "generate": "evaluate.max_new_tokens, or a smaller model.block_size (the decoding cache grows with both)",
+}
+_STATE_SETTING = ("train.memory.optimizer (adafactor or adamw8bit keep less state) or a smaller model "
+                  "(model.n_embd, n_layer): the stage holds the weights and the optimizer state")
+
+
+def check_budget(budget_mib: float | None, report: MemoryReport) -> None:
+    """Raise MemoryBudgetError when the report's peak (the allocator's on CUDA) exceeds the budget."""
+    measured = report.budgeted_bytes / MiB
+    if budget_mib is None or measured <= budget_mib:
+        return
+    if report.stage is None:
+        what = f"training step {report.step}"
+        change = "`memlm plan -c CONFIG` finds memory settings that fit it (it reads the budget from the config)"
+    else:
+        what = f"stage {report.stage}"
+        change = f"change {_STAGE_SETTING.get(report.stage, _STATE_SETTING)}"
+    raise MemoryBudgetError(
+        f"{what} peaked at {measured:.1f} MiB, over train.memory_budget_mib ({budget_mib:g}): {change}, "
+        "or raise the budget")
+
+
+class ProcessMeter:
+    """The process's own meter on Linux: the resident set's rise from now to its high-water mark (the
+    kernel's VmHWM, reset to the current resident set by writing 5 to /proc/self/clear_refs).
+
+    Freed memory leaves the resident set only when glibc gives it back: start Python with
+    MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0 in the environment (PROCESS_METER_ENV), or the
+    rise also counts freed blocks that glibc keeps for reuse."""
+
+    _CLEAR_REFS = Path("/proc/self/clear_refs")
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls._CLEAR_REFS.exists() and os.access(cls._CLEAR_REFS, os.W_OK)
+
+    @staticmethod
+    def pinned() -> bool:
+        """Whether this process started with glibc's mmap threshold pinned (see PROCESS_METER_ENV)."""
+        return all(os.environ.get(k) == v for k, v in PROCESS_METER_ENV.items())
+
+    def __init__(self):
+        self._CLEAR_REFS.write_text("5")
+        self.rss_at_start = _status_bytes("VmRSS")
+
+    def rise(self) -> int:
+        return max(0, _status_bytes("VmHWM") - self.rss_at_start)
+
+
+PROCESS_METER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
 
 
 _UNOWNED_BLOCKS = -1  # a key no real storage pointer can take
@@ -124,9 +221,9 @@ class MemoryTracker:
     `with tracker.phase("forward"):` around its phases and `tracker.scope("loss")` around work that
     is not a module (such as the loss)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device,
+    def __init__(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None, device: torch.device,
                  sample_steps: list[int] | tuple[int, ...] = (1,), sample_every: int = 100,
-                 snapshot_path: Path | None = None):
+                 snapshot_path: Path | None = None, budget_mib: float | None = None):
         self.model = model
         self.optimizer = optimizer
         self.device = torch.device(device)
@@ -137,12 +234,14 @@ class MemoryTracker:
         self.sample_every = sample_every
         self.snapshot_path = snapshot_path
         self.reports: list[MemoryReport] = []
+        self.stages: dict[str, MemoryReport] = {}  # stage name -> its largest measurement
+        self.budget_mib = budget_mib
         self._active = False
         self._module_hooks: list = []
         # Registered now, before an optimizer that steps in backward registers its own, so that a gradient
         # is noted before that optimizer frees it. They do nothing outside tracked steps.
         self._grad_hooks = [p.register_post_accumulate_grad_hook(self._note_gradient)
-                            for p in dict.fromkeys(model.parameters()) if p.requires_grad]
+                            for p in dict.fromkeys(model.parameters()) if p.requires_grad] if model is not None else []
 
     def _note_gradient(self, param: torch.Tensor) -> None:
         if self._active and param.grad is not None:
@@ -179,13 +278,44 @@ class MemoryTracker:
 
     @contextlib.contextmanager
     def track(self, step: int) -> Iterator[None]:
-        if not self.wants(step):
+        """Measure a sampled step with the tracker; on CPU, the step after one (same shapes, no profiler
+        records in the way) with the process meter, whose figure joins the sampled step's report."""
+        if self.wants(step):
+            with self._measured(step) as reports:
+                yield
+            self.reports.append(reports[0])
+        elif (self.device.type == "cpu" and ProcessMeter.available() and self.reports
+              and self.reports[-1].step == step - 1 and self.reports[-1].process_peak_bytes is None):
+            live_at_start = sum(n for n, _ in self._baseline().values())
+            meter = ProcessMeter()
             yield
-            return
+            self.reports[-1].process_peak_bytes = live_at_start + meter.rise()
+        else:
+            yield
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Measure a whole stage (validation, a checkpoint's save or load, evaluation, generation) and
+        check it against the budget; each stage keeps its largest measurement. On CPU the process meter
+        runs beside the tracker (its figure then includes the profiler's own records, a few KiB a batch)."""
+        meter = ProcessMeter() if self.device.type == "cpu" and ProcessMeter.available() else None
+        live_at_start = sum(n for n, _ in self._baseline().values()) if meter else 0
+        with self._measured(-1, name) as reports:
+            yield
+        report = reports[0]
+        if meter is not None:
+            report.process_peak_bytes = live_at_start + meter.rise()
+        kept = self.stages.get(name)
+        if kept is None or report.budgeted_bytes > kept.budgeted_bytes:
+            self.stages[name] = report
+        check_budget(self.budget_mib, report)
+
+    @contextlib.contextmanager
+    def _measured(self, step: int, stage: str | None = None) -> Iterator[list[MemoryReport]]:
         cuda = self.device.type == "cuda"
         baseline = self._baseline()
         handles = self._install_hooks()
-        snapshot = cuda and self.snapshot_path is not None and not self.reports
+        snapshot = cuda and stage is None and self.snapshot_path is not None and not self.reports
         if cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -194,11 +324,12 @@ class MemoryTracker:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         self._active = True
         prof = profile(activities=activities, profile_memory=True)
+        out: list[MemoryReport] = []
         try:
             with _native_stderr_silenced():
                 prof.start()
             try:
-                yield
+                yield out
                 self._note_model_state()
             finally:
                 with _native_stderr_silenced():
@@ -210,22 +341,27 @@ class MemoryTracker:
             for handle in handles:
                 handle.remove()
         report = _replay(prof, baseline, self.device, step)
+        report.stage = stage
         report.modules = self._module_table(report)
         if cuda:
             report.cuda_max_allocated = torch.cuda.max_memory_allocated(self.device)
+            report.cuda_max_reserved = torch.cuda.max_memory_reserved(self.device)
+            free, total = torch.cuda.mem_get_info(self.device)
+            report.cuda_device_used = total - free
             if snapshot:
                 self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
                 torch.cuda.memory._dump_snapshot(str(self.snapshot_path))
                 torch.cuda.memory._record_memory_history(enabled=None)
-        self.reports.append(report)
+        out.append(report)
 
     def _state_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for p in self.model.parameters():
-            yield "parameters", p
-            if p.grad is not None:
-                yield "gradients", p.grad
-        for b in self.model.buffers():
-            yield "parameters", b
+        if self.model is not None:
+            for p in self.model.parameters():
+                yield "parameters", p
+                if p.grad is not None:
+                    yield "gradients", p.grad
+            for b in self.model.buffers():
+                yield "parameters", b
         if self.optimizer is not None:
             for state in self.optimizer.state.values():
                 for value in state.values():
@@ -253,7 +389,11 @@ class MemoryTracker:
                 _mark(f"note::{category}::{t.untyped_storage().data_ptr()}")
 
     def _install_hooks(self) -> list:
-        handles = []
+        # Every optimizer's step, whoever calls it (the trainer, or a gradient hook stepping in backward).
+        handles = [register_optimizer_step_pre_hook(lambda *_: _mark("optimizer_step::enter")),
+                   register_optimizer_step_post_hook(lambda *_: _mark("optimizer_step::exit"))]
+        if self.model is None:
+            return handles
         for name, module in _top_level_modules(self.model):
             handles.append(module.register_forward_pre_hook(lambda m, a, n=name: _mark(f"enter::{n}")))
             handles.append(module.register_forward_hook(lambda m, a, o, n=name: _mark(f"exit::{n}")))
@@ -262,7 +402,7 @@ class MemoryTracker:
     def _module_table(self, report: MemoryReport) -> list[dict]:
         rows = []
         seen: set[int] = set()  # a tied weight counts once, under the first module that holds it
-        for name, module in _top_level_modules(self.model):
+        for name, module in _top_level_modules(self.model) if self.model is not None else []:
             param_bytes = 0
             for p in module.parameters():
                 ptr, nbytes = _storage_key(p)
@@ -300,6 +440,8 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
     stream: list[tuple[str, int, int | str]] = []
     phase = "other"
     from_forward: set[int] = set()
+    origin: dict[int, tuple[str, str]] = {}  # allocation id -> (phase, operator that allocated it)
+    in_optimizer_step, from_optimizer_step = 0, set()
     for e in events:
         kind = e.typed[0]
         if kind == _EventType.Allocation:
@@ -309,8 +451,11 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
             if f.alloc_size > 0:
                 alloc_id = len(stream)
                 live[f.ptr], category[alloc_id], size[alloc_id] = alloc_id, "temporaries", f.alloc_size
+                origin[alloc_id] = (phase, e.parent.name if e.parent is not None else "(outside operators)")
                 if phase == "forward":
                     from_forward.add(alloc_id)
+                if in_optimizer_step:
+                    from_optimizer_step.add(alloc_id)
                 stream.append(("alloc", e.start_time_ns, alloc_id))
             elif (alloc_id := live.pop(f.ptr, None)) is not None:
                 stream.append(("free", e.start_time_ns, alloc_id))
@@ -320,9 +465,14 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
                 _, cat, ptr = mark.split("::")
                 alloc_id = live.get(int(ptr))
                 # A note only settles what the step allocated: weights saved for backward stay
-                # parameters, and a gradient that a later op saves stays a gradient.
-                if alloc_id is not None and category[alloc_id] == "temporaries":
+                # parameters, and a gradient that a later op saves stays a gradient. A gradient
+                # made in forward (the chunked loss's head gradient, saved for backward and handed to
+                # autograd as the weight's gradient) was a gradient from the moment it was allocated.
+                settles = ("temporaries", "activations") if cat == "gradients" else ("temporaries",)
+                if alloc_id is not None and category[alloc_id] in settles:
                     category[alloc_id] = cat
+            elif mark.startswith("optimizer_step::"):
+                in_optimizer_step += 1 if mark == "optimizer_step::enter" else -1
             else:
                 if mark.startswith("phase::"):
                     phase = mark.split("::", 1)[1]
@@ -332,6 +482,11 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
                                 category[alloc_id] = "activations"
                 stream.append(("mark", e.start_time_ns, mark))
 
+    # What an optimizer step allocated and left alive when the step ends, it keeps for the next step.
+    for alloc_id in live.values():
+        if alloc_id in from_optimizer_step and category[alloc_id] == "temporaries":
+            category[alloc_id] = "optimizer_state"
+
     index = {c: i for i, c in enumerate(CATEGORIES)}
     sizes = [0] * len(CATEGORIES)
     for alloc_id in range(-len(baseline), 0):
@@ -339,11 +494,12 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
     phase, scopes = "other", []
     t0 = stream[0][1] if stream else 0
     best = (sum(sizes), list(sizes), "start")
+    best_at = -1  # index in the stream of the event that reached the peak
     phase_best: dict[str, tuple[int, list[int]]] = {}
     phase_starts: dict[str, float] = {}
     module_acts: dict[str, int] = {}
     timeline: list[tuple[float, list[int]]] = [(0.0, list(sizes))]
-    for kind, t, ref in stream:
+    for position, (kind, t, ref) in enumerate(stream):
         if kind == "mark":
             if ref.startswith("phase::"):
                 phase = "other" if ref == "phase::end" else ref.split("::", 1)[1]
@@ -363,7 +519,7 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
             module_acts[owner] = module_acts.get(owner, 0) + size[ref]
         total = sum(sizes)
         if total > best[0]:
-            best = (total, list(sizes), phase)
+            best, best_at = (total, list(sizes), phase), position
         if total > phase_best.get(phase, (-1,))[0]:
             phase_best[phase] = (total, list(sizes))
         timeline.append(((t - t0) / 1e6, list(sizes)))
@@ -382,4 +538,53 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
         timeline=timeline,
         phase_starts_ms=phase_starts,
         module_activation_bytes=module_acts,
+        temporaries_at_peak=_temporaries_at(stream, best_at, category, size, origin, baseline),
     )
+
+
+def _temporaries_at(stream, position: int, category: dict[int, str], size: dict[int, int],
+                    origin: dict[int, tuple[str, str]], baseline: dict) -> list[dict]:
+    """The temporaries alive at the peak, summed by the phase and operator that allocated them."""
+    alive = {-(i + 1) for i, (_, (_, cat)) in enumerate(baseline.items()) if cat == "temporaries"}
+    for kind, _, ref in stream[:position + 1]:
+        if kind == "alloc":
+            alive.add(ref)
+        elif kind == "free":
+            alive.discard(ref)
+    groups: dict[tuple[str, str], int] = {}
+    for alloc_id in alive:
+        if category[alloc_id] == "temporaries":
+            key = origin.get(alloc_id, ("start", "(alive when the step started)"))
+            groups[key] = groups.get(key, 0) + size[alloc_id]
+    rows = sorted(groups.items(), key=lambda kv: -kv[1])
+    return [{"phase": phase, "op": op, "bytes": nbytes} for (phase, op), nbytes in rows[:_TEMPORARY_ROWS]]
+
+
+def meters_note(device: torch.device) -> str:
+    """What the difference between the two meters is made of, on this kind of device."""
+    if torch.device(device).type == "cuda":
+        return ("cuda_max_reserved - peak: the caching allocator's cache (freed blocks it keeps, 2 MiB and "
+                "20 MiB segments, sizes rounded up to 512 bytes); cuda_device_used - cuda_max_reserved: the "
+                "CUDA context, cuBLAS/cuDNN workspaces outside the allocator, and other processes")
+    pinned = "" if ProcessMeter.pinned() else (
+        " This process did not start with MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0, so the "
+        "process figure also counts freed blocks that glibc kept for reuse.")
+    return ("process_peak - peak: memory outside PyTorch's tensors that grew during the step or stage: the "
+            "math libraries' buffers (oneDNN/MKL scratch, OpenMP threads), Python objects, the profiler's own "
+            "records in a stage (steps take the process meter on the step after a tracked one, without the "
+            "profiler), and for a checkpoint's save the serialized copies of the tensors." + pinned)
+
+
+def stage_entry(report: MemoryReport) -> dict:
+    """A stage's figures for memory.json: its peak (the allocator's on CUDA), breakdown and meters."""
+    return {"peak_mib": round(report.budgeted_bytes / MiB, 3), "peak_bytes": report.budgeted_bytes,
+            "breakdown_mib": {c: round(b / MiB, 3) for c, b in report.breakdown.items()},
+            "temporaries_at_peak": report.temporaries_at_peak,
+            "meters_mib": {name: round(b / MiB, 3) for name, b in report.meters().items()}}
+
+
+def stage_summary(tracker: MemoryTracker) -> dict:
+    """Every stage the tracker measured, for memory.json."""
+    return {"device": str(tracker.device), "budget_mib": tracker.budget_mib,
+            "stages": {name: stage_entry(r) for name, r in tracker.stages.items()},
+            "meters_note": meters_note(tracker.device)}
