@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,18 +37,24 @@ class EvalResult:
 EVAL_LOSS_CHUNK = 512
 
 
-@torch.no_grad()
 def evaluate_loss(model: GPT, tokens: TokenFile, batch_size: int, device: torch.device,
                   max_batches: int | None = None, micro_batch_size: int | None = None) -> tuple[float, int]:
     """Mean cross-entropy per token (nats) over the leading windows of a split, and the tokens scored.
     Each batch goes through the model `micro_batch_size` sequences at a time, as training's do."""
+    return score_batches(model, tokens.sequential_batches(batch_size, device, max_batches), micro_batch_size)
+
+
+@torch.no_grad()
+def score_batches(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  micro_batch_size: int | None = None) -> tuple[float, int]:
+    """Mean cross-entropy per token over (inputs, targets) batches, in micro-batches, with the chunked loss."""
     was_training, chunk = model.training, model.loss_chunk_size
     model.eval()
     model.loss_chunk_size = chunk if chunk > 0 else EVAL_LOSS_CHUNK
-    micro = micro_batch_size or batch_size
     total, count = 0.0, 0
     try:
-        for x, y in tokens.sequential_batches(batch_size, device, max_batches):
+        for x, y in batches:
+            micro = micro_batch_size or x.size(0)
             for start in range(0, x.size(0), micro):
                 xs, ys = x[start:start + micro], y[start:start + micro]
                 total += model.loss(model(xs), ys).item() * ys.numel()

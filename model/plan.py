@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import gc
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from model.arch import build_model
+from model.checkpoint import load_train_state, load_weights, save_checkpoint
 from model.config import TrainConfig
+from model.evaluate import score_batches
 from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
@@ -50,6 +54,7 @@ class Trial:
     peak_bytes: int | None = None
     breakdown: dict[str, int] = field(default_factory=dict)
     tokens_per_s: float | None = None
+    stages: dict[str, int] = field(default_factory=dict)  # stage -> peak bytes; peak_bytes is the largest
     refused: str | None = None  # why the candidate could not run (a refused combination, out of memory)
 
     def fits(self, budget_bytes: int) -> bool:
@@ -60,6 +65,7 @@ class Trial:
                 "peak_mib": None if self.peak_bytes is None else round(self.peak_bytes / MiB, 1),
                 "breakdown_mib": {k: round(v / MiB, 1) for k, v in self.breakdown.items()},
                 "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
+                "stages_mib": {k: round(v / MiB, 1) for k, v in self.stages.items()},
                 "refused": self.refused}
 
 
@@ -140,8 +146,10 @@ def apply_changes(cfg: TrainConfig, changes: dict) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
-def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device) -> tuple[int, dict, float]:
-    """(peak bytes, breakdown at the peak, fastest step in seconds) of a few steps on random tokens."""
+def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device,
+            meter: str = "tensors") -> Measured:
+    """A few steps on random tokens, then the run's other stages: a validation batch, a checkpoint's
+    save, and a resume from it into a fresh model and optimizer (as a restarted run does)."""
     cfg = cfg.model_copy(update={"memory_sample_steps": list(TRACKED_STEPS), "memory_sample_every": 10**9})
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(cfg.seed)
@@ -162,15 +170,52 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
                 torch.cuda.synchronize(device)
             if step in TIMED_STEPS:
                 times.append(time.perf_counter() - start)
-        reports = train_step.tracker.reports
-        # On CUDA the allocator's own peak is what must fit; on CPU the tracker's live tensor bytes.
-        peak = max(r.cuda_max_allocated if r.cuda_max_allocated is not None else r.peak_bytes for r in reports)
-        return peak, dict(train_step.tracker.peak.breakdown), min(times)
+        tracker = train_step.tracker
+        # On CUDA the allocator's own peak is what must fit; on CPU the tracker's live tensor bytes, or
+        # with the process meter the resident set's (taken on the step after each tracked one).
+        metered = [r for r in tracker.reports if meter == "tensors" or device.type != "cpu"
+                   or r.process_peak_bytes is not None]  # the process meter: each step after a tracked one
+        step_report = max(metered, key=lambda r: _metered(r, meter))
+        stages = {"train_step": _metered(step_report, meter)}
+        with tracker.stage("validation"):
+            score_batches(model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
+        with tempfile.TemporaryDirectory(prefix="memlm-plan-") as tmp:
+            with tracker.stage("checkpoint_save"):
+                save_checkpoint(Path(tmp), model, {"step": len(times), "optimizer": train_step.optimizer.state_dict()})
+            del train_step, model
+            gc.collect()
+            model = build_model(arch_cfg).to(device)
+            train_step = TrainStep(model, cfg, device)
+            resumed = train_step.tracker
+            with resumed.stage("resume"):
+                load_weights(model, Path(tmp), device)
+                train_step.optimizer.load_state_dict(load_train_state(Path(tmp))["optimizer"])
+        reports = {**tracker.stages, **resumed.stages}
+        stages.update({name: _metered(r, meter) for name, r in reports.items()})
+        return Measured(max(stages.values()), dict(step_report.breakdown), min(times), stages)
     finally:
         del train_step, model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+@dataclass
+class Measured:
+    peak_bytes: int  # the largest stage's
+    breakdown: dict[str, int]  # the training step's, at its peak
+    step_s: float
+    stages: dict[str, int]  # stage -> peak bytes
+
+
+def _metered(report, meter: str) -> int:
+    if meter == "process" and report.device.startswith("cpu"):
+        if report.process_peak_bytes is None:  # the trial's steps always give it one where Linux does
+            raise TechniqueError("the process meter needs Linux's /proc/self/clear_refs; use --meter tensors")
+        return report.process_peak_bytes
+    if meter == "process":  # CUDA: what the caching allocator holds, not only what tensors use
+        return report.cuda_max_reserved
+    return report.budgeted_bytes
 
 
 # A later candidate (more recomputation, or a lossy change) replaces an earlier one that fits only when it
@@ -188,7 +233,7 @@ def choose(trials: list[Trial], budget_bytes: int) -> Trial | None:
 
 
 def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, device: torch.device,
-         lossy: bool = False, try_all: bool = False, on_trial=None) -> Plan:
+         lossy: bool = False, try_all: bool = False, on_trial=None, meter: str = "tensors") -> Plan:
     """Try the candidates in order, the exact ones up to the first that fits (every one with `try_all`),
     then likewise the lossy ones; choose with `choose`."""
     trials = []
@@ -199,8 +244,9 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
         trial = Trial(name, changes, is_lossy)
         candidate = apply_changes(cfg, changes)
         try:
-            trial.peak_bytes, trial.breakdown, step_s = measure(arch_cfg, candidate, device)
-            trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / step_s
+            measured = measure(arch_cfg, candidate, device, meter)
+            trial.peak_bytes, trial.breakdown, trial.stages = measured.peak_bytes, measured.breakdown, measured.stages
+            trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / measured.step_s
         except TechniqueError as exc:
             trial.refused = str(exc)
         except torch.OutOfMemoryError:
