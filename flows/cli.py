@@ -283,12 +283,27 @@ def plan(
     try_all: bool = typer.Option(False, "--all", help="Try every candidate, not only up to the first that fits."),
     write: Annotated[Optional[Path], typer.Option(help="Write the config with the chosen settings to this YAML file.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every trial's figures to this file.")] = None,
+    meter: str = typer.Option("tensors", help="What the budget limits: tensors (live tensor bytes; on CUDA the "
+                              "allocator's allocated peak) or process (on CPU the resident set; on CUDA the "
+                              "allocator's reserved memory)."),
 ):
     """Fit training into a memory budget: try memory techniques a few steps each, from the fastest kind on."""
     import json
+    import os
+    import sys
 
     import torch
     import yaml
+
+    from model.memory import PROCESS_METER_ENV, ProcessMeter
+
+    if meter not in ("tensors", "process"):
+        err.print(f"[red]error:[/] --meter is tensors or process, got {meter!r}", highlight=False)
+        raise typer.Exit(2)
+    if meter == "process" and not ProcessMeter.pinned():
+        # glibc reads its mmap threshold once, as the process starts: start again with it pinned, so that
+        # freed blocks leave the resident set at once and the meter sees only what is in use.
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **PROCESS_METER_ENV})
 
     from model.arch import config_for
     from model.hardware import resolve_device
@@ -318,8 +333,8 @@ def plan(
                   f"{cfg.model.block_size} tokens on {device}, budget {budget_bytes / MiB:.4g} MiB", highlight=False)
     with console.status("") as status:
         result = make_plan(arch_cfg, cfg.train, budget_bytes, device, lossy, try_all,
-                           on_trial=lambda t: status.update(f"tried {t.name}"))
-    table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB on {device}")
+                           on_trial=lambda t: status.update(f"tried {t.name}"), meter=meter)
+    table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB ({meter} meter) on {device}")
     for col in ("candidate", "peak MiB", "activations", "optimizer", "tokens/s", ""):
         table.add_column(col, justify="left" if col in ("candidate", "") else "right")
     for trial in result.trials:

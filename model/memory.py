@@ -367,6 +367,13 @@ class MemoryTracker:
                 for value in state.values():
                     if isinstance(value, torch.Tensor):
                         yield from (("optimizer_state", t) for t in _plain_tensors(value))
+            # Buffers an optimizer keeps between steps outside its per-parameter state.
+            for value in vars(self.optimizer).values():
+                values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+                    else (value,)
+                for t in values:
+                    if isinstance(t, torch.Tensor):
+                        yield from (("optimizer_state", inner) for inner in _plain_tensors(t))
 
     def _baseline(self) -> dict[int, tuple[int, str]]:
         live: dict[int, tuple[int, str]] = {}
