@@ -174,7 +174,12 @@ _UNOWNED_BLOCKS = -1  # a key no real storage pointer can take
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     storage = t.untyped_storage()
-    return storage.data_ptr(), storage.nbytes()
+    return storage_id(storage), storage.nbytes()
+
+
+def storage_id(storage: torch.UntypedStorage) -> int:
+    """A storage's address; for a fake tensor's (which has none), its storage object's identity."""
+    return storage._cdata if storage.device.type == "meta" else storage.data_ptr()
 
 
 def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
@@ -211,7 +216,14 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+# Where marks go while a step is traced under fake tensors (model/predict.py) instead of the profiler.
+mark_sink: list | None = None
+
+
 def _mark(text: str) -> None:
+    if mark_sink is not None:
+        mark_sink.append(text)
+        return
     with record_function(_MARK + text):
         pass
 
@@ -245,7 +257,7 @@ class MemoryTracker:
 
     def _note_gradient(self, param: torch.Tensor) -> None:
         if self._active and param.grad is not None:
-            _mark(f"note::gradients::{param.grad.untyped_storage().data_ptr()}")
+            _mark(f"note::gradients::{storage_id(param.grad.untyped_storage())}")
 
     @property
     def last(self) -> MemoryReport | None:
@@ -263,8 +275,8 @@ class MemoryTracker:
         if not self._active:
             yield
             return
-        with record_function(f"{_MARK}phase::{name}"):
-            yield
+        _mark(f"phase::{name}")
+        yield
         _mark("phase::end")
 
     @contextlib.contextmanager
@@ -340,7 +352,7 @@ class MemoryTracker:
             self._active = False
             for handle in handles:
                 handle.remove()
-        report = _replay(prof, baseline, self.device, step)
+        report = _replay(_profiler_events(prof, self.device), baseline, self.device, step)
         report.stage = stage
         report.modules = self._module_table(report)
         if cuda:
@@ -393,7 +405,7 @@ class MemoryTracker:
     def _note_model_state(self) -> None:
         for category, t in self._state_tensors():
             if t.device == self.device and t.numel():
-                _mark(f"note::{category}::{t.untyped_storage().data_ptr()}")
+                _mark(f"note::{category}::{storage_id(t.untyped_storage())}")
 
     def _install_hooks(self) -> list:
         # Every optimizer's step, whoever calls it (the trainer, or a gradient hook stepping in backward).
@@ -430,15 +442,28 @@ def _walk(events) -> Iterator:
         yield from _walk(e.children)
 
 
-def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, step: int) -> MemoryReport:
-    """Settle each allocation's category from the marks, then replay live bytes per category in time."""
+def _profiler_events(prof, device: torch.device) -> Iterator[tuple]:
+    """The profiler's record as the replay reads it: ("alloc", time, ptr, bytes, operator),
+    ("free", time, ptr) and ("mark", time, text), in time order."""
     events = sorted(_walk(prof.profiler.kineto_results.experimental_event_tree()), key=lambda e: e.start_time_ns)
     dev_type, dev_index = device.type, (device.index or 0)
+    for e in events:
+        kind = e.typed[0]
+        if kind == _EventType.Allocation:
+            f = e.typed[1]
+            if f.device.type != dev_type or (dev_type != "cpu" and (f.device.index or 0) != dev_index):
+                continue
+            if f.alloc_size > 0:
+                yield ("alloc", e.start_time_ns, f.ptr, f.alloc_size,
+                       e.parent.name if e.parent is not None else "(outside operators)")
+            else:
+                yield ("free", e.start_time_ns, f.ptr)
+        elif kind == _EventType.TorchOp and e.name.startswith(_MARK):
+            yield ("mark", e.start_time_ns, e.name[len(_MARK):])
 
-    def on_device(fields) -> bool:
-        d = fields.device
-        return d.type == dev_type and (dev_type == "cpu" or (d.index or 0) == dev_index)
 
+def _replay(events, baseline: dict[int, tuple[int, str]], device: torch.device, step: int) -> MemoryReport:
+    """Settle each allocation's category from the marks, then replay live bytes per category in time."""
     category: dict[int, str] = {}
     size: dict[int, int] = {}
     live: dict[int, int] = {}  # ptr -> allocation id; tensors alive at the start get negative ids
@@ -449,25 +474,22 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
     from_forward: set[int] = set()
     origin: dict[int, tuple[str, str]] = {}  # allocation id -> (phase, operator that allocated it)
     in_optimizer_step, from_optimizer_step = 0, set()
-    for e in events:
-        kind = e.typed[0]
-        if kind == _EventType.Allocation:
-            f = e.typed[1]
-            if not on_device(f):
-                continue
-            if f.alloc_size > 0:
-                alloc_id = len(stream)
-                live[f.ptr], category[alloc_id], size[alloc_id] = alloc_id, "temporaries", f.alloc_size
-                origin[alloc_id] = (phase, e.parent.name if e.parent is not None else "(outside operators)")
-                if phase == "forward":
-                    from_forward.add(alloc_id)
-                if in_optimizer_step:
-                    from_optimizer_step.add(alloc_id)
-                stream.append(("alloc", e.start_time_ns, alloc_id))
-            elif (alloc_id := live.pop(f.ptr, None)) is not None:
-                stream.append(("free", e.start_time_ns, alloc_id))
-        elif kind == _EventType.TorchOp and e.name.startswith(_MARK):
-            mark = e.name[len(_MARK):]
+    for kind, time_ns, *fields in events:
+        if kind == "alloc":
+            ptr, nbytes, op = fields
+            alloc_id = len(stream)
+            live[ptr], category[alloc_id], size[alloc_id] = alloc_id, "temporaries", nbytes
+            origin[alloc_id] = (phase, op)
+            if phase == "forward":
+                from_forward.add(alloc_id)
+            if in_optimizer_step:
+                from_optimizer_step.add(alloc_id)
+            stream.append(("alloc", time_ns, alloc_id))
+        elif kind == "free":
+            if (alloc_id := live.pop(fields[0], None)) is not None:
+                stream.append(("free", time_ns, alloc_id))
+        else:
+            mark = fields[0]
             if mark.startswith("note::"):
                 _, cat, ptr = mark.split("::")
                 alloc_id = live.get(int(ptr))
@@ -487,7 +509,7 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
                         for alloc_id in live.values():
                             if alloc_id in from_forward and category[alloc_id] == "temporaries":
                                 category[alloc_id] = "activations"
-                stream.append(("mark", e.start_time_ns, mark))
+                stream.append(("mark", time_ns, mark))
 
     # What an optimizer step allocated and left alive when the step ends, it keeps for the next step.
     for alloc_id in live.values():
