@@ -15,9 +15,11 @@ of the allocation timeline knows where it was. Only sampled steps are tracked: i
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from torch import nn
 from torch._C._profiler import _EventType
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries")
 PHASES = ("forward", "backward", "optimizer")
@@ -169,6 +173,44 @@ def _status_bytes(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}")
 
 
+class AllocationRecorder(TorchDispatchMode):
+    """Under fake tensors (no memory behind them), the allocations a step would make: every new storage an
+    operator returns, freed when its storage dies. What an operator allocates and frees inside itself
+    (a kernel's workspace) is not seen: the replay's figure is the live tensors between operators."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[tuple] = []
+        self._clock = itertools.count()
+        self._live: set[int] = set()
+
+    def mark(self, text: str) -> None:
+        self.events.append(("mark", next(self._clock), text))
+
+    def _free(self, key: int) -> None:
+        self._live.discard(key)
+        self.events.append(("free", next(self._clock), key))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            # A value read on the host (a loss for the log, an optimizer's step count): fake tensors have
+            # none, and memory does not depend on it. 1 keeps step-count arithmetic (1/sqrt(step)) defined.
+            return {torch.bool: True}.get(args[0].dtype, 1.0 if args[0].is_floating_point() else 1)
+        kwargs = kwargs or {}
+        # An output that shares an input's storage (a view, an in-place op) allocated nothing.
+        inputs = {storage_id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage_id(storage)
+                if key not in self._live and key not in inputs and storage.nbytes() > 0:
+                    self._live.add(key)
+                    self.events.append(("alloc", next(self._clock), key, storage.nbytes(), func.name()))
+                    weakref.finalize(storage, self._free, key)
+        return out
+
+
 _UNOWNED_BLOCKS = -1  # a key no real storage pointer can take
 
 
@@ -216,13 +258,13 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-# Where marks go while a step is traced under fake tensors (model/predict.py) instead of the profiler.
-mark_sink: list | None = None
+# Where marks go while a step is traced under fake tensors (AllocationRecorder) instead of the profiler.
+mark_sink = None
 
 
 def _mark(text: str) -> None:
     if mark_sink is not None:
-        mark_sink.append(text)
+        mark_sink(text)
         return
     with record_function(_MARK + text):
         pass
@@ -249,6 +291,7 @@ class MemoryTracker:
         self.stages: dict[str, MemoryReport] = {}  # stage name -> its largest measurement
         self.budget_mib = budget_mib
         self._active = False
+        self._recording = False  # a step traced under fake tensors (traced) is running
         self._module_hooks: list = []
         # Registered now, before an optimizer that steps in backward registers its own, so that a gradient
         # is noted before that optimizer frees it. They do nothing outside tracked steps.
@@ -296,7 +339,7 @@ class MemoryTracker:
             with self._measured(step) as reports:
                 yield
             self.reports.append(reports[0])
-        elif (self.device.type == "cpu" and ProcessMeter.available() and self.reports
+        elif (self.device.type == "cpu" and not self._recording and ProcessMeter.available() and self.reports
               and self.reports[-1].step == step - 1 and self.reports[-1].process_peak_bytes is None):
             live_at_start = sum(n for n, _ in self._baseline().values())
             meter = ProcessMeter()
@@ -321,6 +364,31 @@ class MemoryTracker:
         if kept is None or report.budgeted_bytes > kept.budgeted_bytes:
             self.stages[name] = report
         check_budget(self.budget_mib, report)
+
+    @contextlib.contextmanager
+    def traced(self, step: int, recorder: AllocationRecorder,
+               round_size: Callable[[int], int] = lambda n: n) -> Iterator[list[MemoryReport]]:
+        """Like a tracked step, for a step run under fake tensors: the recorder's allocations instead of the
+        profiler's, each rounded by `round_size` (a device allocator's rounding), through the same replay."""
+        global mark_sink
+        baseline = {key: (round_size(n), cat) for key, (n, cat) in self._baseline().items()}
+        handles = self._install_hooks()
+        recorder.events = []
+        self._active, self._recording, mark_sink = True, True, recorder.mark
+        out: list[MemoryReport] = []
+        try:
+            with recorder:
+                yield out
+                self._note_model_state()
+        finally:
+            self._active, self._recording, mark_sink = False, False, None
+            for handle in handles:
+                handle.remove()
+        events = [(e[0], e[1], e[2], round_size(e[3]), e[4]) if e[0] == "alloc" else e for e in recorder.events]
+        report = _replay(events, baseline, self.device, step)
+        report.modules = self._module_table(report)
+        self.reports.append(report)
+        out.append(report)
 
     @contextlib.contextmanager
     def _measured(self, step: int, stage: str | None = None) -> Iterator[list[MemoryReport]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from model.arch import build_model
 from model.checkpoint import load_train_state, load_weights, save_checkpoint
@@ -29,6 +30,7 @@ from model.evaluate import score_batches
 from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
+from model.memory import AllocationRecorder
 from model.techniques import TechniqueError
 
 MiB = 2**20
@@ -258,3 +260,51 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
     chosen = choose(trials, budget_bytes)
     return Plan(budget_bytes, device.type, trials, chosen,
                 None if chosen is None else apply_changes(cfg, chosen.changes))
+
+
+# The CUDA caching allocator hands out blocks rounded up to 512 bytes (what max_memory_allocated counts).
+CUDA_BLOCK = 512
+PREDICTABLE_DEVICES = ("cpu", "cuda")
+
+
+def _cuda_block_size(nbytes: int) -> int:
+    return max(CUDA_BLOCK, -(-nbytes // CUDA_BLOCK) * CUDA_BLOCK)
+
+
+def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str = "cpu") -> Measured:
+    """A candidate's peaks without running it: two optimizer steps and a validation batch traced under fake
+    tensors (shapes and dtypes, no memory), their allocations replayed through the tracker's categories.
+
+    Assumes: the CPU kernels' outputs (a CUDA device's attention kernels keep a few small extra tensors);
+    for CUDA, the caching allocator's 512-byte rounding (its reserved memory, the CUDA context and library
+    workspaces come on top); no kernel-internal workspaces (they are freed inside their operator); a
+    checkpoint's save and a resume hold the weights and the optimizer state (as measured: no second copy)."""
+    if device_type not in PREDICTABLE_DEVICES:
+        raise ValueError(f"memlm plan --predict predicts for {' or '.join(PREDICTABLE_DEVICES)}, not {device_type!r}")
+    if cfg.memory.compile or cfg.memory.split_head_step or cfg.memory.optimizer == "adamw8bit":
+        raise TechniqueError("not predicted (compile, split_head_step and adamw8bit depend on values, not shapes): "
+                             "measure it without --predict")
+    round_size = _cuda_block_size if device_type == "cuda" else (lambda n: n)
+    cpu = torch.device("cpu")
+    cfg = cfg.model_copy(update={"memory_sample_steps": [], "memory_sample_every": 10**9})
+    recorder = AllocationRecorder()
+    started = time.perf_counter()
+    with FakeTensorMode():
+        model = build_model(arch_cfg)
+        train_step = TrainStep(model, cfg, cpu)
+        tracker = train_step.tracker
+
+        def next_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1))
+            return tokens[:, :-1], tokens[:, 1:]
+
+        for step in TRACKED_STEPS:
+            with tracker.traced(step, recorder, round_size):
+                train_step(step, next_batch)
+        step_report = max(tracker.reports, key=lambda r: r.peak_bytes)
+        with tracker.traced(0, recorder, round_size) as validation:
+            score_batches(model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
+        state_bytes = sum(n for n, _ in tracker._baseline().values())
+    stages = {"train_step": step_report.peak_bytes, "validation": validation[0].peak_bytes,
+              "checkpoint_save": state_bytes, "resume": state_bytes}
+    return Measured(max(stages.values()), dict(step_report.breakdown), time.perf_counter() - started, stages)
