@@ -226,18 +226,25 @@ CLEARLY_FASTER = 1.2
 
 
 def choose(trials: list[Trial], budget_bytes: int) -> Trial | None:
-    """The first candidate that fits, unless a later one that fits is clearly faster."""
+    """The first candidate that fits, unless a later one that fits is clearly faster (predicted candidates
+    have no speed: the first that fits, the ladder going from the least recomputation on)."""
     best = None
     for trial in trials:
-        if trial.fits(budget_bytes) and (best is None or trial.tokens_per_s > CLEARLY_FASTER * best.tokens_per_s):
+        if trial.fits(budget_bytes) and (best is None or (
+                trial.tokens_per_s is not None and best.tokens_per_s is not None
+                and trial.tokens_per_s > CLEARLY_FASTER * best.tokens_per_s)):
             best = trial
     return best
 
 
 def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, device: torch.device,
-         lossy: bool = False, try_all: bool = False, on_trial=None, meter: str = "tensors") -> Plan:
+         lossy: bool = False, try_all: bool = False, on_trial=None, meter: str = "tensors",
+         predict_only: bool = False) -> Plan:
     """Try the candidates in order, the exact ones up to the first that fits (every one with `try_all`),
-    then likewise the lossy ones; choose with `choose`."""
+    then likewise the lossy ones; choose with `choose`. With `predict_only`, each candidate is predicted
+    for `device`'s kind (which this machine need not have), not run."""
+    if predict_only and meter != "tensors":
+        raise ValueError("a prediction is of tensor bytes: --predict goes with --meter tensors")
     trials = []
     fitted = {False: False, True: False}  # lossy -> a candidate of that kind fits
     for name, changes, is_lossy in candidates(cfg, arch_cfg.arch, lossy):
@@ -246,9 +253,12 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
         trial = Trial(name, changes, is_lossy)
         candidate = apply_changes(cfg, changes)
         try:
-            measured = measure(arch_cfg, candidate, device, meter)
+            if predict_only:
+                measured = predict(arch_cfg, candidate, device.type)
+            else:
+                measured = measure(arch_cfg, candidate, device, meter)
+                trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / measured.step_s
             trial.peak_bytes, trial.breakdown, trial.stages = measured.peak_bytes, measured.breakdown, measured.stages
-            trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / measured.step_s
         except TechniqueError as exc:
             trial.refused = str(exc)
         except torch.OutOfMemoryError:
@@ -271,14 +281,18 @@ def _cuda_block_size(nbytes: int) -> int:
     return max(CUDA_BLOCK, -(-nbytes // CUDA_BLOCK) * CUDA_BLOCK)
 
 
+PREDICTION_ASSUMES = (
+    "the tensors the CPU kernels return (CUDA's attention kernels keep a few small extra ones, such as "
+    "log-sum-exp rows); no kernel-internal workspace alive between operators; a checkpoint's save and a resume "
+    "hold the weights and the optimizer state and nothing more (as measured on CPU); for CUDA, the caching "
+    "allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory (2 MiB and 20 MiB "
+    "segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top")
+
+
 def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str = "cpu") -> Measured:
     """A candidate's peaks without running it: two optimizer steps and a validation batch traced under fake
     tensors (shapes and dtypes, no memory), their allocations replayed through the tracker's categories.
-
-    Assumes: the CPU kernels' outputs (a CUDA device's attention kernels keep a few small extra tensors);
-    for CUDA, the caching allocator's 512-byte rounding (its reserved memory, the CUDA context and library
-    workspaces come on top); no kernel-internal workspaces (they are freed inside their operator); a
-    checkpoint's save and a resume hold the weights and the optimizer state (as measured: no second copy)."""
+    What it assumes: PREDICTION_ASSUMES."""
     if device_type not in PREDICTABLE_DEVICES:
         raise ValueError(f"memlm plan --predict predicts for {' or '.join(PREDICTABLE_DEVICES)}, not {device_type!r}")
     if cfg.memory.compile or cfg.memory.split_head_step or cfg.memory.optimizer == "adamw8bit":
