@@ -283,8 +283,8 @@ def _cuda_block_size(nbytes: int) -> int:
 
 PREDICTION_ASSUMES = (
     "the tensors the CPU kernels return (CUDA's attention kernels keep a few small extra ones, such as "
-    "log-sum-exp rows); no kernel-internal workspace alive between operators; a checkpoint's save and a resume "
-    "hold the weights and the optimizer state and nothing more (as measured on CPU); for CUDA, the caching "
+    "log-sum-exp rows); no kernel-internal workspace alive between operators; a checkpoint's save holds the "
+    "weights and the optimizer state, a resume also a loaded copy of the weights (as measured on CPU); for CUDA, the caching "
     "allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory (2 MiB and 20 MiB "
     "segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top")
 
@@ -318,7 +318,10 @@ def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str 
         step_report = max(tracker.reports, key=lambda r: r.peak_bytes)
         with tracker.traced(0, recorder, round_size) as validation:
             score_batches(model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
-        state_bytes = sum(n for n, _ in tracker._baseline().values())
+        held = [(round_size(n), category) for n, category in tracker._baseline().values()]
+    state_bytes = sum(n for n, _ in held)
+    # A resume loads the weights beside the model's before copying them in, then the optimizer state.
+    weight_bytes = sum(n for n, category in held if category == "parameters")
     stages = {"train_step": step_report.peak_bytes, "validation": validation[0].peak_bytes,
-              "checkpoint_save": state_bytes, "resume": state_bytes}
+              "checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}
     return Measured(max(stages.values()), dict(step_report.breakdown), time.perf_counter() - started, stages)
