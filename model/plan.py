@@ -284,9 +284,9 @@ def _cuda_block_size(nbytes: int) -> int:
 PREDICTION_ASSUMES = (
     "the tensors the CPU kernels return (CUDA's attention kernels keep a few small extra ones, such as "
     "log-sum-exp rows); no kernel-internal workspace alive between operators; a checkpoint's save holds the "
-    "weights and the optimizer state, a resume also a loaded copy of the weights (as measured on CPU); for CUDA, the caching "
-    "allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory (2 MiB and 20 MiB "
-    "segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top")
+    "weights and the optimizer state, a resume also a loaded copy of the weights (as measured on CPU); for "
+    "CUDA, the caching allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory "
+    "(2 MiB and 20 MiB segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top")
 
 
 def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str = "cpu") -> Measured:
