@@ -6,8 +6,8 @@ and a prediction for a model this machine cannot hold.
     python bench/plan.py --models reference --json out.json           # one model only
 
 Grid: activation checkpointing none/selective/full x chunked loss on/off x AdamW/Adafactor x micro-batches,
-on the reference config (6 layers, width 384, 6 heads, vocabulary 16384, sequence 256, batch 8) and a wider
-one (8 layers, width 640, 10 heads, vocabulary 24576, sequence 384, batch 4). fp32, 2 threads, random tokens
+8 configurations on the reference config (6 layers, width 384, 6 heads, vocabulary 16384, sequence 256,
+batch 8), 4 of them on a wider one (8 layers, width 640, 10 heads, vocabulary 24576, sequence 384, batch 4). fp32, 2 threads, random tokens
 (memory depends on shapes only). The error is (predicted - measured) / measured of the largest stage's peak.
 """
 from __future__ import annotations
@@ -41,6 +41,9 @@ GRID: dict[str, dict] = {
     "none, chunked loss, Adafactor, 2 micro-batches": {**CHUNKED, "optimizer": "adafactor", "split": 2},
     "full, chunked loss, AdamW, 4 micro-batches": {**CHUNKED, "activation_checkpointing": "full", "split": 4},
 }
+# The wider model is slower to measure: a cross-section of the grid (8 + 4 = 12 configurations).
+WIDE_GRID = ("none, plain loss, AdamW", "selective, chunked loss, AdamW", "full, plain loss, Adafactor",
+             "full, chunked loss, AdamW, 4 micro-batches")
 # About 1.07 B parameters, for a 24 GiB CUDA device: more than this machine's memory holds with AdamW.
 BIG = {"n_layer": 20, "n_embd": 2048, "n_head": 16, "vocab_size": 32768, "block_size": 1024, "batch_size": 8}
 BIG_BUDGET_GIB = 24
@@ -69,7 +72,7 @@ def grid_row(model: str, name: str) -> dict:
     predicted = predict(arch, cfg)
     predict_s = time.perf_counter() - started
     started = time.perf_counter()
-    measured = measure(arch, cfg, torch.device("cpu"))
+    measured = measure(arch, cfg, torch.device("cpu"), timed=False)  # memory only: the tracked steps
     measure_s = time.perf_counter() - started
     return {
         "model": model, "config": name, "memory": cfg.memory.model_dump(exclude_defaults=True),
@@ -117,10 +120,18 @@ def main() -> None:
 
     torch.set_num_threads(2)
     rows = []
+    out = {"command": "python bench/plan.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
+           "machine": platform.processor() or platform.machine(), "threads": 2, "rows": rows}
+    if not args.no_big:
+        out["big"] = big_prediction()
+        print(json.dumps({k: out["big"][k] for k in ("parameters_approx", "seconds", "chosen")}), flush=True)
     for model in args.models.split(","):
-        for name in GRID:
+        for name in GRID if model == "reference" else WIDE_GRID:
             row = grid_row(model, name)
             rows.append(row)
+            if args.json:  # as it goes: a long run cut short keeps its rows
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(out, indent=2) + "\n")
             print(f"{model:9} {name:48} measured {row['measured_mib']:9.2f} MiB  predicted {row['predicted_mib']:9.2f} MiB"
                   f"  error {row['error_pct']:+.3f}%  ({row['predict_s']} s / {row['measure_s']} s)", flush=True)
     errors = [abs(r["error_pct"]) for r in rows]
@@ -129,11 +140,7 @@ def main() -> None:
                "median_predict_s": round(statistics.median(r["predict_s"] for r in rows), 2),
                "median_measure_s": round(statistics.median(r["measure_s"] for r in rows), 1)}
     print(json.dumps(summary))
-    out = {"command": "python bench/plan.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
-           "machine": platform.processor() or platform.machine(), "threads": 2, "summary": summary, "rows": rows}
-    if not args.no_big:
-        out["big"] = big_prediction()
-        print(json.dumps({k: out["big"][k] for k in ("parameters_approx", "seconds", "chosen")}))
+    out["summary"] = summary
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -176,22 +176,46 @@ def _status_bytes(key: str) -> int:
 class AllocationRecorder(TorchDispatchMode):
     """Under fake tensors (no memory behind them), the allocations a step would make: every new storage an
     operator returns, freed when its storage dies. What an operator allocates and frees inside itself
-    (a kernel's workspace) is not seen: the replay's figure is the live tensors between operators."""
+    (a kernel's workspace) is not seen: the replay's figure is the live tensors between operators.
+
+    One difference from real tensors is undone: autograd sums two gradients of one input in place when
+    the first is a plain tensor it holds the last reference to, but out of place for a tensor subclass
+    (a fake tensor is one). In backward, a sum whose first operand dies right after it is recorded as the
+    in-place sum it would have been."""
 
     def __init__(self):
         super().__init__()
         self.events: list[tuple] = []
         self._clock = itertools.count()
-        self._live: set[int] = set()
+        self._ids: dict[int, int] = {}  # a live storage's id -> its allocation's id in the events
+        self._next_id = itertools.count(1)  # small numbers: no real storage has such an address
+        self._phase = "other"
+        self._summed: tuple[int, int, int, set[int]] | None = None  # (event index, key, bytes, input keys)
 
     def mark(self, text: str) -> None:
+        self._summed = None
+        if text.startswith("phase::"):
+            self._phase = text.split("::", 1)[1]
+        elif text.startswith("note::"):
+            _, category, key = text.split("::")
+            text = f"note::{category}::{self._ids.get(int(key), key)}"
         self.events.append(("mark", next(self._clock), text))
 
     def _free(self, key: int) -> None:
-        self._live.discard(key)
-        self.events.append(("free", next(self._clock), key))
+        alloc_id = self._ids.pop(key, None)
+        if alloc_id is None:
+            return
+        summed, self._summed = self._summed, None
+        if summed is not None and summed[0] == len(self.events) - 1 and key in summed[3]:
+            index, out_key, nbytes, _ = summed
+            if self.events[index][3] == nbytes:  # same size: the sum would have reused this block
+                self.events.pop()
+                self._ids[out_key] = alloc_id
+                return
+        self.events.append(("free", next(self._clock), alloc_id))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._summed = None
         if func is torch.ops.aten._local_scalar_dense.default:
             # A value read on the host (a loss for the log, an optimizer's step count): fake tensors have
             # none, and memory does not depend on it. 1 keeps step-count arithmetic (1/sqrt(step)) defined.
@@ -204,10 +228,12 @@ class AllocationRecorder(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 key = storage_id(storage)
-                if key not in self._live and key not in inputs and storage.nbytes() > 0:
-                    self._live.add(key)
-                    self.events.append(("alloc", next(self._clock), key, storage.nbytes(), func.name()))
+                if key not in self._ids and key not in inputs and storage.nbytes() > 0:
+                    self._ids[key] = alloc_id = next(self._next_id)
+                    self.events.append(("alloc", next(self._clock), alloc_id, storage.nbytes(), func.name()))
                     weakref.finalize(storage, self._free, key)
+                    if func is torch.ops.aten.add.Tensor and self._phase == "backward":
+                        self._summed = (len(self.events) - 1, key, storage.nbytes(), inputs)
         return out
 
 

@@ -149,9 +149,10 @@ def apply_changes(cfg: TrainConfig, changes: dict) -> TrainConfig:
 
 
 def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device,
-            meter: str = "tensors") -> Measured:
+            meter: str = "tensors", timed: bool = True) -> Measured:
     """A few steps on random tokens, then the run's other stages: a validation batch, a checkpoint's
-    save, and a resume from it into a fresh model and optimizer (as a restarted run does)."""
+    save, and a resume from it into a fresh model and optimizer (as a restarted run does). Without
+    `timed`, only the tracked steps run (no speed; the tensors meter only)."""
     cfg = cfg.model_copy(update={"memory_sample_steps": list(TRACKED_STEPS), "memory_sample_every": 10**9})
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(cfg.seed)
@@ -165,7 +166,7 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
 
     times = []
     try:
-        for step in (*TRACKED_STEPS, *TIMED_STEPS):
+        for step in (*TRACKED_STEPS, *(TIMED_STEPS if timed else ())):
             start = time.perf_counter()
             train_step(step, next_batch)
             if device.type == "cuda":
@@ -194,7 +195,7 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
                 train_step.optimizer.load_state_dict(load_train_state(Path(tmp))["optimizer"])
         reports = {**tracker.stages, **resumed.stages}
         stages.update({name: _metered(r, meter) for name, r in reports.items()})
-        return Measured(max(stages.values()), dict(step_report.breakdown), min(times), stages)
+        return Measured(max(stages.values()), dict(step_report.breakdown), min(times, default=float("nan")), stages)
     finally:
         del train_step, model
         gc.collect()
