@@ -4,6 +4,7 @@ and a prediction for a model this machine cannot hold.
 
     python bench/plan.py --json bench/results/plan-cpu.json           # the grid, and the 1 B prediction
     python bench/plan.py --models reference --json out.json           # one model only
+    python bench/plan.py --big-only --big-first-fit --json out.json   # the 1 B prediction as memlm plan makes it
 
 Grid: activation checkpointing none/selective/full x chunked loss on/off x AdamW/Adafactor x micro-batches,
 8 configurations on the reference config (6 layers, width 384, 6 heads, vocabulary 16384, sequence 256,
@@ -86,7 +87,7 @@ def grid_row(model: str, name: str) -> dict:
     }
 
 
-def big_prediction() -> dict:
+def big_prediction(try_all: bool = True) -> dict:
     import torch
 
     from model.config import TrainConfig
@@ -97,10 +98,10 @@ def big_prediction() -> dict:
                      n_head=BIG["n_head"], n_embd=BIG["n_embd"])
     cfg = TrainConfig(batch_size=BIG["batch_size"], device="cuda")
     started = time.perf_counter()
-    result = plan(arch, cfg, BIG_BUDGET_GIB * 2**30, torch.device("cuda"), try_all=True, predict_only=True)
+    result = plan(arch, cfg, BIG_BUDGET_GIB * 2**30, torch.device("cuda"), try_all=try_all, predict_only=True)
     elapsed = time.perf_counter() - started
     n_params = 12 * arch.n_layer * arch.n_embd**2 + arch.vocab_size * arch.n_embd
-    return {"shape": BIG, "parameters_approx": n_params, "device": "cuda (predicted from this CPU machine)",
+    return {"shape": BIG, "every_candidate": try_all, "parameters_approx": n_params, "device": "cuda (predicted from this CPU machine)",
             "budget_gib": BIG_BUDGET_GIB, "seconds": round(elapsed, 1),
             "chosen": None if result.chosen is None else result.chosen.name,
             "trials": [{"name": t.name, "peak_gib": None if t.peak_bytes is None else round(t.peak_bytes / 2**30, 2),
@@ -115,6 +116,10 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--no-big", action="store_true", help="skip the 1 B-parameter prediction")
+    parser.add_argument("--big-only", action="store_true", help="only the 1 B-parameter prediction")
+    parser.add_argument("--big-first-fit", action="store_true",
+                        help="predict the 1 B model's candidates up to the first that fits, as memlm plan does "
+                        "(default: every candidate)")
     args = parser.parse_args()
     import torch
 
@@ -123,9 +128,9 @@ def main() -> None:
     out = {"command": "python bench/plan.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
            "machine": platform.processor() or platform.machine(), "threads": 2, "rows": rows}
     if not args.no_big:
-        out["big"] = big_prediction()
+        out["big"] = big_prediction(not args.big_first_fit)
         print(json.dumps({k: out["big"][k] for k in ("parameters_approx", "seconds", "chosen")}), flush=True)
-    for model in args.models.split(","):
+    for model in [] if args.big_only else args.models.split(","):
         for name in GRID if model == "reference" else WIDE_GRID:
             row = grid_row(model, name)
             rows.append(row)
@@ -134,6 +139,10 @@ def main() -> None:
                 args.json.write_text(json.dumps(out, indent=2) + "\n")
             print(f"{model:9} {name:48} measured {row['measured_mib']:9.2f} MiB  predicted {row['predicted_mib']:9.2f} MiB"
                   f"  error {row['error_pct']:+.3f}%  ({row['predict_s']} s / {row['measure_s']} s)", flush=True)
+    if not rows:
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
+        return
     errors = [abs(r["error_pct"]) for r in rows]
     summary = {"configs": len(rows), "median_abs_error_pct": round(statistics.median(errors), 3),
                "max_abs_error_pct": round(max(errors), 3),
