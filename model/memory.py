@@ -11,6 +11,10 @@ given a category from what the step did with it, told to the profiler as named m
 - everything else allocated during the step is a temporary.
 Phases (forward, backward, optimizer) and top-level modules are marked the same way, so that the replay
 of the allocation timeline knows where it was. Only sampled steps are tracked: it costs about 20-50%.
+A gradient made early (the chunked loss's head gradient, made in forward) is a gradient from its
+allocation on; what an optimizer step leaves alive, and tensors an optimizer keeps as attributes, are
+optimizer state. The same replay measures whole stages (validation, checkpoints, evaluation) against
+the budget, and steps traced under fake tensors (AllocationRecorder) for the planner's prediction.
 """
 from __future__ import annotations
 

@@ -4,7 +4,10 @@ on the run's own device before the run starts.
 Each candidate is the run's `train` section with some memory switches changed. A candidate is tried for
 four optimizer steps on random tokens of the run's shapes: steps 1 and 2 under memlm's memory tracker
 (their larger peak: step 1 creates the optimizer state, as the real run's first step will), steps 3 and 4
-timed. Measuring rather than modelling makes the figure the one the run's own memory report will show.
+timed; then the run's other stages (a validation batch, a checkpoint's save, a resume), and the
+candidate's figure is its largest stage. Measuring rather than modelling makes the figure the one the
+run's own memory report will show. `predict` gives the same figures without running anything real: the
+same steps traced under fake tensors, for models larger than this machine and devices it does not have.
 
 The candidates form a ladder from the least recomputation to the most frugal; they are tried in order
 until one fits (or all of them). By default only exact techniques are tried (the run computes the same

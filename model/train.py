@@ -17,7 +17,7 @@ from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
 from model.evaluate import evaluate_loss
 from model.hardware import matmul_peak_flops, resolve_device
-from model.memory import MemoryBudgetError, MemoryTracker, stage_entry, meters_note
+from model.memory import MemoryBudgetError, MemoryTracker, meters_note, stage_entry
 from model.step import TrainStep
 
 CHECKPOINT_DIR = "checkpoint"
