@@ -269,12 +269,38 @@ def plan(
     try_all: bool = typer.Option(False, "--all", help="Try every candidate, not only up to the first that fits."),
     write: Annotated[Optional[Path], typer.Option(help="Write the config with the chosen settings to this YAML file.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every trial's figures to this file.")] = None,
+    meter: str = typer.Option("tensors", help="What the budget limits: tensors (live tensor bytes; on CUDA the "
+                              "allocator's allocated peak) or process (on CPU the resident set; on CUDA the "
+                              "allocator's reserved memory)."),
+    predict: bool = typer.Option(False, help="Predict each candidate's peak from one step traced under fake tensors "
+                                 "(no memory, seconds; any model size) instead of running steps."),
+    device_kind: Annotated[Optional[str], typer.Option("--device", help="With --predict: plan for cpu or cuda "
+                           "(default: train.device), a device this machine need not have.")] = None,
 ):
     """Fit training into a memory budget: try memory techniques a few steps each, from the fastest kind on."""
     import json
+    import os
+    import sys
 
     import torch
     import yaml
+
+    from model.memory import PROCESS_METER_ENV, ProcessMeter
+
+    if meter not in ("tensors", "process"):
+        err.print(f"[red]error:[/] --meter is tensors or process, got {meter!r}", highlight=False)
+        raise typer.Exit(2)
+    if predict and meter != "tensors":
+        err.print("[red]error:[/] --predict predicts tensor bytes: leave --meter at tensors", highlight=False)
+        raise typer.Exit(2)
+    if device_kind is not None and (not predict or device_kind not in ("cpu", "cuda")):
+        err.print("[red]error:[/] --device is cpu or cuda, and goes with --predict (a measured plan runs on "
+                  "train.device)", highlight=False)
+        raise typer.Exit(2)
+    if meter == "process" and not ProcessMeter.pinned():
+        # glibc reads its mmap threshold once, as the process starts: start again with it pinned, so that
+        # freed blocks leave the resident set at once and the meter sees only what is in use.
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **PROCESS_METER_ENV})
 
     from model.arch import config_for
     from model.hardware import resolve_device
@@ -295,7 +321,7 @@ def plan(
         raise typer.Exit(2) from None
     manifest = Path(cfg.run_dir) / "tokens" / "manifest.json"
     vocab = json.loads(manifest.read_text())["vocab_size"] if manifest.exists() else cfg.tokenize.vocab_size
-    device = resolve_device(cfg.train.device)
+    device = torch.device(device_kind) if device_kind else resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     arch_cfg = config_for(cfg.model, vocab)
@@ -304,8 +330,9 @@ def plan(
                   f"{cfg.model.block_size} tokens on {device}, budget {budget_bytes / MiB:.4g} MiB", highlight=False)
     with console.status("") as status:
         result = make_plan(arch_cfg, cfg.train, budget_bytes, device, lossy, try_all,
-                           on_trial=lambda t: status.update(f"tried {t.name}"))
-    table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB on {device}")
+                           on_trial=lambda t: status.update(f"tried {t.name}"), meter=meter, predict_only=predict)
+    how = "predicted" if predict else f"{meter} meter"
+    table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB ({how}) on {device}")
     for col in ("candidate", "peak MiB", "activations", "optimizer", "tokens/s", ""):
         table.add_column(col, justify="left" if col in ("candidate", "") else "right")
     for trial in result.trials:
@@ -317,8 +344,13 @@ def plan(
         if trial is result.chosen:
             verdict, name = "[bold green]chosen[/]", f"[bold]{name}[/]"
         table.add_row(name, f"{trial.peak_bytes / MiB:.1f}", f"{trial.breakdown.get('activations', 0) / MiB:.1f}",
-                      f"{trial.breakdown.get('optimizer_state', 0) / MiB:.1f}", f"{trial.tokens_per_s:,.0f}", verdict)
+                      f"{trial.breakdown.get('optimizer_state', 0) / MiB:.1f}",
+                      "predicted" if trial.tokens_per_s is None else f"{trial.tokens_per_s:,.0f}", verdict)
     console.print(table)
+    if predict:
+        from model.plan import PREDICTION_ASSUMES
+
+        console.print(f"predicted, assuming {PREDICTION_ASSUMES}", highlight=False)
     if json_out:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
     if result.chosen is None:
@@ -332,16 +364,17 @@ def plan(
         raise typer.Exit(1)
     section = {"grad_clip": result.train.grad_clip} if result.train.grad_clip != cfg.train.grad_clip else {}
     section["memory"] = result.train.memory.model_dump(mode="json", exclude_defaults=True)
-    console.print(f"chosen: [bold]{result.chosen.name}[/], {result.chosen.peak_bytes / MiB:.1f} MiB at "
-                  f"{result.chosen.tokens_per_s:,.0f} tokens/s. In the config:", highlight=False)
+    speed = "" if result.chosen.tokens_per_s is None else f" at {result.chosen.tokens_per_s:,.0f} tokens/s"
+    console.print(f"chosen: [bold]{result.chosen.name}[/], {result.chosen.peak_bytes / MiB:.1f} MiB{speed}"
+                  " (every stage's peak). In the config:", highlight=False)
     console.print(yaml.safe_dump({"train": section}, sort_keys=False).rstrip(), highlight=False)
     if write:
         data = (yaml.safe_load(config.read_text()) or {}) if config else {}
         train = data.setdefault("train", {})
         train.update(section)
         train["memory_budget_mib"] = round(budget_bytes / MiB, 3)  # the run then stops if it goes over
-        write.write_text(f"# memlm plan --budget {budget}: {result.chosen.name}, measured "
-                         f"{result.chosen.peak_bytes / MiB:.1f} MiB on {device}\n"
+        write.write_text(f"# memlm plan --budget {budget}: {result.chosen.name}, "
+                         f"{'predicted' if predict else 'measured'} {result.chosen.peak_bytes / MiB:.1f} MiB on {device}\n"
                          + yaml.safe_dump(data, sort_keys=False))
         console.print(f"wrote {write} (with train.memory_budget_mib, which the run checks); run it with: "
                       f"memlm run -c {write}", highlight=False)

@@ -51,11 +51,22 @@ def promote_version(config: MemlmConfig, version: str, bpb: float):
     from flows.stages import stage_dirs
     from flows.tracking import run_link
 
+    from model.hardware import resolve_device
+    from model.memory import MemoryTracker
+
     dirs = stage_dirs(config)
     name = config.mlflow.registered_model
-    promotion = promote(name, version, bpb, lambda champion: champion_bpb_on(
-        name, champion, dirs["split"] / "val.jsonl", dirs["eval"] / "champion", config.train.batch_size,
-        config.train.device, config.evaluate.max_batches))
+    # The champion's re-score is a stage like the others: measured, inside the budget, micro-batched.
+    tracker = MemoryTracker(None, None, resolve_device(config.train.device), budget_mib=config.train.memory_budget_mib)
+
+    def rescore(champion: str) -> float:
+        with tracker.stage("rescore"):
+            return champion_bpb_on(name, champion, dirs["split"] / "val.jsonl", dirs["eval"] / "champion",
+                                   config.train.micro_batch_size, config.train.device, config.evaluate.max_batches)
+
+    promotion = promote(name, version, bpb, rescore)
+    if "rescore" in tracker.stages:
+        mlflow.log_metrics(tracker.stages["rescore"].stage_metrics())
     client = mlflow.MlflowClient()
     rows = ["| version | bits per byte on the current validation split | MLflow run |", "|---|---|---|"]
     for v, figure in ((promotion.new_version, promotion.new_bpb), (promotion.champion_version, promotion.champion_bpb)):

@@ -195,7 +195,8 @@ def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
         if result.warnings:
             mlflow.set_tag("memlm.warnings", " | ".join(result.warnings))
         mlflow.log_metrics({"train/final_loss": result.train_loss, "val/final_loss": result.val_loss,
-                            "train/tokens_per_s_final": result.tokens_per_s, "train/mfu_final": result.mfu})
+                            "train/tokens_per_s_final": result.tokens_per_s, "train/mfu_final": result.mfu,
+                            **_stage_metrics(memory)})
         reports = dirs["train"]
         mlflow.log_artifact(str(loss_curve(result.history_file, reports / "loss_curve.png")), "plots")
         mlflow.log_artifact(str(memory_timeline(memory, reports / "memory_timeline.png")), "plots")
@@ -218,6 +219,16 @@ def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
     return StageOutcome("train", False, summary, round(time.monotonic() - started, 1), {"memory": memory})
 
 
+def _stage_metrics(memory: dict) -> dict[str, float]:
+    """memory/stage/<stage>/peak_mib (and its breakdown) for each stage a memory report measured."""
+    out = {}
+    for stage, entry in memory.get("stages", {}).items():
+        out[f"memory/stage/{stage}/peak_mib"] = entry["peak_mib"]
+        out.update({f"memory/stage/{stage}/{c}_mib": v for c, v in entry["breakdown_mib"].items()})
+        out.update({f"memory/stage/{stage}/{m}_mib": v for m, v in entry["meters_mib"].items()})
+    return out
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool = True) -> StageOutcome:
     import mlflow
@@ -235,11 +246,13 @@ def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool
     def work() -> dict:
         setup_mlflow(config)
         result = evaluate(checkpoint, dirs["tokens"], config.evaluate, dirs["eval"],
-                          batch_size=config.train.batch_size, device=config.train.device)
+                          batch_size=config.train.batch_size, device=config.train.device,
+                          micro_batch_size=config.train.micro_batch_size, budget_mib=config.train.memory_budget_mib)
         report = result.report
         with mlflow.start_run(run_id=train_summary["mlflow_run_id"]):
             mlflow.log_metrics({"eval/val_loss": report["val_loss"], "eval/perplexity": report["perplexity"],
-                                "eval/bits_per_byte": report["bits_per_byte"]})
+                                "eval/bits_per_byte": report["bits_per_byte"], **_stage_metrics(result.memory)})
+            mlflow.log_dict(result.memory, "memory/eval_stages.json")
             mlflow.log_artifact(str(result.report_file), "eval")
             mlflow.log_artifact(str(result.samples_file), "eval")
             summary = dict(report)

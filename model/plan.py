@@ -4,7 +4,10 @@ on the run's own device before the run starts.
 Each candidate is the run's `train` section with some memory switches changed. A candidate is tried for
 four optimizer steps on random tokens of the run's shapes: steps 1 and 2 under memlm's memory tracker
 (their larger peak: step 1 creates the optimizer state, as the real run's first step will), steps 3 and 4
-timed. Measuring rather than modelling makes the figure the one the run's own memory report will show.
+timed; then the run's other stages (a validation batch, a checkpoint's save, a resume), and the
+candidate's figure is its largest stage. Measuring rather than modelling makes the figure the one the
+run's own memory report will show. `predict` gives the same figures without running anything real: the
+same steps traced under fake tensors, for models larger than this machine and devices it does not have.
 
 The candidates form a ladder from the least recomputation to the most frugal; they are tried in order
 until one fits (or all of them). By default only exact techniques are tried (the run computes the same
@@ -15,16 +18,22 @@ from __future__ import annotations
 
 import gc
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from model.arch import build_model
+from model.checkpoint import load_train_state, load_weights, save_checkpoint
 from model.config import TrainConfig
+from model.evaluate import score_batches
 from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
+from model.memory import AllocationRecorder
 from model.techniques import TechniqueError
 
 MiB = 2**20
@@ -50,6 +59,7 @@ class Trial:
     peak_bytes: int | None = None
     breakdown: dict[str, int] = field(default_factory=dict)
     tokens_per_s: float | None = None
+    stages: dict[str, int] = field(default_factory=dict)  # stage -> peak bytes; peak_bytes is the largest
     refused: str | None = None  # why the candidate could not run (a refused combination, out of memory)
 
     def fits(self, budget_bytes: int) -> bool:
@@ -60,6 +70,7 @@ class Trial:
                 "peak_mib": None if self.peak_bytes is None else round(self.peak_bytes / MiB, 1),
                 "breakdown_mib": {k: round(v / MiB, 1) for k, v in self.breakdown.items()},
                 "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
+                "stages_mib": {k: round(v / MiB, 1) for k, v in self.stages.items()},
                 "refused": self.refused}
 
 
@@ -140,8 +151,11 @@ def apply_changes(cfg: TrainConfig, changes: dict) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
-def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device) -> tuple[int, dict, float]:
-    """(peak bytes, breakdown at the peak, fastest step in seconds) of a few steps on random tokens."""
+def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device,
+            meter: str = "tensors", timed: bool = True) -> Measured:
+    """A few steps on random tokens, then the run's other stages: a validation batch, a checkpoint's
+    save, and a resume from it into a fresh model and optimizer (as a restarted run does). Without
+    `timed`, only the tracked steps run (no speed; the tensors meter only)."""
     cfg = cfg.model_copy(update={"memory_sample_steps": list(TRACKED_STEPS), "memory_sample_every": 10**9})
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(cfg.seed)
@@ -155,22 +169,59 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
 
     times = []
     try:
-        for step in (*TRACKED_STEPS, *TIMED_STEPS):
+        for step in (*TRACKED_STEPS, *(TIMED_STEPS if timed else ())):
             start = time.perf_counter()
             train_step(step, next_batch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if step in TIMED_STEPS:
                 times.append(time.perf_counter() - start)
-        reports = train_step.tracker.reports
-        # On CUDA the allocator's own peak is what must fit; on CPU the tracker's live tensor bytes.
-        peak = max(r.cuda_max_allocated if r.cuda_max_allocated is not None else r.peak_bytes for r in reports)
-        return peak, dict(train_step.tracker.peak.breakdown), min(times)
+        tracker = train_step.tracker
+        # On CUDA the allocator's own peak is what must fit; on CPU the tracker's live tensor bytes, or
+        # with the process meter the resident set's (taken on the step after each tracked one).
+        metered = [r for r in tracker.reports if meter == "tensors" or device.type != "cpu"
+                   or r.process_peak_bytes is not None]  # the process meter: each step after a tracked one
+        step_report = max(metered, key=lambda r: _metered(r, meter))
+        stages = {"train_step": _metered(step_report, meter)}
+        with tracker.stage("validation"):
+            score_batches(model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
+        with tempfile.TemporaryDirectory(prefix="memlm-plan-") as tmp:
+            with tracker.stage("checkpoint_save"):
+                save_checkpoint(Path(tmp), model, {"step": len(times), "optimizer": train_step.optimizer.state_dict()})
+            del train_step, model
+            gc.collect()
+            model = build_model(arch_cfg).to(device)
+            train_step = TrainStep(model, cfg, device)
+            resumed = train_step.tracker
+            with resumed.stage("resume"):
+                load_weights(model, Path(tmp), device)
+                train_step.optimizer.load_state_dict(load_train_state(Path(tmp))["optimizer"])
+        reports = {**tracker.stages, **resumed.stages}
+        stages.update({name: _metered(r, meter) for name, r in reports.items()})
+        return Measured(max(stages.values()), dict(step_report.breakdown), min(times, default=float("nan")), stages)
     finally:
         del train_step, model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+@dataclass
+class Measured:
+    peak_bytes: int  # the largest stage's
+    breakdown: dict[str, int]  # the training step's, at its peak
+    step_s: float
+    stages: dict[str, int]  # stage -> peak bytes
+
+
+def _metered(report, meter: str) -> int:
+    if meter == "process" and report.device.startswith("cpu"):
+        if report.process_peak_bytes is None:  # the trial's steps always give it one where Linux does
+            raise TechniqueError("the process meter needs Linux's /proc/self/clear_refs; use --meter tensors")
+        return report.process_peak_bytes
+    if meter == "process":  # CUDA: what the caching allocator holds, not only what tensors use
+        return report.cuda_max_reserved
+    return report.budgeted_bytes
 
 
 # A later candidate (more recomputation, or a lossy change) replaces an earlier one that fits only when it
@@ -179,18 +230,25 @@ CLEARLY_FASTER = 1.2
 
 
 def choose(trials: list[Trial], budget_bytes: int) -> Trial | None:
-    """The first candidate that fits, unless a later one that fits is clearly faster."""
+    """The first candidate that fits, unless a later one that fits is clearly faster (predicted candidates
+    have no speed: the first that fits, the ladder going from the least recomputation on)."""
     best = None
     for trial in trials:
-        if trial.fits(budget_bytes) and (best is None or trial.tokens_per_s > CLEARLY_FASTER * best.tokens_per_s):
+        if trial.fits(budget_bytes) and (best is None or (
+                trial.tokens_per_s is not None and best.tokens_per_s is not None
+                and trial.tokens_per_s > CLEARLY_FASTER * best.tokens_per_s)):
             best = trial
     return best
 
 
 def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, device: torch.device,
-         lossy: bool = False, try_all: bool = False, on_trial=None) -> Plan:
+         lossy: bool = False, try_all: bool = False, on_trial=None, meter: str = "tensors",
+         predict_only: bool = False) -> Plan:
     """Try the candidates in order, the exact ones up to the first that fits (every one with `try_all`),
-    then likewise the lossy ones; choose with `choose`."""
+    then likewise the lossy ones; choose with `choose`. With `predict_only`, each candidate is predicted
+    for `device`'s kind (which this machine need not have), not run."""
+    if predict_only and meter != "tensors":
+        raise ValueError("a prediction is of tensor bytes: --predict goes with --meter tensors")
     trials = []
     fitted = {False: False, True: False}  # lossy -> a candidate of that kind fits
     for name, changes, is_lossy in candidates(cfg, arch_cfg.arch, lossy):
@@ -199,8 +257,12 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
         trial = Trial(name, changes, is_lossy)
         candidate = apply_changes(cfg, changes)
         try:
-            trial.peak_bytes, trial.breakdown, step_s = measure(arch_cfg, candidate, device)
-            trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / step_s
+            if predict_only:
+                measured = predict(arch_cfg, candidate, device.type)
+            else:
+                measured = measure(arch_cfg, candidate, device, meter)
+                trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / measured.step_s
+            trial.peak_bytes, trial.breakdown, trial.stages = measured.peak_bytes, measured.breakdown, measured.stages
         except TechniqueError as exc:
             trial.refused = str(exc)
         except torch.OutOfMemoryError:
@@ -212,3 +274,58 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
     chosen = choose(trials, budget_bytes)
     return Plan(budget_bytes, device.type, trials, chosen,
                 None if chosen is None else apply_changes(cfg, chosen.changes))
+
+
+# The CUDA caching allocator hands out blocks rounded up to 512 bytes (what max_memory_allocated counts).
+CUDA_BLOCK = 512
+PREDICTABLE_DEVICES = ("cpu", "cuda")
+
+
+def _cuda_block_size(nbytes: int) -> int:
+    return max(CUDA_BLOCK, -(-nbytes // CUDA_BLOCK) * CUDA_BLOCK)
+
+
+PREDICTION_ASSUMES = (
+    "the tensors the CPU kernels return (CUDA's attention kernels keep a few small extra ones, such as "
+    "log-sum-exp rows); no kernel-internal workspace alive between operators; a checkpoint's save holds the "
+    "weights and the optimizer state, a resume also a loaded copy of the weights (as measured on CPU); for "
+    "CUDA, the caching allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory "
+    "(2 MiB and 20 MiB segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top")
+
+
+def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str = "cpu") -> Measured:
+    """A candidate's peaks without running it: two optimizer steps and a validation batch traced under fake
+    tensors (shapes and dtypes, no memory), their allocations replayed through the tracker's categories.
+    What it assumes: PREDICTION_ASSUMES."""
+    if device_type not in PREDICTABLE_DEVICES:
+        raise ValueError(f"memlm plan --predict predicts for {' or '.join(PREDICTABLE_DEVICES)}, not {device_type!r}")
+    if cfg.memory.compile or cfg.memory.split_head_step or cfg.memory.optimizer == "adamw8bit":
+        raise TechniqueError("not predicted (compile, split_head_step and adamw8bit depend on values, not shapes): "
+                             "measure it without --predict")
+    round_size = _cuda_block_size if device_type == "cuda" else (lambda n: n)
+    cpu = torch.device("cpu")
+    cfg = cfg.model_copy(update={"memory_sample_steps": [], "memory_sample_every": 10**9})
+    recorder = AllocationRecorder()
+    started = time.perf_counter()
+    with FakeTensorMode():
+        model = build_model(arch_cfg)
+        train_step = TrainStep(model, cfg, cpu)
+        tracker = train_step.tracker
+
+        def next_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1))
+            return tokens[:, :-1], tokens[:, 1:]
+
+        for step in TRACKED_STEPS:
+            with tracker.traced(step, recorder, round_size):
+                train_step(step, next_batch)
+        step_report = max(tracker.reports, key=lambda r: r.peak_bytes)
+        with tracker.traced(0, recorder, round_size) as validation:
+            score_batches(model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
+        held = [(round_size(n), category) for n, category in tracker._baseline().values()]
+    state_bytes = sum(n for n, _ in held)
+    # A resume loads the weights beside the model's before copying them in, then the optimizer state.
+    weight_bytes = sum(n for n, category in held if category == "parameters")
+    stages = {"train_step": step_report.peak_bytes, "validation": validation[0].peak_bytes,
+              "checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}
+    return Measured(max(stages.values()), dict(step_report.breakdown), time.perf_counter() - started, stages)

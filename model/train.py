@@ -17,7 +17,7 @@ from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
 from model.evaluate import evaluate_loss
 from model.hardware import matmul_peak_flops, resolve_device
-from model.memory import MemoryTracker
+from model.memory import MemoryBudgetError, MemoryTracker, meters_note, stage_entry
 from model.step import TrainStep
 
 CHECKPOINT_DIR = "checkpoint"
@@ -90,6 +90,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     model = build_model(arch_cfg).to(device)
     train_step = TrainStep(model, cfg, device, snapshot_path=out_dir / "cuda_memory_snapshot.pickle")
     optimizer, tracker = train_step.optimizer, train_step.tracker
+    tracker.budget_mib = cfg.memory_budget_mib  # every stage below is measured and checked against it
     ckpt_dir = out_dir / CHECKPOINT_DIR
     history_file = out_dir / HISTORY_FILE
     start_step, state = 0, None
@@ -99,10 +100,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
                 f"the checkpoint in {ckpt_dir} is for another model shape; "
                 "delete it or set train.resume: false to start over"
             )
-        load_weights(model, ckpt_dir, device)
-        state = load_train_state(ckpt_dir)
+        with tracker.stage("resume"):
+            load_weights(model, ckpt_dir, device)
+            state = load_train_state(ckpt_dir)
+            if state is not None:
+                optimizer.load_state_dict(state["optimizer"])
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], device, data_rng)
         start_step = state["step"]
         # Steps after the checkpoint were lost with the interrupted process; they run again.
@@ -118,7 +121,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     tokens_per_step = cfg.batch_size * arch_cfg.block_size
 
     def validate() -> float:
-        return evaluate_loss(model, val_tokens, cfg.batch_size, device, cfg.eval_batches)[0]
+        with tracker.stage("validation"):
+            return evaluate_loss(model, val_tokens, cfg.batch_size, device, cfg.eval_batches,
+                                 cfg.micro_batch_size)[0]
 
     def log(metrics: dict[str, float], step: int) -> None:
         with open(history_file, "a") as f:
@@ -166,10 +171,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
             if out_of_time and step % cfg.eval_interval != 0:
                 val_loss = validate()
                 log({"val/loss": val_loss}, step)
-            save_checkpoint(ckpt_dir, model, {
-                "step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(device, data_rng),
-                "val_loss_start": val_loss_start, "val_loss": val_loss,
-            })
+            with tracker.stage("checkpoint_save"):
+                save_checkpoint(ckpt_dir, model, {
+                    "step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(device, data_rng),
+                    "val_loss_start": val_loss_start, "val_loss": val_loss,
+                })
         if on_progress:
             on_progress(step, cfg.max_steps, {"loss": loss_value, "val_loss": val_loss})
         if out_of_time:
@@ -199,10 +205,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     )
 
 
-class MemoryBudgetError(ValueError):
-    """A step used more memory than train.memory_budget_mib."""
-
-
 def _check_budget(cfg: TrainConfig, metrics: dict[str, float], step: int) -> None:
     # On CUDA the allocator's peak, every step; on CPU the tracker's, on its steps.
     measured = metrics.get("memory/step_peak_mib", metrics.get("memory/peak_mib"))
@@ -215,8 +217,12 @@ def _check_budget(cfg: TrainConfig, metrics: dict[str, float], step: int) -> Non
 
 
 def _memory_summary(tracker: MemoryTracker, device: torch.device) -> dict:
+    """The largest tracked step in full, and every stage's peak (the training step's among them)."""
     peak = tracker.peak
+    stages = {name: stage_entry(r) for name, r in tracker.stages.items()}
+    common = {"budget_mib": tracker.budget_mib, "meters_note": meters_note(device)}
     if peak is None:
-        return {"device": str(device), "tracked_steps": []}
+        return {"device": str(device), "tracked_steps": [], "stages": stages, **common}
     return {**peak.to_dict(), "tracked_steps": [r.step for r in tracker.reports],
-            "timeline": peak.timeline, "phase_starts_ms": peak.phase_starts_ms}
+            "timeline": peak.timeline, "phase_starts_ms": peak.phase_starts_ms,
+            "stages": {"train_step": stage_entry(peak), **stages}, **common}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ import yaml
 from flows.config import load_config
 from model.arch import config_for
 from model.config import TrainConfig
-from model.plan import MiB, Trial, apply_changes, candidates, choose, parse_size, plan
+from model.gpt import GPTConfig
+from model.plan import MiB, Trial, apply_changes, candidates, choose, measure, parse_size, plan, predict
 from model.techniques import check
 from model.train import MemoryBudgetError, train
 from tests.test_cli import memlm
@@ -134,8 +136,9 @@ def test_training_stops_at_a_step_over_its_budget(corpus, tmp_path):
     config, parts = corpus
     tokens_dir = parts["tokens"].manifest_file.parent
     over = config.train.model_copy(update={"max_steps": 5, "memory_budget_mib": 0.25})
-    with pytest.raises(MemoryBudgetError, match=r"training step 1 peaked at [0-9.]+ MiB, over "
-                                                r"train.memory_budget_mib \(0.25\): `memlm plan"):
+    # The first stage of a run is the validation before step 1.
+    with pytest.raises(MemoryBudgetError, match=r"stage validation peaked at [0-9.]+ MiB, over "
+                                                r"train.memory_budget_mib \(0.25\): change train.memory.micro_batch_size"):
         train(config.model, over, tokens_dir, tmp_path / "over")
     inside = train(config.model, over.model_copy(update={"memory_budget_mib": 1024}), tokens_dir, tmp_path / "in")
     assert inside.steps == 5
@@ -145,3 +148,40 @@ def test_help_lists_plan(tmp_path):
     result = subprocess.run([sys.executable, "-m", "flows.cli", "plan", "--help"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=60)
     assert result.returncode == 0 and "--budget" in result.stdout
+
+
+@pytest.mark.parametrize("memory", [{}, {"activation_checkpointing": "full", "micro_batch_size": 2},
+                                    {"loss_chunk_size": 0, "optimizer": "adafactor", "activation_checkpointing": "selective"}],
+                         ids=["chunked-loss", "checkpointed-micro-batches", "plain-loss-adafactor"])
+def test_a_prediction_matches_the_measurement(memory):
+    arch = GPTConfig(vocab_size=2048, block_size=64, n_layer=2, n_head=2, n_embd=64)
+    cfg = TrainConfig(batch_size=4, memory=memory)
+    predicted, measured = predict(arch, cfg), measure(arch, cfg, torch.device("cpu"))
+    assert set(predicted.stages) == set(measured.stages)
+    for stage, peak in measured.stages.items():
+        assert predicted.stages[stage] == pytest.approx(peak, rel=0.02), stage
+
+
+def test_a_model_this_machine_cannot_hold_is_planned_for_a_cuda_device_in_seconds():
+    # About 1.07 B parameters: with AdamW its weights, gradients and moments alone are 16 GiB.
+    arch = GPTConfig(vocab_size=32768, block_size=1024, n_layer=20, n_head=16, n_embd=2048)
+    cfg = TrainConfig(batch_size=8, device="cuda")
+    started = time.perf_counter()
+    result = plan(arch, cfg, 24 * 2**30, torch.device("cuda"), predict_only=True)
+    assert time.perf_counter() - started < 60
+    assert not result.trials[0].fits(24 * 2**30) and result.chosen is not None
+    assert result.chosen.peak_bytes <= 24 * 2**30 and result.chosen.tokens_per_s is None
+    assert all(peak % 512 == 0 for peak in result.chosen.stages.values())  # the caching allocator's blocks
+
+
+@pytest.mark.integration
+def test_plan_command_predicts_for_a_device_it_does_not_have(corpus, tmp_path):
+    config, _ = corpus
+    source = tmp_path / "small.yaml"
+    source.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    result = memlm("plan", "-c", str(source), "--predict", "--device", "cuda", "--budget", "1GiB", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "(predicted) on cuda" in result.stdout and "assuming" in result.stdout
+    assert "chosen: as configured" in result.stdout
+    refused = memlm("plan", "-c", str(source), "--predict", "--meter", "process", "--budget", "1GiB", cwd=tmp_path)
+    assert refused.returncode == 2 and "--predict" in refused.stderr
