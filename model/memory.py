@@ -84,7 +84,8 @@ def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     """The tensors that hold a tensor subclass's data (such as torchao's 8-bit optimizer state)."""
     if hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()
-        return [inner for name in names for inner in _plain_tensors(getattr(t, name))]
+        inner = (getattr(t, name) for name in names)  # a DTensor also names its device mesh
+        return [plain for value in inner if isinstance(value, torch.Tensor) for plain in _plain_tensors(value)]
     return [t]
 
 
@@ -146,7 +147,16 @@ class MemoryTracker:
 
     def _note_gradient(self, param: torch.Tensor) -> None:
         if self._active and param.grad is not None:
-            _mark(f"note::gradients::{param.grad.untyped_storage().data_ptr()}")
+            for t in _plain_tensors(param.grad):
+                _mark(f"note::gradients::{t.untyped_storage().data_ptr()}")
+
+    def note_gradients(self) -> None:
+        """After backward: gradients that no post-accumulate-grad hook saw (FSDP assigns each rank's
+        reduce-scattered shard instead of accumulating it)."""
+        if self._active:
+            for p in dict.fromkeys(self.model.parameters()):
+                if p.grad is not None:
+                    self._note_gradient(p)
 
     @property
     def last(self) -> MemoryReport | None:
@@ -220,10 +230,11 @@ class MemoryTracker:
         self.reports.append(report)
 
     def _state_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        # A sharded (FSDP) parameter, gradient or optimizer state counts as this rank's local shard.
         for p in self.model.parameters():
-            yield "parameters", p
+            yield from (("parameters", t) for t in _plain_tensors(p))
             if p.grad is not None:
-                yield "gradients", p.grad
+                yield from (("gradients", t) for t in _plain_tensors(p.grad))
         for b in self.model.buffers():
             yield "parameters", b
         if self.optimizer is not None:
@@ -264,7 +275,7 @@ class MemoryTracker:
         seen: set[int] = set()  # a tied weight counts once, under the first module that holds it
         for name, module in _top_level_modules(self.model):
             param_bytes = 0
-            for p in module.parameters():
+            for p in (t for p in module.parameters() for t in _plain_tensors(p)):
                 ptr, nbytes = _storage_key(p)
                 if ptr not in seen:
                     seen.add(ptr)
