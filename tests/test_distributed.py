@@ -73,3 +73,82 @@ def test_two_ranks_match_one_process(corpus, single, tmp_path, strategy, setting
     assert ours.keys() == theirs.keys()
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+
+
+def _train_losses(result) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in map(json.loads, open(result.history_file)) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    """One process, 6 steps without a stop: the curve a resumed run must continue."""
+    return _run(corpus, tmp_path_factory.mktemp("whole") / "run", _config(corpus, max_steps=6, checkpoint_interval=3))
+
+
+@pytest.mark.parametrize(("first", "then"), [(("fsdp", 2), ("none", 1)), (("ddp", 1), ("fsdp", 2))],
+                         ids=["2-ranks-to-1-process", "1-rank-to-2-ranks"])
+def test_sharded_checkpoint_resumes_at_another_world_size(corpus, uninterrupted, tmp_path, first, then):
+    # max_minutes this small stops the first run right after step 1, with a checkpoint.
+    stopped = _run(corpus, tmp_path, _config(corpus, strategy=first[0], nproc=first[1], max_steps=6,
+                                             checkpoint_interval=3, max_minutes=1e-6))
+    assert stopped.stopped_early and stopped.steps == 1
+    assert (tmp_path / "checkpoint_sharded" / "train_state.json").exists()
+    assert not list((tmp_path / "checkpoint_sharded").glob("*.distcp"))  # safetensors shards, no pickles
+    resumed = _run(corpus, tmp_path, _config(corpus, strategy=then[0], nproc=then[1], max_steps=6,
+                                             checkpoint_interval=3))
+    assert resumed.resumed_from == 1
+    assert _train_losses(resumed) == pytest.approx(_train_losses(uninterrupted), rel=LOSS_RTOL)
+    for name, weight in _weights(uninterrupted).items():
+        torch.testing.assert_close(_weights(resumed)[name], weight, atol=WEIGHT_ATOL, rtol=0, msg=name)
+
+
+def test_a_killed_rank_ends_the_job_and_the_same_command_resumes(corpus, tmp_path):
+    import threading
+    import time
+
+    import psutil
+
+    from model.launch import LaunchError
+
+    # Memory tracked every step slows the tiny model down enough to kill it mid-run.
+    cfg = _config(corpus, strategy="fsdp", max_steps=12, checkpoint_interval=4, memory_sample_every=1)
+    outcome = {}
+
+    def first_run():
+        try:
+            _run(corpus, tmp_path, cfg)
+        except LaunchError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    history = tmp_path / "history.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (history.exists() and '"step": 9,' in history.read_text()):
+        time.sleep(0.02)
+    ranks = [p for p in psutil.Process().children(recursive=True) if "model.launch" in " ".join(p.cmdline())]
+    victim = next(p for p in ranks if p.environ().get("RANK") == "1")
+    victim.kill()
+    thread.join(60)
+    assert not thread.is_alive() and "error" in outcome  # torchrun ended the job and said so
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
+    assert '"step": 12,' not in history.read_text()
+
+    resumed = _run(corpus, tmp_path, cfg)
+    assert resumed.resumed_from == 8 and resumed.steps == 12
+    reference = _run(corpus, tmp_path / "reference", _config(corpus, max_steps=12, checkpoint_interval=4))
+    assert _train_losses(resumed) == pytest.approx(_train_losses(reference), rel=LOSS_RTOL)
+
+
+def test_a_refused_combination_exits_2_before_any_rank_starts(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  grad_clip: 0\n  memory:\n    optimizer_in_backward: true\n")
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "train", "-c", str(config), "--strategy", "ddp"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optimizer_in_backward" in lines[0] and "strategy ddp" in lines[0]
+    assert "torch.distributed.run" not in run.stdout + run.stderr
