@@ -263,10 +263,28 @@ class MemoryTracker:
             if t.device == self.device and t.numel():
                 _mark(f"note::{category}::{t.untyped_storage().data_ptr()}")
 
+    @staticmethod
+    def _note_gathered(module: nn.Module) -> None:
+        """FSDP's all-gathered (unsharded) weights are temporaries, even those kept from forward into
+        backward: they are not activations, and this rank's parameters are its shards."""
+        from torch.distributed.tensor import DTensor
+
+        for p in module.parameters():
+            if not isinstance(p, DTensor) and p.numel():
+                _mark(f"note::gathered::{p.untyped_storage().data_ptr()}")
+
     def _install_hooks(self) -> list:
+        from torch.distributed.tensor import DTensor
+
         handles = []
+        # Registered after FSDP's own pre-forward hooks, so they see the weights FSDP just gathered.
+        sharded = any(isinstance(p, DTensor) for p in self.model.parameters())
+        if sharded:
+            handles.append(self.model.register_forward_pre_hook(lambda m, a: self._note_gathered(m)))
         for name, module in _top_level_modules(self.model):
             handles.append(module.register_forward_pre_hook(lambda m, a, n=name: _mark(f"enter::{n}")))
+            if sharded:
+                handles.append(module.register_forward_pre_hook(lambda m, a: self._note_gathered(m)))
             handles.append(module.register_forward_hook(lambda m, a, o, n=name: _mark(f"exit::{n}")))
         return handles
 
@@ -330,6 +348,9 @@ def _replay(prof, baseline: dict[int, tuple[int, str]], device: torch.device, st
             if mark.startswith("note::"):
                 _, cat, ptr = mark.split("::")
                 alloc_id = live.get(int(ptr))
+                if cat == "gathered":
+                    from_forward.discard(alloc_id)
+                    continue
                 # A note only settles what the step allocated: weights saved for backward stay
                 # parameters, and a gradient that a later op saves stays a gradient.
                 if alloc_id is not None and category[alloc_id] == "temporaries":

@@ -303,7 +303,8 @@ def _rank_memory_summary(summary: dict, ranks: Ranks) -> dict:
     """The largest rank's summary, with every rank's peak and breakdown under "ranks"."""
     if not ranks.distributed:
         return summary
-    every = gather_objects({k: summary.get(k) for k in ("peak_bytes", "peak_mib", "peak_phase", "breakdown")}, ranks)
+    every = gather_objects({k: summary.get(k) for k in ("peak_bytes", "peak_mib", "peak_phase", "breakdown", "phases")},
+                           ranks)
     largest = max(range(len(every)), key=lambda r: every[r]["peak_bytes"] or 0)
     head = gather_objects(summary if ranks.rank == largest else None, ranks)[largest]
     return {**head, "rank": largest, "world_size": ranks.world_size,

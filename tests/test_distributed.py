@@ -152,3 +152,31 @@ def test_a_refused_combination_exits_2_before_any_rank_starts(tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "optimizer_in_backward" in lines[0] and "strategy ddp" in lines[0]
     assert "torch.distributed.run" not in run.stdout + run.stderr
+
+
+def test_per_rank_memory_adds_up_to_the_single_process(corpus, tmp_path):
+    """Sharding loses nothing and counts nothing twice. At the optimizer phase's peak of step 2 (every
+    gradient and all optimizer state alive) the FSDP ranks' parameter and optimizer-state shards sum to the
+    single process's bytes, except AdamW's step counters (one fp32 scalar per parameter tensor), which
+    every rank keeps; their gradient shards sum to one gradient per parameter. (The single process's
+    tracker files the tied head's gradient, made by the chunked loss in forward, under activations, so
+    its own gradient figure is short of that by the embedding's size.) DDP's ranks each hold it all."""
+    runs = {strategy: _run(corpus, tmp_path / strategy, _config(corpus, strategy=strategy, memory_sample_steps=[2]))
+            for strategy in ("none", "fsdp", "ddp")}
+
+    def at_optimizer(report: dict) -> dict[str, int]:
+        return report["phases"]["optimizer"]["breakdown"]
+
+    single = at_optimizer(runs["none"].memory)
+    fsdp = [at_optimizer(r) for r in runs["fsdp"].memory["ranks"]]
+    n_tensors = 15  # 2 blocks x 6 weights, token and position embeddings, final norm
+    assert len(fsdp) == 2 and all(r["parameters"] == single["parameters"] // 2 for r in fsdp)
+    assert sum(r["parameters"] for r in fsdp) == single["parameters"]
+    assert sum(r["gradients"] for r in fsdp) == single["parameters"]  # fp32 gradients, one per weight
+    assert sum(r["optimizer_state"] for r in fsdp) == single["optimizer_state"] + 4 * n_tensors
+    for rank in map(at_optimizer, runs["ddp"].memory["ranks"]):
+        assert (rank["parameters"], rank["optimizer_state"]) == (single["parameters"], single["optimizer_state"])
+    # The headline is the largest rank's peak, and every rank's peak was logged.
+    assert runs["fsdp"].peak_memory_mib == max(r["peak_mib"] for r in runs["fsdp"].memory["ranks"])
+    logged = [json.loads(line) for line in open(runs["fsdp"].history_file) if "memory/rank1/peak_mib" in line]
+    assert logged and logged[0]["memory/peak_mib"] == max(logged[0][f"memory/rank{r}/peak_mib"] for r in (0, 1))
