@@ -180,3 +180,48 @@ def test_per_rank_memory_adds_up_to_the_single_process(corpus, tmp_path):
     assert runs["fsdp"].peak_memory_mib == max(r["peak_mib"] for r in runs["fsdp"].memory["ranks"])
     logged = [json.loads(line) for line in open(runs["fsdp"].history_file) if "memory/rank1/peak_mib" in line]
     assert logged and logged[0]["memory/peak_mib"] == max(logged[0][f"memory/rank{r}/peak_mib"] for r in (0, 1))
+
+
+def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, tmp_path):
+    """Node 0's launch (as the train task runs it) and `memlm train --node-rank 1` form one 2-node job;
+    its full weights register as today's pyfunc."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    import mlflow
+    import yaml
+
+    from model.pyfunc import log_text_generator
+
+    config, parts = corpus
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "tokens").symlink_to(parts["tokens"].manifest_file.parent)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    node = {"strategy": "fsdp", "nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint}
+    cfg = _config(corpus, distributed={**node, "node_rank": 0})
+    config_file = tmp_path / "memlm.yaml"
+    config_file.write_text(yaml.safe_dump({"run_dir": str(run_dir), "model": config.model.model_dump(),
+                                           "train": cfg.model_dump(mode="json", exclude={"distributed"})}))
+    outcome = {}
+    node0 = threading.Thread(target=lambda: outcome.update(result=launch(
+        config.model, cfg, run_dir / "tokens", run_dir / "train", echo=print)))
+    node0.start()
+    node1 = subprocess.run([sys.executable, "-m", "flows.cli", "train", "-c", str(config_file), "--strategy", "fsdp",
+                            "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", endpoint],
+                           capture_output=True, text=True, timeout=300)
+    node0.join(300)
+    assert node1.returncode == 0, node1.stdout[-2000:] + node1.stderr[-2000:]
+    assert "node 1: its ranks finished" in node1.stdout
+    result = outcome["result"]
+    assert result.steps == STEPS and result.memory["world_size"] == 2
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    with mlflow.start_run():
+        info = log_text_generator(result.checkpoint_dir, parts["tokens"].manifest_file.parent / "tokenizer.json",
+                                  "memlm-two-nodes", "The list")
+    assert info.registered_model_version == 1
+    assert len(mlflow.pyfunc.load_model(info.model_uri).predict(["The list"])) == 1
