@@ -225,3 +225,24 @@ def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, tmp_path)
                                   "memlm-two-nodes", "The list")
     assert info.registered_model_version == 1
     assert len(mlflow.pyfunc.load_model(info.model_uri).predict(["The list"])) == 1
+
+
+def test_the_pipeline_trains_on_two_ranks_in_one_train_task_and_registers(site_url, tmp_path):
+    import mlflow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline_flow
+    from tests.conftest import small_config
+
+    config = small_config(tmp_path, site_url, train={
+        "max_steps": 10, "threads": 1, "memory_sample_steps": [2], "distributed": {"strategy": "fsdp"}})
+    with prefect_test_harness(server_startup_timeout=120):
+        outcomes = {o.name: o for o in pipeline_flow(config=config)}
+    assert list(outcomes) == ["crawl", "clean", "split", "tokenize", "train", "evaluate"]
+    train_summary = outcomes["train"].summary
+    assert train_summary["steps"] == 10 and len(train_summary["peak_memory_per_rank_mib"]) == 2
+    assert outcomes["evaluate"].summary["registered_version"] == 1
+    # Rank 0 logged every rank's metrics into the train task's MLflow run.
+    mlflow.set_tracking_uri(config.mlflow.resolved_tracking_uri())
+    metrics = mlflow.MlflowClient().get_run(train_summary["mlflow_run_id"]).data.metrics
+    assert {"train/loss", "val/loss", "memory/rank0/peak_mib", "memory/rank1/peak_mib"} <= set(metrics)
