@@ -70,6 +70,8 @@ class TrainStep:
                     self.scaler.update()
                 else:
                     self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                # DDP's gradients are views into its all-reduce buckets, which it keeps anyway: zeroed, they
+                # stay visible to the memory tracker as gradients (set to None, they would be unaccounted).
+                self.optimizer.zero_grad(set_to_none=cfg.distributed.strategy != "ddp")
         # Each rank averaged its own share of the batch; the step's loss is the mean over ranks.
         return mean_over_ranks(loss_value, self.ranks, self.device), grad_norm

@@ -161,8 +161,9 @@ def test_per_rank_memory_adds_up_to_the_single_process(corpus, tmp_path):
     every rank keeps; their gradient shards sum to one gradient per parameter. (The single process's
     tracker files the tied head's gradient, made by the chunked loss in forward, under activations, so
     its own gradient figure is short of that by the embedding's size.) DDP's ranks each hold it all."""
-    runs = {strategy: _run(corpus, tmp_path / strategy, _config(corpus, strategy=strategy, memory_sample_steps=[2]))
-            for strategy in ("none", "fsdp", "ddp")}
+    # Step 2: the optimizer state exists from its start; DDP rebuilt its gradient buckets in step 2: step 3.
+    runs = {strategy: _run(corpus, tmp_path / strategy, _config(
+        corpus, strategy=strategy, memory_sample_steps=[3 if strategy == "ddp" else 2])) for strategy in ("none", "fsdp", "ddp")}
 
     def at_optimizer(report: dict) -> dict[str, int]:
         return report["phases"]["optimizer"]["breakdown"]
@@ -174,8 +175,9 @@ def test_per_rank_memory_adds_up_to_the_single_process(corpus, tmp_path):
     assert sum(r["parameters"] for r in fsdp) == single["parameters"]
     assert sum(r["gradients"] for r in fsdp) == single["parameters"]  # fp32 gradients, one per weight
     assert sum(r["optimizer_state"] for r in fsdp) == single["optimizer_state"] + 4 * n_tensors
-    for rank in map(at_optimizer, runs["ddp"].memory["ranks"]):
-        assert (rank["parameters"], rank["optimizer_state"]) == (single["parameters"], single["optimizer_state"])
+    for rank in map(at_optimizer, runs["ddp"].memory["ranks"]):  # its gradients: the buckets, one per weight
+        assert [rank[c] for c in ("parameters", "gradients", "optimizer_state")] == [
+            single["parameters"], single["parameters"], single["optimizer_state"]]
     # The headline is the largest rank's peak, and every rank's peak was logged.
     assert runs["fsdp"].peak_memory_mib == max(r["peak_mib"] for r in runs["fsdp"].memory["ranks"])
     logged = [json.loads(line) for line in open(runs["fsdp"].history_file) if "memory/rank1/peak_mib" in line]
