@@ -384,6 +384,12 @@ def plan(
     from model.plan import plan as make_plan
 
     cfg = _load(config)
+    if cfg.train.distributed.strategy != "none":
+        err.print(f"[red]error:[/] memlm plan measures one process, and train.distributed.strategy is "
+                  f"{cfg.train.distributed.strategy}: per-rank planning is not built yet; plan with strategy none "
+                  "(FSDP over N ranks holds about 1/N of the parameters, gradients and optimizer state)",
+                  highlight=False)
+        raise typer.Exit(2)
     if budget is None:
         if cfg.train.memory_budget_mib is None:
             err.print("[red]error:[/] give --budget (for example --budget 300MiB) or set train.memory_budget_mib "
