@@ -249,3 +249,36 @@ def test_the_pipeline_trains_on_two_ranks_in_one_train_task_and_registers(site_u
     mlflow.set_tracking_uri(config.mlflow.resolved_tracking_uri())
     metrics = mlflow.MlflowClient().get_run(train_summary["mlflow_run_id"]).data.metrics
     assert {"train/loss", "val/loss", "memory/rank0/peak_mib", "memory/rank1/peak_mib"} <= set(metrics)
+
+
+def test_killing_the_launching_process_ends_every_rank(corpus, tmp_path):
+    """What a cancelled flow run or Ctrl-C does to the train task's process: even SIGKILL of it reaches
+    torchrun (the kernel's parent-death signal), which ends its ranks."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    config, parts = corpus
+    cfg = _config(corpus, strategy="ddp", max_steps=10_000, memory_sample_every=1)
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\nfrom model.config import ModelConfig, TrainConfig\n"
+        "from model.launch import launch\n"
+        f"launch(ModelConfig.model_validate_json({config.model.model_dump_json()!r}), "
+        f"TrainConfig.model_validate_json({cfg.model_dump_json()!r}), Path({str(parts['tokens'].manifest_file.parent)!r}), "
+        f"Path({str(tmp_path / 'run')!r}))\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        history = tmp_path / "run" / "history.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (history.exists() and '"step": 3,' in history.read_text()):
+            time.sleep(0.05)
+        family = psutil.Process(parent.pid).children(recursive=True)  # torchrun and its 2 ranks
+        assert sum(p.cmdline()[1:4] == ["-u", "-m", "model.launch"] for p in family) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+    gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive
