@@ -223,7 +223,8 @@ def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, tmp_path)
     result = outcome["result"]
     assert result.steps == STEPS and result.memory["world_size"] == 2
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    with mlflow.start_run():
+    experiment = mlflow.create_experiment("two-nodes", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         info = log_text_generator(result.checkpoint_dir, parts["tokens"].manifest_file.parent / "tokenizer.json",
                                   "memlm-two-nodes", "The list")
     assert info.registered_model_version == 1
