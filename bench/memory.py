@@ -9,6 +9,12 @@ memlm's MemoryTracker over steps 2 and 3 (live tensor bytes), its speed from the
     python bench/memory.py --rows memlm-baseline,hf-gpt2 --steps 10 --json out.json
     python bench/memory.py --rows hf-gpt2,memlm-default --rounds 3   # speeds as medians of 3 rotated rounds
     python bench/memory.py --precision bf16-mixed   # on a GPU: every row under bf16 autocast
+    python bench/memory.py --world-size 2           # DDP and FSDP rows over 2 ranks (torchrun, gloo on CPU)
+                                                    # beside the single-process rows they compare with
+
+A row over N ranks runs under torchrun with --threads / N threads a rank (the same cores in all), takes
+the same global batch (each rank its slice of the same draws), and reports the largest rank's peak,
+every rank's breakdown, and tokens/s of the whole job.
 
 Data: the demo corpus (runs/demo/split/train.jsonl) re-tokenized to a 16384-token BPE when it exists,
 else a synthetic Zipf-Markov token stream (said in the output).
@@ -41,6 +47,10 @@ BEST_ANY = {"activation_checkpointing": "selective", "checkpoint_every": 2, "mlp
 LOWEST = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128, "late_head_grad": True,
           "optimizer_in_backward": True, "optimizer": "adafactor"}
 
+# The best AdamW combination that composes with DDP and FSDP (optimizer_in_backward and split_head_step
+# need each gradient whole on its rank before the step; see model/techniques.py).
+BEST_ADAMW_SHARDED = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128}
+
 # name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate.
 ROWS: dict[str, dict] = {
     "memlm-baseline": {"impl": "memlm", "memory": PLAIN},
@@ -66,6 +76,12 @@ ROWS: dict[str, dict] = {
     # faster than the default within the run-to-run noise; on a GPU it is the candidate for fastest.
     "memlm-fastest": {"impl": "memlm", "memory": {"loss_chunk_size": 512, "compile": True}},
     "memlm-default": {"impl": "memlm", "memory": {}},
+    # Over --world-size ranks (train.distributed.strategy); run by default only with --world-size > 1.
+    "ddp-baseline": {"impl": "memlm", "memory": PLAIN, "strategy": "ddp"},
+    "fsdp-baseline": {"impl": "memlm", "memory": PLAIN, "strategy": "fsdp"},
+    "fsdp-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW_SHARDED, "strategy": "fsdp"},
+    "ddp-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW_SHARDED, "strategy": "ddp"},
+    "memlm-best-adamw-composable": {"impl": "memlm", "memory": BEST_ADAMW_SHARDED, "world": True},
     "hf-gpt2": {"impl": "hf", "checkpointing": False},
     "hf-gpt2-ckpt": {"impl": "hf", "checkpointing": True},
 }
@@ -115,10 +131,17 @@ def hf_model(checkpointing: bool):
     return model
 
 
-def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: float, precision: str) -> dict:
+WORLD_ROWS = ["memlm-baseline", "ddp-baseline", "fsdp-baseline", "memlm-best-adamw", "memlm-best-adamw-composable",
+              "ddp-best-adamw", "fsdp-best-adamw"]
+STATE = ("parameters", "gradients", "optimizer_state")
+
+
+def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: float, precision: str,
+            world_size: int = 1) -> dict | None:
     import torch
 
-    from model.config import TrainConfig
+    from model.config import DistributedConfig, TrainConfig
+    from model.distributed import Ranks, gather_objects, start, stop
     from model.data import TokenFile
     from model.gpt import GPT, GPTConfig
     from model.memory import MemoryTracker
@@ -129,6 +152,11 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
     torch.manual_seed(0)
     spec = ROWS[name]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    strategy = spec.get("strategy", "none")
+    distributed = {"strategy": strategy, "nproc_per_node": world_size}
+    ranks = Ranks()
+    if strategy != "none":
+        ranks, device = start(DistributedConfig(**distributed), device)
     tokens = TokenFile(data_file, REFERENCE["block_size"])
     data_rng = torch.Generator().manual_seed(0)
     batch = REFERENCE["batch_size"]
@@ -136,24 +164,31 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
     memory = {"precision": precision, **spec.get("memory", {})}
     train_cfg = TrainConfig.model_validate({
         "batch_size": batch, "max_steps": steps, "lr": lr, "min_lr": lr / 10, "warmup_steps": WARMUP,
-        "grad_clip": 0.0, "memory_sample_steps": [2, 3], "memory_sample_every": 10**9,
-        "memory": memory,
+        # DDP rebuilds its gradient buckets in step 2's forward: its rows are measured from step 3 on.
+        "grad_clip": 0.0, "memory_sample_steps": [3, 4] if strategy == "ddp" else [2, 3], "memory_sample_every": 10**9,
+        "memory": memory, "distributed": distributed,
     })
 
     def next_batch(n: int):
         return tokens.random_batch(n, data_rng, device)
 
+    def step_batches():
+        """The step's global batch drawn whole, this rank's slice of it in micro-batches (as model/train.py)."""
+        x, y = tokens.random_batch(batch, data_rng, device, part=(ranks.rank, ranks.world_size))
+        micro = zip(x.split(train_cfg.micro_batch_size), y.split(train_cfg.micro_batch_size))
+        return lambda n: next(micro)
+
     if spec["impl"] == "memlm":
         model = GPT(GPTConfig(vocab_size=REFERENCE["vocab_size"], block_size=REFERENCE["block_size"],
                               n_layer=REFERENCE["n_layer"], n_head=REFERENCE["n_head"],
                               n_embd=REFERENCE["n_embd"])).to(device)
-        train_step = TrainStep(model, train_cfg, device)
+        train_step = TrainStep(model, train_cfg, device, ranks=ranks)
         tracker = train_step.tracker
         flops_per_token = model.flops_per_token()
 
         def step(i: int) -> float:
             train_step.set_lr(lr_at(i, train_cfg))
-            return train_step(i, next_batch)[0]
+            return train_step(i, step_batches())[0]
     else:
         model = hf_model(spec["checkpointing"]).to(device)
         model.train()
@@ -191,12 +226,30 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
     # The median step: a shared machine's hiccups move a mean, not a median.
     tokens_per_s = batch * REFERENCE["block_size"] / statistics.median(step_times)
     peak = tracker.peak
+    # Each rank's own figures; parameters + gradients + optimizer state where all three are alive (the
+    # optimizer phase's peak of the last tracked step, after the first step created the optimizer state).
+    last = tracker.reports[-1].phases["optimizer"]["breakdown"]
+    mine = {"rank": ranks.rank, "peak_mib": round(peak.peak_mib, 1), "peak_phase": peak.peak_phase,
+            "breakdown_mib": {k: round(v / 2**20, 1) for k, v in peak.breakdown.items()},
+            "state_mib": round(sum(last[c] for c in STATE) / 2**20, 1)}
+    every = gather_objects(mine, ranks)
+    if strategy != "none":
+        del train_step, model, tracker
+        stop(ranks)
+    if not ranks.is_main:
+        return None
+    largest = max(every, key=lambda r: r["peak_mib"])
     return {
         "name": name,
         "impl": spec["impl"],
-        "peak_mib": round(peak.peak_mib, 1),
-        "breakdown_mib": {k: round(v / 2**20, 1) for k, v in peak.breakdown.items()},
-        "peak_phase": peak.peak_phase,
+        "strategy": strategy,
+        "world_size": ranks.world_size,
+        "threads_per_rank": threads,
+        "peak_mib": largest["peak_mib"],
+        "breakdown_mib": largest["breakdown_mib"],
+        "peak_phase": largest["peak_phase"],
+        "state_mib": largest["state_mib"],
+        "ranks": every,
         "tokens_per_s": round(tokens_per_s, 1),
         "mfu": round(flops_per_token * tokens_per_s / peak_flops, 4),
         "final_loss": round(sum(losses[-3:]) / 3, 4),
@@ -267,15 +320,21 @@ def main() -> None:
                         help="train.memory.precision for every row that does not set its own")
     parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/split/train.jsonl",
                         help="documents (JSONL with a text field) to tokenize for the benchmark")
+    parser.add_argument("--world-size", type=int, default=1,
+                        help="ranks for the ddp/fsdp rows (torchrun); > 1 runs those rows beside the single-process "
+                        "ones they compare with")
     parser.add_argument("--row-worker", help=argparse.SUPPRESS)
     parser.add_argument("--data-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row_worker:
-        print(json.dumps(run_row(args.row_worker, args.steps, args.data_file, args.threads, args.peak_flops,
-                                 args.precision)))
+        row = run_row(args.row_worker, args.steps, args.data_file, args.threads, args.peak_flops, args.precision,
+                      args.world_size)
+        if row is not None:
+            print(json.dumps(row))
         return
-    names = args.rows.split(",") if args.rows else [n for n, s in ROWS.items() if s.get("default", True)]
+    names = args.rows.split(",") if args.rows else WORLD_ROWS if args.world_size > 1 else [
+        n for n, s in ROWS.items() if s.get("default", True) and "strategy" not in s and "world" not in s]
     unknown = [n for n in names if n not in ROWS]
     if unknown or args.steps < 6 or args.rounds < 1:
         parser.error(f"unknown rows: {', '.join(unknown)}" if unknown else
@@ -289,14 +348,19 @@ def main() -> None:
         # Each round starts one row later, so that the machine's drift over minutes favours no row.
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            cmd = [sys.executable, __file__, "--row-worker", name, "--steps", str(args.steps),
-                   "--data-file", str(data_file), "--threads", str(args.threads), "--peak-flops", str(peak_flops),
-                   "--precision", args.precision]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            world = args.world_size if "strategy" in ROWS[name] else 1
+            threads = max(1, args.threads // world)  # the same cores for every row
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"] \
+                if world > 1 or "strategy" in ROWS[name] else [sys.executable]
+            cmd = [*launcher, __file__, "--row-worker", name, "--steps", str(args.steps),
+                   "--data-file", str(data_file), "--threads", str(threads), "--peak-flops", str(peak_flops),
+                   "--precision", args.precision, "--world-size", str(world)]
+            done = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": str(threads)},
+                                  cwd=ROOT)
             if done.returncode != 0:
                 result = {"name": name, "impl": ROWS[name]["impl"], "error": done.stderr.strip().splitlines()[-1]}
             else:
-                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result = json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
             results[name].append(result)
             print(f"{name}: {json.dumps(result)}", file=sys.stderr)
             rows = [combine(results[n]) for n in names if results[n]]

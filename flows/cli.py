@@ -47,8 +47,8 @@ def _servers(config) -> None:
         raise typer.Exit(1) from None
 
 
-def _run_flow(flow_name: str, config_path: Path | None, **kwargs):
-    config = _load(config_path)
+def _run_flow(flow_name: str, config_path: Path | None, config=None, **kwargs):
+    config = config or _load(config_path)
     _servers(config)
     from flows import pipeline
     from flows.failures import expected_failures, failures_to_run_log
@@ -100,16 +100,105 @@ def _print_outcomes(outcomes) -> None:
         for row in modules:
             table.add_row(row["module"], f"{row['params_bytes'] / 2**20:.2f}", f"{row['activation_bytes'] / 2**20:.2f}")
         console.print(table)
+    ranks = next((o.details.get("memory", {}).get("ranks") for o in outcomes if o.name == "train"), None)
+    if ranks:
+        table = Table(title="memory by rank (tracked step with the highest peak)")
+        for col in ("rank", "peak MiB", "parameters", "gradients", "optimizer state", "activations", "temporaries"):
+            table.add_column(col, justify="right")
+        for row in ranks:
+            b = row.get("breakdown") or {}
+            table.add_row(str(row["rank"]), f"{row.get('peak_mib') or 0:.1f}",
+                          *(f"{b.get(c, 0) / 2**20:.1f}" for c in ("parameters", "gradients", "optimizer_state",
+                                                                  "activations", "temporaries")))
+        console.print(table)
     samples = next((o.summary.get("samples") for o in outcomes if o.name == "evaluate"), None)
     for sample in samples or []:
         console.print(f"[bold]{sample['prompt']}[/] → {sample['text']!r}", highlight=False)
 
 
+StrategyOption = Annotated[Optional[str], typer.Option(
+    "--strategy", help="train.distributed.strategy: none (one process), ddp or fsdp (through torchrun).")]
+NprocOption = Annotated[Optional[int], typer.Option("--nproc-per-node", help="Ranks on this machine.")]
+NnodesOption = Annotated[Optional[int], typer.Option("--nnodes", help="Machines in the training job.")]
+NodeRankOption = Annotated[Optional[int], typer.Option(
+    "--node-rank", help="This machine's index (0 runs the pipeline and logs; others only train).")]
+RdzvOption = Annotated[Optional[str], typer.Option("--rdzv-endpoint", help="HOST:PORT of node 0, where the nodes meet.")]
+
+
+def _load_distributed(config_path: Path | None, strategy, nproc_per_node, nnodes, node_rank, rdzv_endpoint):
+    """The config with the command line's train.distributed settings, its memory techniques checked
+    against them before any rank starts (exit 2, one line)."""
+    from pydantic import ValidationError
+
+    from flows.config import MemlmConfig
+
+    cfg = _load(config_path)
+    given = {"strategy": strategy, "nproc_per_node": nproc_per_node, "nnodes": nnodes, "node_rank": node_rank,
+             "rdzv_endpoint": rdzv_endpoint}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if overrides:
+        if "strategy" not in overrides and cfg.train.distributed.strategy == "none":
+            overrides["strategy"] = "fsdp"  # asking for ranks or nodes asks for a distributed run
+        data = cfg.model_dump()
+        data["train"]["distributed"].update(overrides)
+        try:
+            cfg = MemlmConfig.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            err.print(f"[red]error:[/] train.distributed: {first['msg']}", highlight=False)
+            raise typer.Exit(2) from None
+    if cfg.train.distributed.strategy != "none":
+        from model.hardware import resolve_device
+        from model.techniques import TechniqueError, check
+
+        try:
+            check(cfg.train, resolve_device(cfg.train.device))
+        except TechniqueError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    return cfg
+
+
+def _train_other_node(cfg) -> None:
+    """A node other than 0 runs only its ranks: node 0 runs the pipeline, logs and registers."""
+    from flows.stages import stage_dirs
+    from model.launch import LaunchError, launch
+
+    dirs = stage_dirs(cfg)
+    try:
+        launch(cfg.model, cfg.train, dirs["tokens"], dirs["train"],
+               echo=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+    except LaunchError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"node {cfg.train.distributed.node_rank}: its ranks finished; node 0 has the results")
+
+
 @app.command()
-def run(config: ConfigOption = None, force: ForceOption = False):
+def run(config: ConfigOption = None, force: ForceOption = False, strategy: StrategyOption = None,
+        nproc_per_node: NprocOption = None, nnodes: NnodesOption = None, node_rank: NodeRankOption = None,
+        rdzv_endpoint: RdzvOption = None):
     """Run the whole pipeline: crawl, clean, split, tokenize, train, evaluate and register."""
-    _, outcomes = _run_flow("pipeline_flow", config, force=force)
+    cfg = _load_distributed(config, strategy, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+    if cfg.train.distributed.node_rank > 0:
+        _train_other_node(cfg)
+        return
+    _, outcomes = _run_flow("pipeline_flow", config, cfg, force=force)
     _print_outcomes(outcomes)
+
+
+@app.command()
+def train(config: ConfigOption = None, force: ForceOption = False, strategy: StrategyOption = None,
+          nproc_per_node: NprocOption = None, nnodes: NnodesOption = None, node_rank: NodeRankOption = None,
+          rdzv_endpoint: RdzvOption = None):
+    """Train the model (resumes an interrupted run); across processes and machines with --strategy,
+    --nproc-per-node, --nnodes, --node-rank and --rdzv-endpoint (or train.distributed in the config)."""
+    cfg = _load_distributed(config, strategy, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+    if cfg.train.distributed.node_rank > 0:
+        _train_other_node(cfg)
+        return
+    _, outcome = _run_flow("train_flow", config, cfg, force=force)
+    _print_outcomes([outcome])
 
 
 def _stage_command(name: str, flow_name: str, help_text: str, forceable: bool = True):
@@ -129,7 +218,6 @@ _stage_command("crawl", "crawl_flow", "Crawl the configured site into the raw pa
 _stage_command("clean", "clean_flow", "Extract, filter and deduplicate the crawled pages.")
 _stage_command("split", "split_flow", "Split documents into train and validation by URL hash.")
 _stage_command("tokenize", "tokenize_flow", "Train the BPE tokenizer and write the token files.")
-_stage_command("train", "train_flow", "Train the model (resumes an interrupted run).")
 _stage_command("evaluate", "evaluate_flow", "Evaluate the trained model and register it in MLflow.")
 
 
@@ -308,6 +396,12 @@ def plan(
     from model.plan import plan as make_plan
 
     cfg = _load(config)
+    if cfg.train.distributed.strategy != "none":
+        err.print(f"[red]error:[/] memlm plan measures one process, and train.distributed.strategy is "
+                  f"{cfg.train.distributed.strategy}: per-rank planning is not built yet; plan with strategy none "
+                  "(FSDP over N ranks holds about 1/N of the parameters, gradients and optimizer state)",
+                  highlight=False)
+        raise typer.Exit(2)
     if budget is None:
         if cfg.train.memory_budget_mib is None:
             err.print("[red]error:[/] give --budget (for example --budget 300MiB) or set train.memory_budget_mib "

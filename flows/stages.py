@@ -155,7 +155,7 @@ def train_key(config: MemlmConfig) -> str:
     dirs = stage_dirs(config)
     tokens_manifest = json.loads((dirs["tokens"] / "manifest.json").read_text())
     return input_key(tokens_manifest["splits"], tokens_manifest["tokenizer_sha256"],
-                     config.model.model_dump(), config.train.model_dump(exclude={"resume"}))
+                     config.model.model_dump(), config.train.model_dump(exclude={"resume", "distributed"}))
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -187,10 +187,19 @@ def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
                 for name in files:
                     mlflow.log_artifact(str(dirs[stage] / name), artifact_path=f"data/{stage}")
             mlflow.set_tags({"memlm.config": config.name, "memlm.run_dir": str(config.run_dir)})
-        with progress_bar("train", config.train.max_steps) as update:
-            result = train(config.model, config.train, dirs["tokens"], dirs["train"],
-                           on_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step),
-                           on_progress=update)
+        if config.train.distributed.strategy != "none":
+            # torchrun's ranks, started from this task; their lines (rank-prefixed) go to the task's log.
+            from prefect import get_run_logger
+
+            from model.launch import launch
+
+            result = launch(config.model, config.train, dirs["tokens"], dirs["train"],
+                            (mlflow.get_tracking_uri(), run.info.run_id), echo=get_run_logger().info)
+        else:
+            with progress_bar("train", config.train.max_steps) as update:
+                result = train(config.model, config.train, dirs["tokens"], dirs["train"],
+                               on_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step),
+                               on_progress=update)
         memory = result.memory
         if result.warnings:
             mlflow.set_tag("memlm.warnings", " | ".join(result.warnings))
@@ -215,6 +224,8 @@ def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
             "memory_breakdown_mib": {k: round(v / 2**20, 2) for k, v in memory.get("breakdown", {}).items()},
             "peak_phase": memory.get("peak_phase"), "elapsed_s": result.elapsed_s,
         }
+        if "ranks" in memory:  # the headline peak is the largest rank's
+            summary["peak_memory_per_rank_mib"] = [r["peak_mib"] for r in memory["ranks"]]
     mark_completed(dirs["train"], key, summary)
     return StageOutcome("train", False, summary, round(time.monotonic() - started, 1), {"memory": memory})
 

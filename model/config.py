@@ -73,13 +73,50 @@ class MemoryConfig(BaseModel):
     compile: bool = Field(default=False, description="torch.compile the model.")
 
 
+class DistributedConfig(BaseModel):
+    """Training across processes and machines, launched through torchrun (see model/distributed.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["none", "ddp", "fsdp"] = Field(
+        default="none", description="none: one process (no launcher); ddp: replicate the model and all-reduce "
+        "gradients; fsdp: FSDP2, parameters, gradients and optimizer state sharded over the ranks.")
+    nproc_per_node: int = Field(default=2, ge=1, description="Ranks (processes) started on each machine.")
+    nnodes: int = Field(default=1, ge=1, description="Machines in the job.")
+    node_rank: int = Field(default=0, ge=0, description="This machine's index, 0 to nnodes - 1.")
+    rdzv_endpoint: str | None = Field(
+        default=None, description="HOST:PORT where the nodes meet (node 0's address); default with one node: "
+        "a free port on 127.0.0.1.")
+    backend: Literal["auto", "nccl", "gloo"] = Field(default="auto", description="auto: nccl on CUDA, gloo on CPU.")
+    reshard_after_forward: bool = Field(
+        default=True, description="fsdp: free each block's gathered weights after its forward (gathered again "
+        "in backward): less memory, one more all-gather per block.")
+    cpu_offload: bool = Field(
+        default=False, description="fsdp: keep the parameter, gradient and optimizer shards in CPU memory "
+        "(FSDP2's CPUOffloadPolicy; for CUDA).")
+
+    @model_validator(mode="after")
+    def _node_in_job(self) -> "DistributedConfig":
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be below nnodes ({self.nnodes})")
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError("with nnodes > 1 every node needs rdzv_endpoint: HOST:PORT of node 0")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.strategy == "none" else self.nproc_per_node * self.nnodes
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, description="CPU threads for PyTorch (default: all cores).")
     seed: int = 1337
-    batch_size: int = Field(default=16, ge=1, description="Sequences per optimizer step.")
+    batch_size: int = Field(
+        default=16, ge=1, description="Sequences per optimizer step, over all ranks: per-rank micro-batch x "
+        "accumulation steps x world size.")
     max_steps: int = Field(default=300, ge=1)
     max_minutes: float | None = Field(
         default=None, gt=0, description="Stop early (with a checkpoint) when training has run this long."
@@ -104,23 +141,33 @@ class TrainConfig(BaseModel):
         description="Stop with an error as soon as a measured step's peak exceeds this many MiB (every step on "
         "CUDA, the tracked steps on CPU); `memlm plan` finds memory settings that fit it.")
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        world = self.distributed.world_size
+        if self.batch_size % world:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of the world size ({world} ranks)")
         micro = self.memory.micro_batch_size
-        if micro is not None and self.batch_size % micro:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of memory.micro_batch_size ({micro})")
+        if micro is not None and self.rank_batch_size % micro:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of memory.micro_batch_size ({micro})"
+                             + (f" x the world size ({world})" if world > 1 else ""))
         return self
 
     @property
+    def rank_batch_size(self) -> int:
+        """Sequences each rank takes of a step's batch."""
+        return self.batch_size // self.distributed.world_size
+
+    @property
     def micro_batch_size(self) -> int:
-        return self.memory.micro_batch_size or self.batch_size
+        return self.memory.micro_batch_size or self.rank_batch_size
 
     @property
     def grad_accum_steps(self) -> int:
-        return self.batch_size // self.micro_batch_size
+        return self.rank_batch_size // self.micro_batch_size
 
 
 class EvalConfig(BaseModel):

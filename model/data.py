@@ -25,9 +25,13 @@ class TokenFile:
     def _window(self, start: int) -> torch.Tensor:
         return torch.from_numpy(self.tokens[start:start + self.block_size + 1].astype(np.int64))
 
-    def random_batch(self, batch_size: int, generator: torch.Generator,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def random_batch(self, batch_size: int, generator: torch.Generator, device: torch.device,
+                     part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch_size` random windows; with `part` (i, n), only the i-th of n equal slices of them is read
+        (the generator advances by the whole batch, so every part sees the same draw)."""
         starts = torch.randint(len(self.tokens) - self.block_size, (batch_size,), generator=generator)
+        i, n = part
+        starts = starts.chunk(n)[i]
         windows = torch.stack([self._window(int(s)) for s in starts])
         return self._to(windows, device)
 

@@ -258,7 +258,8 @@ def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     """The tensors that hold a tensor subclass's data (such as torchao's 8-bit optimizer state)."""
     if hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()
-        return [inner for name in names for inner in _plain_tensors(getattr(t, name))]
+        inner = (getattr(t, name) for name in names)  # a DTensor also names its device mesh
+        return [plain for value in inner if isinstance(value, torch.Tensor) for plain in _plain_tensors(value)]
     return [t]
 
 
@@ -330,7 +331,16 @@ class MemoryTracker:
 
     def _note_gradient(self, param: torch.Tensor) -> None:
         if self._active and param.grad is not None:
-            _mark(f"note::gradients::{storage_id(param.grad.untyped_storage())}")
+            for t in _plain_tensors(param.grad):
+                _mark(f"note::gradients::{storage_id(t.untyped_storage())}")
+
+    def note_gradients(self) -> None:
+        """After backward: gradients that no post-accumulate-grad hook saw (FSDP assigns each rank's
+        reduce-scattered shard instead of accumulating it)."""
+        if self._active and self.model is not None:
+            for p in dict.fromkeys(self.model.parameters()):
+                if p.grad is not None:
+                    self._note_gradient(p)
 
     @property
     def last(self) -> MemoryReport | None:
@@ -466,10 +476,11 @@ class MemoryTracker:
 
     def _state_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         if self.model is not None:
+            # A sharded (FSDP) parameter, gradient or optimizer state counts as this rank's local shard.
             for p in self.model.parameters():
-                yield "parameters", p
+                yield from (("parameters", t) for t in _plain_tensors(p))
                 if p.grad is not None:
-                    yield "gradients", p.grad
+                    yield from (("gradients", t) for t in _plain_tensors(p.grad))
             for b in self.model.buffers():
                 yield "parameters", b
         if self.optimizer is not None:
@@ -505,14 +516,32 @@ class MemoryTracker:
             if t.device == self.device and t.numel():
                 _mark(f"note::{category}::{storage_id(t.untyped_storage())}")
 
+    @staticmethod
+    def _note_gathered(module: nn.Module) -> None:
+        """FSDP's all-gathered (unsharded) weights are temporaries, even those kept from forward into
+        backward: they are not activations, and this rank's parameters are its shards."""
+        from torch.distributed.tensor import DTensor
+
+        for p in module.parameters():
+            if not isinstance(p, DTensor) and p.numel():
+                _mark(f"note::gathered::{storage_id(p.untyped_storage())}")
+
     def _install_hooks(self) -> list:
+        from torch.distributed.tensor import DTensor
+
         # Every optimizer's step, whoever calls it (the trainer, or a gradient hook stepping in backward).
         handles = [register_optimizer_step_pre_hook(lambda *_: _mark("optimizer_step::enter")),
                    register_optimizer_step_post_hook(lambda *_: _mark("optimizer_step::exit"))]
         if self.model is None:
             return handles
+        # Registered after FSDP's own pre-forward hooks, so they see the weights FSDP just gathered.
+        sharded = any(isinstance(p, DTensor) for p in self.model.parameters())
+        if sharded:
+            handles.append(self.model.register_forward_pre_hook(lambda m, a: self._note_gathered(m)))
         for name, module in _top_level_modules(self.model):
             handles.append(module.register_forward_pre_hook(lambda m, a, n=name: _mark(f"enter::{n}")))
+            if sharded:
+                handles.append(module.register_forward_pre_hook(lambda m, a: self._note_gathered(m)))
             handles.append(module.register_forward_hook(lambda m, a, o, n=name: _mark(f"exit::{n}")))
         return handles
 
@@ -521,7 +550,7 @@ class MemoryTracker:
         seen: set[int] = set()  # a tied weight counts once, under the first module that holds it
         for name, module in _top_level_modules(self.model) if self.model is not None else []:
             param_bytes = 0
-            for p in module.parameters():
+            for p in (t for p in module.parameters() for t in _plain_tensors(p)):
                 ptr, nbytes = _storage_key(p)
                 if ptr not in seen:
                     seen.add(ptr)
@@ -591,6 +620,9 @@ def _replay(events, baseline: dict[int, tuple[int, str]], device: torch.device, 
             if mark.startswith("note::"):
                 _, cat, ptr = mark.split("::")
                 alloc_id = live.get(int(ptr))
+                if cat == "gathered":
+                    from_forward.discard(alloc_id)
+                    continue
                 # A note only settles what the step allocated: weights saved for backward stay
                 # parameters, and a gradient that a later op saves stays a gradient. A gradient
                 # made in forward (the chunked loss's head gradient, saved for backward and handed to

@@ -15,6 +15,20 @@ Refused combinations, each with the reason given to the user:
 - for rnn-attention: selective checkpointing and mlp_chunks (it has no blocks and no MLP); its full
   checkpointing recomputes each recurrent layer over chunks of time steps.
 bf16 modes on a CPU without native bf16 run, with a warning (about 10x slower than fp32 here).
+
+Under train.distributed (ddp or fsdp) everything else composes: checkpointing, tiled MLP, the chunked
+loss (under FSDP its head gradient, made in forward, lands on the tied weight's gathered copy and so
+reaches the reduce-scatter), accumulation (gradients reduced on the last micro-batch only), bf16 modes,
+AdamW and Adafactor. Refused there, before any rank starts (`check_distributed`):
+- optimizer_in_backward (and split_head_step, which needs it): a parameter's hook sees the gradient before
+  it is averaged over the ranks (DDP all-reduces whole buckets afterwards; FSDP2 reduce-scatters into new
+  shards that no post-accumulate-grad hook sees).
+- late_head_grad: it adds the head's gradient after autograd accumulated the tied weight's, which is after
+  DDP's all-reduce of it, and FSDP2 replaces the parameter its hook was registered on.
+- fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed) and with
+  adamw8bit (torchao's 8-bit state over sharded parameters is not verified here); cpu_offload off CUDA.
+- compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
+  before sharding it).
 """
 from __future__ import annotations
 
@@ -33,6 +47,36 @@ from model.rnn import RNNAttentionLM
 
 class TechniqueError(ValueError):
     """A combination of memory techniques that cannot work; the message says why and what to change."""
+
+
+def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
+    """Raise TechniqueError for a memory technique that does not compose with train.distributed."""
+    strategy, mem = cfg.distributed.strategy, cfg.memory
+    if strategy == "none":
+        return
+    where = f"train.distributed.strategy {strategy}"
+    if mem.optimizer_in_backward:
+        switches = "optimizer_in_backward" + (" and split_head_step" if mem.split_head_step else "")
+        raise TechniqueError(
+            f"train.memory.{switches} cannot run with {where}: each parameter would be stepped with its own rank's "
+            "gradient, before the gradients are averaged over the ranks; turn them off (fsdp already shards the "
+            "gradients and optimizer state)")
+    if mem.late_head_grad:
+        raise TechniqueError(
+            f"train.memory.late_head_grad cannot run with {where}: it adds the head's gradient after the tied "
+            "weight's gradient was reduced over the ranks; turn it off")
+    if mem.compile:
+        raise TechniqueError(f"train.memory.compile is not wired for {where}: turn compile off")
+    if strategy == "fsdp" and mem.precision == "fp16-mixed":
+        raise TechniqueError("train.memory.precision fp16-mixed cannot run with train.distributed.strategy fsdp: "
+                             "the gradient scaler does not unscale sharded gradients; use bf16-mixed")
+    if strategy == "fsdp" and mem.optimizer == "adamw8bit":
+        raise TechniqueError("train.memory.optimizer adamw8bit is not verified with train.distributed.strategy "
+                             "fsdp (8-bit state over sharded parameters); use adamw or adafactor, or strategy ddp")
+    if cfg.distributed.cpu_offload and (strategy != "fsdp" or device.type != "cuda"):
+        raise TechniqueError(
+            "train.distributed.cpu_offload moves FSDP's shards from the GPU to CPU memory: it needs strategy fsdp "
+            "on CUDA; turn it off")
 
 
 def check(cfg: TrainConfig, device: torch.device) -> list[str]:
@@ -70,6 +114,7 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
             raise TechniqueError(
                 "train.memory.split_head_step and late_head_grad both route the head's gradient: choose one "
                 "(split_head_step is faster: it does not compute the logits again)")
+    check_distributed(cfg, device)
     if cpu and mem.precision == "fp16-mixed":
         raise TechniqueError("train.memory.precision fp16-mixed needs CUDA; on CPU use fp32 or bf16-mixed")
     if cpu and mem.activation_offload:

@@ -1,9 +1,12 @@
 """Train stage: AdamW, warmup + cosine schedule, gradient clipping, periodic validation, checkpoints
-with optimizer and RNG state, and resume from the last checkpoint."""
+with optimizer and RNG state, and resume from the last checkpoint. The same loop runs in one process or
+as one rank of a torchrun job (model/distributed.py): every rank takes its slice of each step's batch,
+rank 0 alone writes the history, metrics and full weights."""
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,16 +14,20 @@ from pathlib import Path
 
 import torch
 
-from model.arch import build_model, config_for
+from model.arch import build_model, config_for, config_from_dict
 from model.checkpoint import has_checkpoint, load_model_config, load_train_state, load_weights, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
+from model.distributed import Ranks, gather_objects, max_over_ranks, reshard, start, stop
 from model.evaluate import evaluate_loss
 from model.hardware import matmul_peak_flops, resolve_device
 from model.memory import MemoryBudgetError, MemoryTracker, meters_note, stage_entry
+from model.sharded_checkpoint import STATE_FILE as SHARDED_STATE_FILE
+from model.sharded_checkpoint import has_sharded_checkpoint, load_sharded, save_sharded
 from model.step import TrainStep
 
 CHECKPOINT_DIR = "checkpoint"
+SHARDED_CHECKPOINT_DIR = "checkpoint_sharded"
 HISTORY_FILE = "history.jsonl"
 MEMORY_FILE = "memory.json"
 
@@ -70,14 +77,29 @@ def _set_rng_state(state: dict, device: torch.device, data_rng: torch.Generator)
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _json_rng_state(state: dict) -> dict:
+    return {name: t.tolist() for name, t in state.items()}
+
+
+def _tensor_rng_state(state: dict) -> dict:
+    return {name: torch.tensor(v, dtype=torch.uint8) for name, v in state.items()}
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: Path,
           on_metrics: MetricsCallback | None = None, on_progress: ProgressCallback | None = None) -> TrainResult:
+    """Train in this process, or as this rank of the torchrun job that train.distributed describes."""
+    ranks, device = start(cfg.distributed, resolve_device(cfg.device))
+    result = _train(model_cfg, cfg, Path(tokens_dir), Path(out_dir), ranks, device, on_metrics, on_progress)
+    # Only after a clean finish: a failed rank exits at once and torchrun ends the others.
+    stop(ranks)
+    return result
+
+
+def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: Path, ranks: Ranks,
+           device: torch.device, on_metrics: MetricsCallback | None, on_progress: ProgressCallback | None) -> TrainResult:
     started = time.monotonic()
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokens_dir = Path(tokens_dir)
     manifest = json.loads((tokens_dir / "manifest.json").read_text())
-    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -88,13 +110,22 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     val_tokens = TokenFile(tokens_dir / "val.bin", arch_cfg.block_size, manifest["dtype"])
 
     model = build_model(arch_cfg).to(device)
-    train_step = TrainStep(model, cfg, device, snapshot_path=out_dir / "cuda_memory_snapshot.pickle")
+    train_step = TrainStep(model, cfg, device, snapshot_path=out_dir / "cuda_memory_snapshot.pickle", ranks=ranks)
     optimizer, tracker = train_step.optimizer, train_step.tracker
     tracker.budget_mib = cfg.memory_budget_mib  # every stage below is measured and checked against it
     ckpt_dir = out_dir / CHECKPOINT_DIR
+    sharded_dir = out_dir / SHARDED_CHECKPOINT_DIR
     history_file = out_dir / HISTORY_FILE
     start_step, state = 0, None
-    if cfg.resume and has_checkpoint(ckpt_dir):
+    if cfg.resume and has_sharded_checkpoint(sharded_dir):
+        with tracker.stage("resume"):
+            state = _load_sharded(sharded_dir, model, optimizer, arch_cfg)
+        _set_rng_state(_tensor_rng_state(state["rng"]), device, data_rng)
+    elif cfg.resume and has_checkpoint(ckpt_dir) and ranks.distributed:
+        raise ValueError(
+            f"the checkpoint in {ckpt_dir} was written by a single-process run (train.distributed.strategy none): "
+            "resume it with strategy none, or set train.resume: false to start over")
+    elif cfg.resume and has_checkpoint(ckpt_dir):
         if load_model_config(ckpt_dir) != arch_cfg:
             raise ValueError(
                 f"the checkpoint in {ckpt_dir} is for another model shape; "
@@ -105,15 +136,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
             state = load_train_state(ckpt_dir)
             if state is not None:
                 optimizer.load_state_dict(state["optimizer"])
+        if state is not None:
+            _set_rng_state(state["rng"], device, data_rng)
     if state is not None:
-        _set_rng_state(state["rng"], device, data_rng)
         start_step = state["step"]
         # Steps after the checkpoint were lost with the interrupted process; they run again.
         if history_file.exists():
             kept = [line for line in history_file.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= start_step]
-            history_file.write_text("".join(line + "\n" for line in kept))
-    else:
+            if ranks.is_main:
+                history_file.write_text("".join(line + "\n" for line in kept))
+    elif ranks.is_main:
         history_file.unlink(missing_ok=True)
 
     peak_flops = matmul_peak_flops(device)
@@ -121,11 +154,16 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
     tokens_per_step = cfg.batch_size * arch_cfg.block_size
 
     def validate() -> float:
+        # Every rank computes the same figure (FSDP's forward needs them all); rank 0 logs it.
         with tracker.stage("validation"):
-            return evaluate_loss(model, val_tokens, cfg.batch_size, device, cfg.eval_batches,
+            loss = evaluate_loss(model, val_tokens, cfg.batch_size, device, cfg.eval_batches,
                                  cfg.micro_batch_size)[0]
+        reshard(model, ranks.strategy)
+        return loss
 
     def log(metrics: dict[str, float], step: int) -> None:
+        if not ranks.is_main:
+            return
         with open(history_file, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if on_metrics:
@@ -144,8 +182,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
         train_step.set_lr(lr)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        loss_value, grad_norm = train_step(
-            step, lambda n: train_tokens.random_batch(n, data_rng, device))
+        # Every rank draws the whole batch's windows from the same generator and reads its own slice:
+        # no two ranks see the same window, and the batch is the same whatever the world size.
+        x, y = train_tokens.random_batch(cfg.batch_size, data_rng, device, part=(ranks.rank, ranks.world_size))
+        micro_batches = zip(x.split(cfg.micro_batch_size), y.split(cfg.micro_batch_size))
+        loss_value, grad_norm = train_step(step, lambda n: next(micro_batches))
+        del x, y
         window_tokens += tokens_per_step
         elapsed_window = time.perf_counter() - window_start
         metrics = {"train/loss": loss_value, "train/lr": lr}
@@ -154,7 +196,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
         if device.type == "cuda":
             metrics["memory/step_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         if tracker.wants(step) and tracker.last is not None:
-            metrics.update(tracker.last.metrics())
+            metrics.update(_rank_memory_metrics(tracker.last.metrics(), ranks))
         _check_budget(cfg, metrics, step)
         if step % cfg.log_interval == 0 or step == cfg.max_steps or tracker.wants(step):
             tokens_per_s = window_tokens / elapsed_window
@@ -166,25 +208,34 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: P
             val_loss = validate()
             log({"val/loss": val_loss}, step)
             window_start = time.perf_counter()
-        out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+        out_of_time = cfg.max_minutes is not None and max_over_ranks(
+            (time.monotonic() - started) / 60, ranks, device) >= cfg.max_minutes
         if step % cfg.checkpoint_interval == 0 or step == cfg.max_steps or out_of_time:
             if out_of_time and step % cfg.eval_interval != 0:
                 val_loss = validate()
                 log({"val/loss": val_loss}, step)
             with tracker.stage("checkpoint_save"):
-                save_checkpoint(ckpt_dir, model, {
-                    "step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(device, data_rng),
-                    "val_loss_start": val_loss_start, "val_loss": val_loss,
-                })
-        if on_progress:
+                if ranks.distributed:
+                    _save_distributed(sharded_dir, ckpt_dir, model, optimizer, arch_cfg, ranks, {
+                        "step": step, "rng": _json_rng_state(_rng_state(device, data_rng)),
+                        "val_loss_start": val_loss_start, "val_loss": val_loss})
+                else:
+                    save_checkpoint(ckpt_dir, model, {
+                        "step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(device, data_rng),
+                        "val_loss_start": val_loss_start, "val_loss": val_loss,
+                    })
+                    # This checkpoint is now the newest: a later run must not resume an older sharded one.
+                    shutil.rmtree(sharded_dir, ignore_errors=True)
+        if on_progress and ranks.is_main:
             on_progress(step, cfg.max_steps, {"loss": loss_value, "val_loss": val_loss})
         if out_of_time:
             stopped_early = step < cfg.max_steps
             break
 
-    memory = _memory_summary(tracker, device)
+    memory = _rank_memory_summary(_memory_summary(tracker, device), ranks)
     memory_file = out_dir / MEMORY_FILE
-    memory_file.write_text(json.dumps(memory, indent=2))
+    if ranks.is_main:
+        memory_file.write_text(json.dumps(memory, indent=2))
     return TrainResult(
         checkpoint_dir=ckpt_dir,
         history_file=history_file,
@@ -214,6 +265,53 @@ def _check_budget(cfg: TrainConfig, metrics: dict[str, float], step: int) -> Non
         f"training step {step} peaked at {measured:.1f} MiB, over train.memory_budget_mib ({cfg.memory_budget_mib:g}): "
         "`memlm plan -c CONFIG` finds memory settings that fit it (it reads the budget from the config), "
         "or raise the budget")
+
+
+def _load_sharded(directory: Path, model: torch.nn.Module, optimizer, arch_cfg) -> dict:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(
+            f"the checkpoint in {directory} is sharded (a distributed run wrote it); with "
+            "train.memory.optimizer_in_backward it cannot be loaded: resume without optimizer_in_backward")
+    if config_from_dict(json.loads((directory / SHARDED_STATE_FILE).read_text())["model_config"]) != arch_cfg:
+        raise ValueError(
+            f"the checkpoint in {directory} is for another model shape; "
+            "delete it or set train.resume: false to start over")
+    return load_sharded(directory, model, optimizer)
+
+
+def _save_distributed(sharded_dir: Path, ckpt_dir: Path, model: torch.nn.Module, optimizer, arch_cfg,
+                      ranks: Ranks, train_state: dict) -> None:
+    """The sharded checkpoint (every rank), then the full weights as a single-process checkpoint
+    (gathered on rank 0; no train state in it), which evaluation and registration read as today."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    save_sharded(sharded_dir, model, optimizer, {**train_state, "model_config": arch_cfg.to_dict()}, ranks)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if ranks.is_main:
+        whole = build_model(arch_cfg)
+        whole.load_state_dict(full)
+        save_checkpoint(ckpt_dir, whole)
+
+
+def _rank_memory_metrics(metrics: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    """With several ranks: the largest rank's figures as the headline, and every rank's peak."""
+    if not ranks.distributed:
+        return metrics
+    every = gather_objects(metrics, ranks)
+    largest = max(every, key=lambda m: m["memory/peak_mib"])
+    return {**largest, **{f"memory/rank{r}/peak_mib": m["memory/peak_mib"] for r, m in enumerate(every)}}
+
+
+def _rank_memory_summary(summary: dict, ranks: Ranks) -> dict:
+    """The largest rank's summary, with every rank's peak and breakdown under "ranks"."""
+    if not ranks.distributed:
+        return summary
+    every = gather_objects({k: summary.get(k) for k in ("peak_bytes", "peak_mib", "peak_phase", "breakdown", "phases")},
+                           ranks)
+    largest = max(range(len(every)), key=lambda r: every[r]["peak_bytes"] or 0)
+    head = gather_objects(summary if ranks.rank == largest else None, ranks)[largest]
+    return {**head, "rank": largest, "world_size": ranks.world_size,
+            "strategy": ranks.strategy, "ranks": [{"rank": r, **e} for r, e in enumerate(every)]}
 
 
 def _memory_summary(tracker: MemoryTracker, device: torch.device) -> dict:

@@ -1,0 +1,142 @@
+"""Training across processes: a torchrun worker's process group, and the model replicated (DDP) or
+sharded (FSDP2) over it, the way torchtitan does it: `fully_shard` on every block, then on the root.
+
+One process (strategy none) goes through the same calls, which then do nothing; the training loop in
+model/train.py stays one loop for every world size."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from model.config import DistributedConfig, MemoryConfig
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in the job."""
+
+    strategy: str = "none"
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy != "none"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def start(cfg: DistributedConfig, device: torch.device) -> tuple[Ranks, torch.device]:
+    """Join the process group torchrun set up in the environment; returns this rank and its device."""
+    if cfg.strategy == "none":
+        return Ranks(), device
+    if "RANK" not in os.environ:
+        raise RuntimeError(f"train.distributed.strategy {cfg.strategy} runs under torchrun: start it with "
+                           "`memlm train` (which launches torchrun), or set strategy: none")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+    return Ranks(cfg.strategy, dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def stop(ranks: Ranks) -> None:
+    """Leave the process group. The caller drops its model and optimizer first: gloo's DDP hangs at exit
+    in about half the runs when the reducer is freed after the group (FIELD-NOTES: barrier, free, collect)."""
+    if not ranks.distributed or not dist.is_initialized():
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, device: torch.device) -> nn.Module:
+    """Shard `model` in place (fsdp) or wrap it (ddp); returns the module whose forward trains it.
+
+    DDP's gradients are views into its all-reduce buckets (no second copy of every gradient)."""
+    if cfg.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       gradient_as_bucket_view=True)
+    if cfg.strategy == "fsdp":
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+        compute_dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(mem.precision)
+        # Gathered weights in the autocast dtype (half the all-gather), gradients reduced in fp32.
+        precision = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) \
+            if compute_dtype else MixedPrecisionPolicy()
+        offload = CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy()
+        for block in getattr(model, "blocks", ()):
+            fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, mp_policy=precision,
+                        offload_policy=offload)
+        # The root holds the tied embedding/head weight, position embeddings and final norm. It stays
+        # gathered from its forward through backward: the loss, outside any forward, needs the head right
+        # after (and in validation, where FSDP would otherwise reshard it as forward ends).
+        fully_shard(model, reshard_after_forward=False, mp_policy=precision, offload_policy=offload)
+    return model
+
+
+def reshard(model: nn.Module, strategy: str) -> None:
+    """After validation: free the root's gathered weights, which only a backward pass frees otherwise."""
+    if strategy == "fsdp":
+        model.reshard()
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, strategy: str, sync: bool) -> Iterator[None]:
+    """Around a micro-batch's forward and backward: reduce gradients over the ranks only when `sync`
+    (the last micro-batch of a step); before that they accumulate locally."""
+    if strategy == "ddp" and not sync:
+        with module.no_sync():
+            yield
+        return
+    if strategy == "fsdp":
+        module.set_requires_gradient_sync(sync)
+    yield
+
+
+def mean_over_ranks(value: float, ranks: Ranks, device: torch.device) -> float:
+    if not ranks.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / ranks.world_size
+
+
+def max_over_ranks(value: float, ranks: Ranks, device: torch.device) -> float:
+    if not ranks.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def gather_objects(obj, ranks: Ranks) -> list:
+    """Every rank's `obj` (JSON-like), in rank order, on every rank."""
+    if not ranks.distributed:
+        return [obj]
+    out = [None] * ranks.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) value gathered whole; a plain tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t

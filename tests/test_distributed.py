@@ -1,0 +1,285 @@
+"""Training over 2 ranks with torchrun (gloo on CPU): DDP and FSDP2 match one process on the same global
+batch, memory techniques compose or are refused, sharded checkpoints resume at another world size and
+after a rank is killed, the per-rank memory report adds up, and two launches form one multi-node job."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.launch import launch
+from model.train import train
+
+pytestmark = pytest.mark.integration
+
+STEPS = 5
+# The best-memory combination that composes with both strategies (optimizer_in_backward and split_head_step
+# are refused there), with accumulation over 2 micro-batches per rank.
+FRUGAL = {"activation_checkpointing": "full", "mlp_chunks": 2, "loss_chunk_size": 64, "micro_batch_size": 2}
+
+
+def _config(corpus, memory: dict | None = None, strategy: str = "none", nproc: int = 2, **train):
+    config, _ = corpus
+    base = {"max_steps": STEPS, "eval_interval": STEPS, "checkpoint_interval": STEPS, "log_interval": 1,
+            "memory_sample_steps": [1], "threads": 1, "memory": memory or {},
+            "distributed": {"strategy": strategy, "nproc_per_node": nproc}}
+    return config.train.model_validate({**config.train.model_dump(), **base, **train})
+
+
+def _run(corpus, out_dir, cfg):
+    config, parts = corpus
+    tokens = parts["tokens"].manifest_file.parent
+    if cfg.distributed.strategy == "none":
+        return train(config.model, cfg, tokens, out_dir)
+    lines = []
+    result = launch(config.model, cfg, tokens, out_dir, echo=lambda line: (lines.append(line), print(line)))
+    assert any(line.startswith("[default1]:") for line in lines) or not lines  # torchrun's rank prefixes
+    return result
+
+
+def _losses(result) -> list[float]:
+    return [json.loads(line)["train/loss"] for line in open(result.history_file) if "train/loss" in line]
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return load_file(str(result.checkpoint_dir / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def single(corpus, tmp_path_factory):
+    """One process, the same global batch: the reference for each memory setting."""
+    root = tmp_path_factory.mktemp("single")
+    return {name: _run(corpus, root / name, _config(corpus, memory))
+            for name, memory in (("plain", {}), ("frugal", FRUGAL))}
+
+
+# fp32, but the sum over the batch is taken in another order: each rank sums its half, then the all-reduce
+# (DDP) or reduce-scatter (FSDP) adds the halves, where one process sums all 8 sequences in its matrix
+# multiplies. The two differ in the last bits of a gradient (about 1e-7 relative), and AdamW, which divides
+# each gradient by its own running magnitude, keeps such differences at that relative size rather than
+# damping them. Over 5 steps we saw at most 2.4e-7 absolute on the weights (magnitudes 0.02-1) and 8e-8
+# relative on the loss; the bounds leave a factor of about 10.
+WEIGHT_ATOL, LOSS_RTOL = 2e-6, 1e-6
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("setting", ["plain", "frugal"])
+def test_two_ranks_match_one_process(corpus, single, tmp_path, strategy, setting):
+    reference = single[setting]
+    result = _run(corpus, tmp_path, _config(corpus, FRUGAL if setting == "frugal" else {}, strategy))
+    assert _losses(result) == pytest.approx(_losses(reference), rel=LOSS_RTOL)
+    ours, theirs = _weights(result), _weights(reference)
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+
+
+def _train_losses(result) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in map(json.loads, open(result.history_file)) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    """One process, 6 steps without a stop: the curve a resumed run must continue."""
+    return _run(corpus, tmp_path_factory.mktemp("whole") / "run", _config(corpus, max_steps=6, checkpoint_interval=3))
+
+
+@pytest.mark.parametrize(("first", "then"), [(("fsdp", 2), ("none", 1)), (("ddp", 1), ("fsdp", 2))],
+                         ids=["2-ranks-to-1-process", "1-rank-to-2-ranks"])
+def test_sharded_checkpoint_resumes_at_another_world_size(corpus, uninterrupted, tmp_path, first, then):
+    # max_minutes this small stops the first run right after step 1, with a checkpoint.
+    stopped = _run(corpus, tmp_path, _config(corpus, strategy=first[0], nproc=first[1], max_steps=6,
+                                             checkpoint_interval=3, max_minutes=1e-6))
+    assert stopped.stopped_early and stopped.steps == 1
+    assert (tmp_path / "checkpoint_sharded" / "train_state.json").exists()
+    assert not list((tmp_path / "checkpoint_sharded").glob("*.distcp"))  # safetensors shards, no pickles
+    resumed = _run(corpus, tmp_path, _config(corpus, strategy=then[0], nproc=then[1], max_steps=6,
+                                             checkpoint_interval=3))
+    assert resumed.resumed_from == 1
+    assert _train_losses(resumed) == pytest.approx(_train_losses(uninterrupted), rel=LOSS_RTOL)
+    for name, weight in _weights(uninterrupted).items():
+        torch.testing.assert_close(_weights(resumed)[name], weight, atol=WEIGHT_ATOL, rtol=0, msg=name)
+
+
+def test_a_killed_rank_ends_the_job_and_the_same_command_resumes(corpus, tmp_path):
+    import threading
+    import time
+
+    import psutil
+
+    from model.launch import LaunchError
+
+    # Memory tracked every step slows the tiny model down enough to kill it mid-run.
+    cfg = _config(corpus, strategy="fsdp", max_steps=12, checkpoint_interval=4, memory_sample_every=1)
+    outcome = {}
+
+    def first_run():
+        try:
+            _run(corpus, tmp_path, cfg)
+        except LaunchError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    history = tmp_path / "history.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (history.exists() and '"step": 9,' in history.read_text()):
+        time.sleep(0.02)
+    ranks = [p for p in psutil.Process().children(recursive=True) if "model.launch" in " ".join(p.cmdline())]
+    victim = next(p for p in ranks if p.environ().get("RANK") == "1")
+    victim.kill()
+    thread.join(60)
+    assert not thread.is_alive() and "error" in outcome  # torchrun ended the job and said so
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
+    assert '"step": 12,' not in history.read_text()
+
+    resumed = _run(corpus, tmp_path, cfg)
+    assert resumed.resumed_from == 8 and resumed.steps == 12
+    reference = _run(corpus, tmp_path / "reference", _config(corpus, max_steps=12, checkpoint_interval=4))
+    assert _train_losses(resumed) == pytest.approx(_train_losses(reference), rel=LOSS_RTOL)
+
+
+def test_a_refused_combination_exits_2_before_any_rank_starts(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  grad_clip: 0\n  memory:\n    optimizer_in_backward: true\n")
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "train", "-c", str(config), "--strategy", "ddp"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optimizer_in_backward" in lines[0] and "strategy ddp" in lines[0]
+    assert "torch.distributed.run" not in run.stdout + run.stderr
+
+
+def test_per_rank_memory_adds_up_to_the_single_process(corpus, tmp_path):
+    """Sharding loses nothing and counts nothing twice. At the optimizer phase's peak of step 2 (every
+    gradient and all optimizer state alive) the FSDP ranks' parameter and optimizer-state shards sum to the
+    single process's bytes, except AdamW's step counters (one fp32 scalar per parameter tensor), which
+    every rank keeps; their gradient shards sum to one gradient per parameter. (The single process's
+    tracker files the tied head's gradient, made by the chunked loss in forward, under activations, so
+    its own gradient figure is short of that by the embedding's size.) DDP's ranks each hold it all."""
+    # Step 2: the optimizer state exists from its start; DDP rebuilt its gradient buckets in step 2: step 3.
+    runs = {strategy: _run(corpus, tmp_path / strategy, _config(
+        corpus, strategy=strategy, memory_sample_steps=[3 if strategy == "ddp" else 2])) for strategy in ("none", "fsdp", "ddp")}
+
+    def at_optimizer(report: dict) -> dict[str, int]:
+        return report["phases"]["optimizer"]["breakdown"]
+
+    single = at_optimizer(runs["none"].memory)
+    fsdp = [at_optimizer(r) for r in runs["fsdp"].memory["ranks"]]
+    n_tensors = 15  # 2 blocks x 6 weights, token and position embeddings, final norm
+    assert len(fsdp) == 2 and all(r["parameters"] == single["parameters"] // 2 for r in fsdp)
+    assert sum(r["parameters"] for r in fsdp) == single["parameters"]
+    assert sum(r["gradients"] for r in fsdp) == single["parameters"]  # fp32 gradients, one per weight
+    assert sum(r["optimizer_state"] for r in fsdp) == single["optimizer_state"] + 4 * n_tensors
+    for rank in map(at_optimizer, runs["ddp"].memory["ranks"]):  # its gradients: the buckets, one per weight
+        assert [rank[c] for c in ("parameters", "gradients", "optimizer_state")] == [
+            single["parameters"], single["parameters"], single["optimizer_state"]]
+    # The headline is the largest rank's peak, and every rank's peak was logged.
+    assert runs["fsdp"].peak_memory_mib == max(r["peak_mib"] for r in runs["fsdp"].memory["ranks"])
+    logged = [json.loads(line) for line in open(runs["fsdp"].history_file) if "memory/rank1/peak_mib" in line]
+    assert logged and logged[0]["memory/peak_mib"] == max(logged[0][f"memory/rank{r}/peak_mib"] for r in (0, 1))
+
+
+def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, tmp_path):
+    """Node 0's launch (as the train task runs it) and `memlm train --node-rank 1` form one 2-node job;
+    its full weights register as today's pyfunc."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    import mlflow
+    import yaml
+
+    from model.pyfunc import log_text_generator
+
+    config, parts = corpus
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "tokens").symlink_to(parts["tokens"].manifest_file.parent)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    node = {"strategy": "fsdp", "nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint}
+    cfg = _config(corpus, distributed={**node, "node_rank": 0})
+    config_file = tmp_path / "memlm.yaml"
+    config_file.write_text(yaml.safe_dump({"run_dir": str(run_dir), "model": config.model.model_dump(),
+                                           "train": cfg.model_dump(mode="json", exclude={"distributed"})}))
+    outcome = {}
+    node0 = threading.Thread(target=lambda: outcome.update(result=launch(
+        config.model, cfg, run_dir / "tokens", run_dir / "train", echo=print)))
+    node0.start()
+    node1 = subprocess.run([sys.executable, "-m", "flows.cli", "train", "-c", str(config_file), "--strategy", "fsdp",
+                            "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", endpoint],
+                           capture_output=True, text=True, timeout=300)
+    node0.join(300)
+    assert node1.returncode == 0, node1.stdout[-2000:] + node1.stderr[-2000:]
+    assert "node 1: its ranks finished" in node1.stdout
+    result = outcome["result"]
+    assert result.steps == STEPS and result.memory["world_size"] == 2
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("two-nodes", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_text_generator(result.checkpoint_dir, parts["tokens"].manifest_file.parent / "tokenizer.json",
+                                  "memlm-two-nodes", "The list")
+    assert info.registered_model_version == 1
+    assert len(mlflow.pyfunc.load_model(info.model_uri).predict(["The list"])) == 1
+
+
+def test_the_pipeline_trains_on_two_ranks_in_one_train_task_and_registers(site_url, tmp_path):
+    import mlflow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline_flow
+    from tests.conftest import small_config
+
+    config = small_config(tmp_path, site_url, train={
+        "max_steps": 10, "threads": 1, "memory_sample_steps": [2], "distributed": {"strategy": "fsdp"}})
+    with prefect_test_harness(server_startup_timeout=120):
+        outcomes = {o.name: o for o in pipeline_flow(config=config)}
+    assert list(outcomes) == ["crawl", "clean", "split", "tokenize", "train", "evaluate"]
+    train_summary = outcomes["train"].summary
+    assert train_summary["steps"] == 10 and len(train_summary["peak_memory_per_rank_mib"]) == 2
+    assert outcomes["evaluate"].summary["registered_version"] == 1
+    # Rank 0 logged every rank's metrics into the train task's MLflow run.
+    mlflow.set_tracking_uri(config.mlflow.resolved_tracking_uri())
+    metrics = mlflow.MlflowClient().get_run(train_summary["mlflow_run_id"]).data.metrics
+    assert {"train/loss", "val/loss", "memory/rank0/peak_mib", "memory/rank1/peak_mib"} <= set(metrics)
+
+
+def test_killing_the_launching_process_ends_every_rank(corpus, tmp_path):
+    """What a cancelled flow run or Ctrl-C does to the train task's process: even SIGKILL of it reaches
+    torchrun (the kernel's parent-death signal), which ends its ranks."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    config, parts = corpus
+    cfg = _config(corpus, strategy="ddp", max_steps=10_000, memory_sample_every=1)
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\nfrom model.config import ModelConfig, TrainConfig\n"
+        "from model.launch import launch\n"
+        f"launch(ModelConfig.model_validate_json({config.model.model_dump_json()!r}), "
+        f"TrainConfig.model_validate_json({cfg.model_dump_json()!r}), Path({str(parts['tokens'].manifest_file.parent)!r}), "
+        f"Path({str(tmp_path / 'run')!r}))\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        history = tmp_path / "run" / "history.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (history.exists() and '"step": 3,' in history.read_text()):
+            time.sleep(0.05)
+        family = psutil.Process(parent.pid).children(recursive=True)  # torchrun and its 2 ranks
+        assert sum(p.cmdline()[1:4] == ["-u", "-m", "model.launch"] for p in family) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+    gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive
