@@ -331,6 +331,13 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
     print(json.dumps(result["runners"]), flush=True)
     save()
     result["step_times"] = step_times(sample, min(sample_pages, 400))
+    save()
+    from crawlers.config import DEFAULT_SITE_DIR
+
+    if DEFAULT_SITE_DIR.is_dir():  # the same on real documentation pages (larger, table- and link-heavy)
+        docs = run_stage(["crawl", str(DEFAULT_SITE_DIR), str(tmp / "crawl-python-docs"), "300"])
+        result["step_times_python_docs"] = {"site_dir": str(DEFAULT_SITE_DIR), "crawl": docs,
+                                            **step_times(tmp / "crawl-python-docs" / "pages.jsonl", 300)}
     print(json.dumps(result, indent=2))
     save()
 
