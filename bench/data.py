@@ -208,6 +208,7 @@ def stage_main(args: list[str]) -> None:
     else:
         from corpus.clean import clean
         from corpus.config import CleanConfig
+        from corpus.jsonl import file_sha256
 
         pages_file, out, runner, workers = Path(args[1]), Path(args[2]), args[3], int(args[4])
         mb = pages_file.stat().st_size / 1e6
@@ -217,7 +218,7 @@ def stage_main(args: list[str]) -> None:
                   "store_mb": round(mb, 2), "seconds": round(elapsed, 1), "pages_per_s": round(report["pages_in"] / elapsed, 1),
                   "mb_per_s": round(mb / elapsed, 3), "mb_per_s_per_core": round(mb / elapsed / workers, 3),
                   "extract_s": report["extract_s"], "memory": report["memory"],
-                  "docs_sha256": __import__("corpus.jsonl", fromlist=["file_sha256"]).file_sha256(out / "docs.jsonl")}
+                  "docs_sha256": file_sha256(out / "docs.jsonl")}
     print(json.dumps(result))
 
 

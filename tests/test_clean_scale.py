@@ -2,6 +2,7 @@
 record at a time) and the Dask runner, which must give the processes runner's documents byte for byte."""
 from __future__ import annotations
 
+import importlib
 import json
 import tracemalloc
 
@@ -47,7 +48,7 @@ def test_the_dask_runner_gives_the_processes_runners_documents(crawled, tmp_path
         dask = clean(crawled.pages_file, tmp_path / "dask",
                      CleanConfig(runner="dask", dask_address=cluster.scheduler_address, shard_pages=4, **SETTINGS))
         # The workers did the work: each has the config it was sent, and spaCy loaded.
-        held = cluster.get_client().run(lambda: __import__("corpus.workers").workers._state.get("config") is not None)
+        held = cluster.get_client().run(lambda: importlib.import_module("corpus.workers")._state.get("config") is not None)
     assert dask.docs_file.read_bytes() == processes.docs_file.read_bytes()
     same_report(dask.report, processes.report)
     assert dask.report["runner"] == "dask" and all(held.values())
