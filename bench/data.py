@@ -14,10 +14,10 @@ At scale (`--scale`), a generated documentation site (tests/big_site.py) of each
 to a temporary folder and served on 127.0.0.1; the crawl and the clean each run in a process of their
 own, and their peak resident memory is the sum over that process and its children (Scrapy, the worker
 processes), sampled every 0.1 s. The smallest site's crawl is also killed with SIGKILL half way and
-resumed; the first pages of that crawl are cleaned by both runners (processes, and Dask on a local
-cluster of as many workers), and timed step by step on one core.
+resumed; the first pages of that crawl (`--sample-pages`) are cleaned by both runners (processes, and
+Dask on a local cluster of as many workers), and timed step by step on one core.
 
-    python bench/data.py --scale 10000 30000 --json bench/results/data-scale-cpu.json
+    python bench/data.py --scale 2000 6000 --json bench/results/data-scale-cpu.json
 """
 from __future__ import annotations
 
@@ -208,6 +208,7 @@ def stage_main(args: list[str]) -> None:
     else:
         from corpus.clean import clean
         from corpus.config import CleanConfig
+        from corpus.jsonl import file_sha256
 
         pages_file, out, runner, workers = Path(args[1]), Path(args[2]), args[3], int(args[4])
         mb = pages_file.stat().st_size / 1e6
@@ -217,7 +218,7 @@ def stage_main(args: list[str]) -> None:
                   "store_mb": round(mb, 2), "seconds": round(elapsed, 1), "pages_per_s": round(report["pages_in"] / elapsed, 1),
                   "mb_per_s": round(mb / elapsed, 3), "mb_per_s_per_core": round(mb / elapsed / workers, 3),
                   "extract_s": report["extract_s"], "memory": report["memory"],
-                  "docs_sha256": __import__("corpus.jsonl", fromlist=["file_sha256"]).file_sha256(out / "docs.jsonl")}
+                  "docs_sha256": file_sha256(out / "docs.jsonl")}
     print(json.dumps(result))
 
 
@@ -280,8 +281,13 @@ def step_times(pages_file: Path, n_pages: int) -> dict:
                       for name, s in sorted(times.items(), key=lambda kv: -kv[1])}}
 
 
-def scale_main(sizes: list[int], json_out: Path | None, workers: int) -> None:
+def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pages: int) -> None:
     from tests.big_site import build_big_site
+
+    def save() -> None:  # after each part, so that a run stopped early leaves what it measured
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result, indent=2))
 
     tmp = Path(tempfile.mkdtemp(prefix="memlm-bench-scale-"))
     result: dict = {"cores": os.cpu_count(), "workers": workers, "sizes": {}, "note":
@@ -296,6 +302,7 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int) -> None:
         clean = run_stage(["clean", str(pages_file), str(tmp / f"clean-{n}"), "processes", str(workers)])
         result["sizes"][n] = {"files": len(paths), "generated_s": round(generated_s, 1), "crawl": crawl, "clean": clean}
         print(json.dumps({n: result["sizes"][n]}), flush=True)
+        save()
     smallest, largest = min(sizes), max(sizes)
     base, top = result["sizes"][smallest], result["sizes"][largest]
     result["ratios_largest_over_smallest"] = {
@@ -312,21 +319,28 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int) -> None:
     result["kill_and_resume"] = {"site_files": files, "killed": killed, "resumed": resumed,
                                  "stored_pages": len(urls), "distinct_pages": len(set(urls))}
     print(json.dumps(result["kill_and_resume"]), flush=True)
+    save()
 
-    # Runners on the same pages: the first 3,000 of the smallest crawl.
+    # Runners on the same pages: the first `sample_pages` of the smallest crawl.
     sample = tmp / "sample.jsonl"
     with open(tmp / f"crawl-{smallest}" / "pages.jsonl", encoding="utf-8") as f, open(sample, "w", encoding="utf-8") as out_f:
-        out_f.writelines(itertools.islice(f, 3000))
+        out_f.writelines(itertools.islice(f, sample_pages))
     runners = {runner: run_stage(["clean", str(sample), str(tmp / f"runner-{runner}"), runner, str(workers)])
                for runner in ("processes", "dask")}
     result["runners"] = {**runners, "same_docs": runners["processes"]["docs_sha256"] == runners["dask"]["docs_sha256"],
                          "dask_over_processes_mb_per_s": round(runners["dask"]["mb_per_s"] / runners["processes"]["mb_per_s"], 3)}
     print(json.dumps(result["runners"]), flush=True)
-    result["step_times"] = step_times(sample, 600)
+    save()
+    result["step_times"] = step_times(sample, min(sample_pages, 400))
+    save()
+    from crawlers.config import DEFAULT_SITE_DIR
+
+    if DEFAULT_SITE_DIR.is_dir():  # the same on real documentation pages (larger, table- and link-heavy)
+        docs = run_stage(["crawl", str(DEFAULT_SITE_DIR), str(tmp / "crawl-python-docs"), "300"])
+        result["step_times_python_docs"] = {"site_dir": str(DEFAULT_SITE_DIR), "crawl": docs,
+                                            **step_times(tmp / "crawl-python-docs" / "pages.jsonl", 300)}
     print(json.dumps(result, indent=2))
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+    save()
 
 
 def main() -> None:
@@ -346,9 +360,11 @@ def main() -> None:
     parser.add_argument("--scale", type=int, nargs="+", metavar="PAGES",
                         help="instead: crawl and clean generated sites of these sizes (see the module's doc)")
     parser.add_argument("--workers", type=int, default=2, help="cleaning workers at --scale")
+    parser.add_argument("--sample-pages", type=int, default=1000,
+                        help="pages of the smallest site cleaned by both runners and timed step by step")
     args = parser.parse_args()
     if args.scale:
-        return scale_main(args.scale, args.json, args.workers)
+        return scale_main(args.scale, args.json, args.workers, args.sample_pages)
     if not args.site_dir.is_dir():
         parser.error(f"{args.site_dir} does not exist: apt-get install python3.11-doc, or pass --site-dir")
     deny = CrawlConfig().deny

@@ -64,8 +64,11 @@ def _dask_runner(config: CleanConfig) -> Iterator[RunPass]:
     with contextlib.ExitStack() as stack:
         address = config.dask_address
         if address is None:
+            # The workers report to this process's Prefect API (a temporary server if none is set),
+            # instead of each starting a temporary server of its own.
             cluster = stack.enter_context(LocalCluster(n_workers=workers_of(config), threads_per_worker=1,
-                                                       processes=True, dashboard_address=None))
+                                                       processes=True, dashboard_address=None,
+                                                       env={"PREFECT_API_URL": prefect_api_url()}))
             address = cluster.scheduler_address
         with Client(address) as client:
             in_flight = 2 * max(len(client.scheduler_info()["workers"]), 1)
@@ -83,3 +86,10 @@ def _dask_runner(config: CleanConfig) -> Iterator[RunPass]:
                 yield futures.popleft().result()
 
         yield run
+
+
+def prefect_api_url() -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)

@@ -2,6 +2,7 @@
 record at a time) and the Dask runner, which must give the processes runner's documents byte for byte."""
 from __future__ import annotations
 
+import importlib
 import json
 import tracemalloc
 
@@ -37,12 +38,17 @@ def test_line_counts_spilled_to_disk_give_the_same_documents(crawled, tmp_path):
 def test_the_dask_runner_gives_the_processes_runners_documents(crawled, tmp_path):
     from distributed import LocalCluster
 
+    from corpus.runners import prefect_api_url
+
     processes = clean(crawled.pages_file, tmp_path / "processes", CleanConfig(workers=2, **SETTINGS))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    # The workers report their task runs to this process's Prefect API, as a cluster's workers would to a
+    # Prefect server (without it each starts a temporary server of its own).
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"PREFECT_API_URL": prefect_api_url()}) as cluster:
         dask = clean(crawled.pages_file, tmp_path / "dask",
                      CleanConfig(runner="dask", dask_address=cluster.scheduler_address, shard_pages=4, **SETTINGS))
         # The workers did the work: each has the config it was sent, and spaCy loaded.
-        held = cluster.get_client().run(lambda: __import__("corpus.workers").workers._state.get("config") is not None)
+        held = cluster.get_client().run(lambda: importlib.import_module("corpus.workers")._state.get("config") is not None)
     assert dask.docs_file.read_bytes() == processes.docs_file.read_bytes()
     same_report(dask.report, processes.report)
     assert dask.report["runner"] == "dask" and all(held.values())
