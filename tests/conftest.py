@@ -74,3 +74,15 @@ def corpus(crawled, tmp_path_factory, site_url):
     parts = split(cleaned.docs_file, root / "split", config.split)
     tokens = tokenize(parts.files, root / "tokens", config.tokenize)
     return config, {"root": root, "clean": cleaned, "split": parts, "tokens": tokens}
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI for the process, and memlm lets that variable
+    override the config: without this, one test's store would leak into the next test's runs."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
