@@ -320,18 +320,20 @@ def plan(
         result = make_plan(arch_cfg, cfg.train, budget_bytes, device, lossy, try_all,
                            on_trial=lambda t: status.update(f"tried {t.name}"))
     table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB on {device}")
-    for col in ("candidate", "peak MiB", "activations", "optimizer", "tokens/s", ""):
+    for col in ("candidate", "peak MiB", "activations", "optimizer", "tokens/s", "val loss vs fp32 AdamW", ""):
         table.add_column(col, justify="left" if col in ("candidate", "") else "right")
     for trial in result.trials:
         name = trial.name + (" (lossy)" if trial.lossy else "")
         if trial.refused:
-            table.add_row(name, "", "", "", "", f"[yellow]refused:[/] {trial.refused}")
+            table.add_row(name, "", "", "", "", "", f"[yellow]refused:[/] {trial.refused}")
             continue
         verdict = "[green]fits[/]" if trial.fits(budget_bytes) else "[red]over[/]"
         if trial is result.chosen:
             verdict, name = "[bold green]chosen[/]", f"[bold]{name}[/]"
         table.add_row(name, f"{trial.peak_bytes / MiB:.1f}", f"{trial.breakdown.get('activations', 0) / MiB:.1f}",
-                      f"{trial.breakdown.get('optimizer_state', 0) / MiB:.1f}", f"{trial.tokens_per_s:,.0f}", verdict)
+                      f"{trial.breakdown.get('optimizer_state', 0) / MiB:.1f}", f"{trial.tokens_per_s:,.0f}",
+                      "" if not trial.lossy else "not measured" if trial.quality_cost is None
+                      else f"{trial.quality_cost:+.2%}", verdict)
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
