@@ -78,6 +78,9 @@ def run_row(name: str, tokens_dir: Path, steps: int) -> dict:
         train_step.set_lr(lr_at(step, train_cfg))
         loss, _ = train_step(step, lambda n: train_tokens.random_batch(n, data_rng, device))
         curve.append(loss)
+        if step % 25 == 0:  # progress, for a run that is watched or cut short
+            print(json.dumps({"row": name, "step": step, "s": round(time.perf_counter() - start, 1),
+                              "train_loss_mean_25": round(sum(curve[-25:]) / 25, 4)}), file=sys.stderr, flush=True)
     train_s = time.perf_counter() - start
     val_loss, val_count = evaluate_loss(model, val_tokens, train_cfg.batch_size, device)
     val = manifest["splits"]["val"]
@@ -173,9 +176,11 @@ def main() -> None:
     def one(name: str) -> dict:
         cmd = [sys.executable, __file__, "--row-worker", name, "--tokens", str(args.tokens), "--steps",
                str(args.steps)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        progress = Path(args.mlflow.removeprefix("sqlite:///")).parent / f"{name}.progress.log"
+        with progress.open("w") as log:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
         if proc.returncode != 0:
-            return {"name": name, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+            return {"name": name, "error": (progress.read_text().strip().splitlines() or ["failed"])[-1]}
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     with ThreadPoolExecutor(args.parallel) as pool:

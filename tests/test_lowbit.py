@@ -173,8 +173,10 @@ def test_low_bit_adamw_states_stay_within_their_quantization_error_of_adamw():
         return p.detach(), opt.state[p]
 
     ref_weight, ref_state = run(lambda ps: torch.optim.AdamW(ps, lr=1e-3, betas=(0.9, 0.95)))
-    # Block-wise absmax quantization: 8-bit dynamic-tree codes keep about 2 decimal digits, 4-bit about 1.
-    for name, rel in (("AdamW8bit", 0.02), ("AdamW4bit", 0.15)):
+    # Block-wise absmax quantization, the moments quantized again at every step: 8-bit dynamic-tree codes
+    # keep about 2 decimal digits of a block's largest value; 4-bit codes (16 levels) about one level in 8,
+    # so four requantizations stay within a quarter of it.
+    for name, rel in (("AdamW8bit", 0.02), ("AdamW4bit", 0.25)):
         weight, state = run(lambda ps: getattr(torchao_optim, name)(ps, lr=1e-3, betas=(0.9, 0.95)))
         for key in ("exp_avg", "exp_avg_sq"):
             low, ref = state[key].dequantize().float(), ref_state[key]
