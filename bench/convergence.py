@@ -8,6 +8,8 @@ AdamW's quality" when its final validation loss is within 1% of the fp32 AdamW r
 
     python bench/convergence.py --tokens runs/demo/tokens --steps 500 --json bench/results/convergence-cpu.json
     python bench/convergence.py --rows fp32-adamw,bf16-stochastic --parallel 2 ...
+    python bench/convergence.py --progress-only --json bench/results/convergence-cpu-partial.json
+        # a run cut short: every row's progress so far (train loss, mean of 25 steps), no validation
 
 Each row runs in its own process (`--parallel` of them at a time, one thread each: the figures do not
 depend on the timing). Loss curves go to MLflow (a local sqlite store, `--mlflow`), and one plot of all
@@ -136,6 +138,43 @@ def plot(rows: list[dict], out_file: Path) -> None:
     fig.savefig(out_file, dpi=110)
 
 
+def collect_progress(log_dir: Path, json_file: Path | None, plot_file: Path) -> None:
+    """What rows cut short measured: (step, train loss mean of the 25 steps before it) from their logs."""
+    rows = []
+    for log in sorted(log_dir.glob("*.progress.log")):
+        points = [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"row"')]
+        if points:
+            rows.append({"name": points[0]["row"], "memory": ROWS[points[0]["row"]], "partial": True,
+                         "steps_done": points[-1]["step"], "seconds": points[-1]["s"],
+                         "train_loss_mean_25": {p["step"]: p["train_loss_mean_25"] for p in points}})
+    ref = next((r for r in rows if r["name"] == REFERENCE), None)
+    for r in rows:
+        if ref is not None:
+            common = max(set(r["train_loss_mean_25"]) & set(ref["train_loss_mean_25"]), default=None)
+            if common is not None:
+                r["at_step"] = common
+                r["train_loss_vs_fp32_adamw"] = round(
+                    r["train_loss_mean_25"][common] / ref["train_loss_mean_25"][common] - 1, 5)
+        print(json.dumps({k: v for k, v in r.items() if k != "train_loss_mean_25"}))
+    if json_file:
+        json_file.write_text(json.dumps(rows, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        steps = sorted(r["train_loss_mean_25"])
+        ax.plot(steps, [r["train_loss_mean_25"][s] for s in steps], marker="o", ms=3, label=r["name"])
+    ax.set(xlabel="step", ylabel="train loss, mean of 25 steps (nats/token)",
+           title="Convergence on the demo corpus (cut short: see the JSON)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(plot_file, dpi=110)
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     ref = next((r for r in rows if r["name"] == REFERENCE and "error" not in r), None)
     for r in rows:
@@ -156,10 +195,16 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "bench/results/convergence-cpu.png")
     parser.add_argument("--mlflow", default=f"sqlite:///{ROOT}/runs/convergence/mlflow.db")
     parser.add_argument("--experiment", default="memlm-convergence")
+    parser.add_argument("--progress-only", action="store_true",
+                        help="run nothing: collect the rows' progress logs (next to the MLflow store) into --json "
+                        "and --plot, for a run that was cut short")
     parser.add_argument("--row-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row_worker:
         print(json.dumps(run_row(args.row_worker, args.tokens, args.steps)))
+        return
+    if args.progress_only:
+        collect_progress(Path(args.mlflow.removeprefix("sqlite:///")).parent, args.json, args.plot)
         return
     names = args.rows.split(",") if args.rows else list(ROWS)
     unknown = [n for n in names if n not in ROWS]
