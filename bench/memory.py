@@ -206,7 +206,8 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         if not tracker.wants(i) and i > 3:
             step_times.append(time.perf_counter() - start)
     # The median step: a shared machine's hiccups move a mean, not a median.
-    tokens_per_s = batch * block_size / statistics.median(step_times)
+    # With --steps 3 only memory is measured (steps 2 and 3 are tracked, and tracking slows a step).
+    tokens_per_s = batch * block_size / statistics.median(step_times) if step_times else None
     peak = tracker.peak
     return {
         "name": name,
@@ -214,12 +215,12 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         "peak_mib": round(peak.peak_mib, 1),
         "breakdown_mib": {k: round(v / 2**20, 1) for k, v in peak.breakdown.items()},
         "peak_phase": peak.peak_phase,
-        "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": round(flops_per_token * tokens_per_s / peak_flops, 4),
+        "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
+        "mfu": round(flops_per_token * tokens_per_s / peak_flops, 4) if tokens_per_s else None,
         "final_loss": round(sum(losses[-3:]) / 3, 4),
         "steps": steps,
         "matmul_peak_gflops": round(peak_flops / 1e9, 1),
-        "median_step_s": round(statistics.median(step_times), 4),
+        "median_step_s": round(statistics.median(step_times), 4) if step_times else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cuda_max_allocated_mib": (round(peak.cuda_max_allocated / 2**20, 1)
                                    if peak.cuda_max_allocated is not None else None),
@@ -250,7 +251,7 @@ def combine(runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[-1]
-    middle = sorted(ok, key=lambda r: r["tokens_per_s"])[(len(ok) - 1) // 2]
+    middle = sorted(ok, key=lambda r: r["tokens_per_s"] or 0)[(len(ok) - 1) // 2]
     return {**middle, "tokens_per_s_rounds": [r["tokens_per_s"] for r in ok]}
 
 
@@ -268,7 +269,8 @@ def print_table(rows: list[dict], data_note: str) -> None:
         b = r["breakdown_mib"]
         table.add_row(r["name"], f"{r['peak_mib']:.1f}", f"{b['parameters']:.0f}", f"{b['gradients']:.0f}",
                       f"{b['optimizer_state']:.0f}", f"{b['activations']:.0f}", f"{b['temporaries']:.0f}",
-                      f"{r['tokens_per_s']:.0f}", f"{r['mfu']:.1%}", f"{r['final_loss']:.4f}")
+                      f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-",
+                      f"{r['mfu']:.1%}" if r["mfu"] else "-", f"{r['final_loss']:.4f}")
     Console(width=140).print(table)
 
 
@@ -276,7 +278,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", help="comma-separated row names (default: all default rows); "
                         f"known: {', '.join(ROWS)}")
-    parser.add_argument("--steps", type=int, default=15, help="optimizer steps per row (>= 6)")
+    parser.add_argument("--steps", type=int, default=15,
+                        help="optimizer steps per row (>= 6; 3: memory only, no speed)")
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the rows this many times, in rotated order; each row's speed is its median")
@@ -295,9 +298,9 @@ def main() -> None:
         return
     names = args.rows.split(",") if args.rows else [n for n, s in ROWS.items() if s.get("default", True)]
     unknown = [n for n in names if n not in ROWS]
-    if unknown or args.steps < 6 or args.rounds < 1:
+    if unknown or (args.steps < 6 and args.steps != 3) or args.rounds < 1:
         parser.error(f"unknown rows: {', '.join(unknown)}" if unknown else
-                     "--steps must be at least 6" if args.steps < 6 else "--rounds must be at least 1")
+                     "--rounds must be at least 1" if args.rounds < 1 else "--steps must be 3 or at least 6")
     data_file, data_note = prepare_data(ROOT / "runs/bench", args.data)
     peak_flops = measure_peak_flops(args.threads, args.precision)
     print(f"{args.precision} matrix-multiply peak: {peak_flops / 1e9:.1f} GFLOP/s (the MFU yardstick for every row)", file=sys.stderr)
