@@ -50,6 +50,12 @@ LOWEST = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size"
 # The best AdamW combination that composes with DDP and FSDP (optimizer_in_backward and split_head_step
 # need each gradient whole on its rank before the step; see model/techniques.py).
 BEST_ADAMW_SHARDED = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128}
+# Below the fp32 AdamW floor (issue 13): bf16 weights computed in fp32 and stepped with stochastic rounding,
+# low-bit AdamW states, the loss's vocabulary in tiles. split_head_step needs fp32 AdamW, so the head's
+# gradient comes late instead.
+LOW_PRECISION = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128,
+                 "loss_vocab_chunk_size": 1024, "late_head_grad": True, "optimizer_in_backward": True,
+                 "precision": "bf16-weights", "bf16_rounding": "stochastic"}
 
 # name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate.
 ROWS: dict[str, dict] = {
@@ -71,6 +77,15 @@ ROWS: dict[str, dict] = {
     "memlm-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW},
     "memlm-best-any": {"impl": "memlm", "memory": BEST_ANY, "lr": 3e-2},
     "memlm-lowest-memory": {"impl": "memlm", "memory": LOWEST, "lr": 3e-2},
+    "memlm-best-adamw-tiled-loss": {"impl": "memlm", "memory": {**BEST_ADAMW, "loss_vocab_chunk_size": 1024}},
+    "memlm-bf16-adamw": {"impl": "memlm", "memory": LOW_PRECISION},
+    "memlm-adamw8bit-best": {"impl": "memlm", "memory": {**LOW_PRECISION, "precision": "fp32",
+                                                         "optimizer": "adamw8bit"}},
+    "memlm-bf16-adamw8bit": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw8bit"}},
+    "memlm-bf16-adamw4bit": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw4bit"}},
+    # The longest sequences at batch 8 (the reference model, its position table lengthened) in the least memory.
+    **{f"memlm-seq-{n}": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw4bit"}, "block_size": n,
+                          "default": False} for n in (1024, 1536, 2048)},
     # The default's chunked loss, compiled (inductor fuses the elementwise work between the matrix
     # multiplies; compiling takes about a minute, in the untimed first steps). On this 2-core CPU it is no
     # faster than the default within the run-to-run noise; on a GPU it is the candidate for fastest.
@@ -157,7 +172,8 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
     ranks = Ranks()
     if strategy != "none":
         ranks, device = start(DistributedConfig(**distributed), device)
-    tokens = TokenFile(data_file, REFERENCE["block_size"])
+    block_size = spec.get("block_size", REFERENCE["block_size"])
+    tokens = TokenFile(data_file, block_size)
     data_rng = torch.Generator().manual_seed(0)
     batch = REFERENCE["batch_size"]
     lr = spec.get("lr", LR)
@@ -179,7 +195,7 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         return lambda n: next(micro)
 
     if spec["impl"] == "memlm":
-        model = GPT(GPTConfig(vocab_size=REFERENCE["vocab_size"], block_size=REFERENCE["block_size"],
+        model = GPT(GPTConfig(vocab_size=REFERENCE["vocab_size"], block_size=block_size,
                               n_layer=REFERENCE["n_layer"], n_head=REFERENCE["n_head"],
                               n_embd=REFERENCE["n_embd"])).to(device)
         train_step = TrainStep(model, train_cfg, device, ranks=ranks)
@@ -224,7 +240,8 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         if not tracker.wants(i) and i > 3:
             step_times.append(time.perf_counter() - start)
     # The median step: a shared machine's hiccups move a mean, not a median.
-    tokens_per_s = batch * REFERENCE["block_size"] / statistics.median(step_times)
+    # With --steps 3 only memory is measured (steps 2 and 3 are tracked, and tracking slows a step).
+    tokens_per_s = batch * block_size / statistics.median(step_times) if step_times else None
     peak = tracker.peak
     # Each rank's own figures; parameters + gradients + optimizer state where all three are alive (the
     # optimizer phase's peak of the last tracked step, after the first step created the optimizer state).
@@ -250,18 +267,19 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         "peak_phase": largest["peak_phase"],
         "state_mib": largest["state_mib"],
         "ranks": every,
-        "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": round(flops_per_token * tokens_per_s / peak_flops, 4),
+        "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
+        "mfu": round(flops_per_token * tokens_per_s / peak_flops, 4) if tokens_per_s else None,
         "final_loss": round(sum(losses[-3:]) / 3, 4),
         "steps": steps,
         "matmul_peak_gflops": round(peak_flops / 1e9, 1),
-        "median_step_s": round(statistics.median(step_times), 4),
+        "median_step_s": round(statistics.median(step_times), 4) if step_times else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cuda_max_allocated_mib": (round(peak.cuda_max_allocated / 2**20, 1)
                                    if peak.cuda_max_allocated is not None else None),
         "memory": memory if spec["impl"] == "memlm" else None,
         "precision": memory["precision"],
         "lr": lr,
+        "block_size": block_size,
     }
 
 
@@ -285,7 +303,7 @@ def combine(runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[-1]
-    middle = sorted(ok, key=lambda r: r["tokens_per_s"])[(len(ok) - 1) // 2]
+    middle = sorted(ok, key=lambda r: r["tokens_per_s"] or 0)[(len(ok) - 1) // 2]
     return {**middle, "tokens_per_s_rounds": [r["tokens_per_s"] for r in ok]}
 
 
@@ -303,7 +321,8 @@ def print_table(rows: list[dict], data_note: str) -> None:
         b = r["breakdown_mib"]
         table.add_row(r["name"], f"{r['peak_mib']:.1f}", f"{b['parameters']:.0f}", f"{b['gradients']:.0f}",
                       f"{b['optimizer_state']:.0f}", f"{b['activations']:.0f}", f"{b['temporaries']:.0f}",
-                      f"{r['tokens_per_s']:.0f}", f"{r['mfu']:.1%}", f"{r['final_loss']:.4f}")
+                      f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-",
+                      f"{r['mfu']:.1%}" if r["mfu"] else "-", f"{r['final_loss']:.4f}")
     Console(width=140).print(table)
 
 
@@ -311,7 +330,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", help="comma-separated row names (default: all default rows); "
                         f"known: {', '.join(ROWS)}")
-    parser.add_argument("--steps", type=int, default=15, help="optimizer steps per row (>= 6)")
+    parser.add_argument("--steps", type=int, default=15,
+                        help="optimizer steps per row (>= 6; 3: memory only, no speed)")
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the rows this many times, in rotated order; each row's speed is its median")
@@ -336,9 +356,9 @@ def main() -> None:
     names = args.rows.split(",") if args.rows else WORLD_ROWS if args.world_size > 1 else [
         n for n, s in ROWS.items() if s.get("default", True) and "strategy" not in s and "world" not in s]
     unknown = [n for n in names if n not in ROWS]
-    if unknown or args.steps < 6 or args.rounds < 1:
+    if unknown or (args.steps < 6 and args.steps != 3) or args.rounds < 1:
         parser.error(f"unknown rows: {', '.join(unknown)}" if unknown else
-                     "--steps must be at least 6" if args.steps < 6 else "--rounds must be at least 1")
+                     "--rounds must be at least 1" if args.rounds < 1 else "--steps must be 3 or at least 6")
     data_file, data_note = prepare_data(ROOT / "runs/bench", args.data)
     peak_flops = measure_peak_flops(args.threads, args.precision)
     print(f"{args.precision} matrix-multiply peak: {peak_flops / 1e9:.1f} GFLOP/s (the MFU yardstick for every row)", file=sys.stderr)

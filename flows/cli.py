@@ -427,19 +427,21 @@ def plan(
                            on_trial=lambda t: status.update(f"tried {t.name}"), meter=meter, predict_only=predict)
     how = "predicted" if predict else f"{meter} meter"
     table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB ({how}) on {device}")
-    for col in ("candidate", "peak MiB", "activations", "optimizer", "tokens/s", ""):
+    for col in ("candidate", "peak MiB", "activations", "optimizer", "tokens/s", "val loss vs fp32 AdamW", ""):
         table.add_column(col, justify="left" if col in ("candidate", "") else "right")
     for trial in result.trials:
         name = trial.name + (" (lossy)" if trial.lossy else "")
         if trial.refused:
-            table.add_row(name, "", "", "", "", f"[yellow]refused:[/] {trial.refused}")
+            table.add_row(name, "", "", "", "", "", f"[yellow]refused:[/] {trial.refused}")
             continue
         verdict = "[green]fits[/]" if trial.fits(budget_bytes) else "[red]over[/]"
         if trial is result.chosen:
             verdict, name = "[bold green]chosen[/]", f"[bold]{name}[/]"
         table.add_row(name, f"{trial.peak_bytes / MiB:.1f}", f"{trial.breakdown.get('activations', 0) / MiB:.1f}",
                       f"{trial.breakdown.get('optimizer_state', 0) / MiB:.1f}",
-                      "predicted" if trial.tokens_per_s is None else f"{trial.tokens_per_s:,.0f}", verdict)
+                      "predicted" if trial.tokens_per_s is None else f"{trial.tokens_per_s:,.0f}",
+                      "" if not trial.lossy else "not measured" if trial.quality_cost is None
+                      else f"{trial.quality_cost:+.2%}", verdict)
     console.print(table)
     if predict:
         from model.plan import PREDICTION_ASSUMES

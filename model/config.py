@@ -52,6 +52,12 @@ class MemoryConfig(BaseModel):
         description="Tokens per chunk of the chunked cross-entropy, which never holds the full logits "
         "(0: the plain loss over full logits).",
     )
+    loss_vocab_chunk_size: int = Field(
+        default=0, ge=0,
+        description="With the chunked loss: vocabulary rows per tile (Cut Cross-Entropy's scheme), so that a "
+        "chunk's logits exist one tokens x vocabulary tile at a time, at the price of one more head matrix "
+        "multiply (0: a chunk's whole vocabulary at once).",
+    )
     late_head_grad: bool = Field(
         default=False,
         description="With the chunked loss: compute the tied output head's weight gradient at the end of "
@@ -64,8 +70,19 @@ class MemoryConfig(BaseModel):
         "with the embedding's gradient: AdamW's exact step, with neither a vocabulary x width gradient kept "
         "through backward nor the logits computed again (late_head_grad's cost).",
     )
-    precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"] = "fp32"
-    optimizer: Literal["adamw", "adafactor", "adamw8bit"] = "adamw"
+    precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "bf16-weights"] = Field(
+        default="fp32",
+        description="bf16-true: bf16 weights and arithmetic; bf16-weights: bf16 matrices (vectors fp32) with "
+        "fp32 arithmetic, each Linear casting its weight as it runs (for CPUs without bf16 hardware).")
+    bf16_rounding: Literal["nearest", "stochastic", "kahan"] = Field(
+        default="stochastic",
+        description="How bf16 weights take the optimizer's fp32 update: nearest (drops updates under half a "
+        "bf16 step), stochastic (right in expectation, no memory) or kahan (a 2-byte compensation buffer per "
+        "weight; AdamW only).")
+    optimizer: Literal["adamw", "adafactor", "adamw8bit", "adamw4bit", "adam-mini", "muon"] = Field(
+        default="adamw",
+        description="adamw8bit/adamw4bit: torchao's block-quantized moments (2/1 bytes a weight); adam-mini: one "
+        "second moment per matrix row; muon: torch.optim.Muon for the blocks' matrices, AdamW for the rest.")
     optimizer_in_backward: bool = Field(
         default=False, description="Step each parameter in its gradient hook and free the gradient at once."
     )

@@ -164,6 +164,9 @@ class TiedHeadLM(nn.Module):
         self.lm_head = Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.loss_chunk_size = 0  # memory techniques: see model/techniques.py
+        self.loss_vocab_chunk_size = 0
+        # The dtype the model computes in when it differs from its weights' (bf16 weights computed in fp32).
+        self.compute_dtype: torch.dtype | None = None
         # Where the tied weight's head gradient goes (memory techniques): autograd (None), or one of these.
         self.head_grad: LateHeadGrad | SplitHeadStep | None = None
 
@@ -178,7 +181,8 @@ class TiedHeadLM(nn.Module):
         if self.loss_chunk_size <= 0:
             logits = self.lm_head(hidden)
             return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size, self.head_grad)
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk_size, self.head_grad,
+                                    self.loss_vocab_chunk_size)
 
 
 class GPT(TiedHeadLM):
@@ -219,7 +223,8 @@ class GPT(TiedHeadLM):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        x = self.drop(self.wte(idx) + self.wpe.weight[start:start + T])
+        x = self.wte(idx) + self.wpe.weight[start:start + T]
+        x = self.drop(x if self.compute_dtype is None else x.to(self.compute_dtype))
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         return self.ln_f(x)

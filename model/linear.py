@@ -7,6 +7,9 @@ about 9 GB/s when they are not already in cache (MKL's matrix-vector path); the 
 MKL's strided batch GEMM and reads them at about 50 GB/s with 2 threads (about 30 with 1). Measured for
 1 to 128 rows (`bench/generate.py`, the README); at 2,048 rows (evaluation's batches) both run alike and
 the plain path is kept. Training is unchanged: with gradients on, this is `nn.Linear`.
+
+A weight stored in a narrower float than its input (bf16 weights computed in fp32, model/lowbit.py) is cast
+to the input's dtype as the layer runs.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ MAX_ROWS = 256
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
+        if weight.dtype is torch.bfloat16 and x.dtype is torch.float32:
+            return F.linear(x, weight.float(), self.bias)
         out_features, in_features = weight.shape
         rows = x.numel() // in_features
         if (torch.is_grad_enabled() or not x.is_cpu or x.dtype is not torch.float32

@@ -5,6 +5,11 @@ wanted, at once that chunk's gradient with respect to the hidden states and the 
 Liger-Kernel's fused linear cross-entropy does). Backward then only scales what forward computed: the
 logits are made once, not again in backward. Peak extra memory is one chunk of logits, not all.
 
+With a vocabulary chunk as well (Cut Cross-Entropy's scheme), a chunk's logits are never whole either: a
+first pass over (tokens × vocabulary) tiles keeps an online log-sum-exp per token (a running maximum
+and sum), a second makes each tile's logits again and turns them into that tile's gradients. The
+logits cost one more matrix multiply; the loss's temporaries are one tile.
+
 With a head tied to the input embedding, the head's weight gradient need not live through the whole
 backward pass (a vocabulary × width tensor): `LateHeadGrad` postpones it to the end of backward, where
 the embedding's gradient is created anyway (at the price of computing the logits once more), and
@@ -41,6 +46,37 @@ def _chunk_softmax_grad(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor)
     return token_loss, probs
 
 
+def _tiled_logsumexp(h: torch.Tensor, w: torch.Tensor, vocab_chunk: int) -> torch.Tensor:
+    """Per-row log-sum-exp of `h @ w.T` (fp32), one vocabulary tile of logits at a time."""
+    top = torch.full((h.size(0), 1), float("-inf"), dtype=torch.float32, device=h.device)
+    total = torch.zeros((h.size(0), 1), dtype=torch.float32, device=h.device)
+    for v in range(0, w.size(0), vocab_chunk):
+        logits = (h @ w[v:v + vocab_chunk].to(h.dtype).T).float()
+        new_top = torch.maximum(top, logits.amax(dim=1, keepdim=True))
+        total.mul_((top - new_top).exp_()).add_(logits.sub_(new_top).exp_().sum(dim=1, keepdim=True))
+        top = new_top
+        del logits  # before the next tile's logits exist
+    return (top + total.log_()).squeeze(1)
+
+
+def _tiled_softmax_grads(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
+                         vocab_chunk: int):
+    """(first vocabulary row, d loss/d logits) for each vocabulary tile, given the rows' log-sum-exp."""
+    for v in range(0, w.size(0), vocab_chunk):
+        probs = (h @ w[v:v + vocab_chunk].to(h.dtype).T).float().sub_(lse.unsqueeze(1)).exp_()
+        # Subtract 1 at the rows whose target is in this tile with a fixed-shape scatter: a boolean-mask index
+        # would need nonzero(), which syncs a GPU with its host and cannot be traced by the fake-tensor planner.
+        local = targets - v
+        here = (local >= 0) & (local < probs.size(1))
+        probs.scatter_add_(1, local.clamp(0, probs.size(1) - 1).unsqueeze(1), here.to(probs.dtype).neg_().unsqueeze(1))
+        yield v, probs
+        del probs  # before the next tile's logits exist (the caller drops its reference too)
+
+
+def _target_logits(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (h * w[targets].to(h.dtype)).float().sum(dim=1)
+
+
 class LateHeadGrad:
     """Pending head-gradient work, added to the tied weight's gradient once autograd has accumulated the
     embedding's part (a post-accumulate-grad hook, registered before any optimizer's)."""
@@ -51,10 +87,17 @@ class LateHeadGrad:
 
     def _apply(self, weight: torch.Tensor) -> None:
         with torch.autocast(weight.device.type, enabled=False), torch.no_grad():
-            for hidden, targets, scale, chunk_size, dtype in self.pending:
-                w = weight.to(dtype)
+            for hidden, targets, lse, scale, chunk_size, vocab_chunk, dtype in self.pending:
+                w = weight if vocab_chunk else weight.to(dtype)  # vocabulary tiles are cast one at a time
                 for start in range(0, hidden.size(0), chunk_size):
                     h = hidden[start:start + chunk_size].to(dtype)
+                    if vocab_chunk:
+                        for v, grad_logits in _tiled_softmax_grads(h, w, targets[start:start + chunk_size],
+                                                                   lse[start:start + chunk_size], vocab_chunk):
+                            weight.grad[v:v + grad_logits.size(1)].addmm_(
+                                grad_logits.mul_(scale).T.to(weight.grad.dtype), h.to(weight.grad.dtype))
+                            del grad_logits
+                        continue
                     _, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
                     weight.grad.addmm_(grad_logits.mul_(scale).T.to(weight.grad.dtype), h.to(weight.grad.dtype))
         self.pending.clear()
@@ -63,7 +106,7 @@ class LateHeadGrad:
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                head: LateHeadGrad | SplitHeadStep | None, want_grads: bool):
+                vocab_chunk: int, head: LateHeadGrad | SplitHeadStep | None, want_grads: bool):
         dtype = _compute_dtype(hidden)
         n = hidden.size(0)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -74,9 +117,28 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         head_grad_here = want_grads and not late
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if head_grad_here else None
+        # With vocabulary tiles and the head's gradient late, the late pass needs each token's log-sum-exp.
+        lse_all = torch.empty(n, dtype=torch.float32, device=hidden.device) if vocab_chunk and late else None
         with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(dtype)
+            w = weight if vocab_chunk else weight.to(dtype)  # vocabulary tiles are cast one at a time
             for start in range(0, n, chunk_size):
+                if vocab_chunk:
+                    h, chunk_targets = hidden[start:start + chunk_size].to(dtype), targets[start:start + chunk_size]
+                    lse = _tiled_logsumexp(h, w, vocab_chunk)
+                    total += (lse - _target_logits(h, w, chunk_targets)).sum()
+                    if lse_all is not None:
+                        lse_all[start:start + chunk_size] = lse
+                    if not want_grads:
+                        continue
+                    grad_h = grad_hidden[start:start + chunk_size]
+                    grad_h.zero_()
+                    for v, grad_logits in _tiled_softmax_grads(h, w, chunk_targets, lse, vocab_chunk):
+                        grad_logits = grad_logits.to(dtype)
+                        grad_h.addmm_(grad_logits.float(), w[v:v + vocab_chunk].float())
+                        if head_grad_here:
+                            grad_weight[v:v + vocab_chunk].addmm_(grad_logits.T.float(), h.float())
+                        del grad_logits
+                    continue
                 h = hidden[start:start + chunk_size].to(dtype)
                 token_loss, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
                 total += token_loss.sum()
@@ -87,17 +149,17 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(grad_logits.T.float(), h.float())
                 del grad_logits
         if want_grads:
-            ctx.save_for_backward(grad_hidden, grad_weight, hidden if late else None, targets)
-        ctx.chunk_size, ctx.dtype, ctx.head = chunk_size, dtype, head
+            ctx.save_for_backward(grad_hidden, grad_weight, hidden if late else None, targets, lse_all)
+        ctx.chunk_size, ctx.vocab_chunk, ctx.dtype, ctx.head = chunk_size, vocab_chunk, dtype, head
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         return total / n
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        grad_hidden, grad_weight, hidden, targets = ctx.saved_tensors
+        grad_hidden, grad_weight, hidden, targets, lse = ctx.saved_tensors
         scale = grad_output.float() / grad_hidden.size(0)
         if isinstance(ctx.head, LateHeadGrad) and ctx.needs_input_grad[1]:
-            ctx.head.pending.append((hidden, targets, scale, ctx.chunk_size, ctx.dtype))
+            ctx.head.pending.append((hidden, targets, lse, scale, ctx.chunk_size, ctx.vocab_chunk, ctx.dtype))
         grad_hidden = grad_hidden.mul_(scale).to(ctx.hidden_dtype) if ctx.needs_input_grad[0] else None
         if grad_weight is not None and ctx.needs_input_grad[1]:
             grad_weight = grad_weight.mul_(scale).to(ctx.weight_dtype)
@@ -106,13 +168,15 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad_weight = None
         else:
             grad_weight = None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk_size: int = 0, head: LateHeadGrad | SplitHeadStep | None = None) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against `targets`; chunked when chunk_size > 0, with the
-    weight's gradient routed through `head` when one is given."""
+                         chunk_size: int = 0, head: LateHeadGrad | SplitHeadStep | None = None,
+                         vocab_chunk: int = 0) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`; chunked by tokens when chunk_size > 0
+    (and by vocabulary rows too when vocab_chunk > 0), with the weight's gradient routed through `head`
+    when one is given."""
     hidden = hidden.reshape(-1, hidden.size(-1))
     targets = targets.reshape(-1)
     if chunk_size <= 0:
@@ -120,4 +184,5 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     # Inside an autograd.Function's forward grad mode is always off, so whether backward will come is
     # decided here: evaluation under no_grad skips the gradient work.
     want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, head, want_grads)
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, max(vocab_chunk, 0), head,
+                                           want_grads)

@@ -1,4 +1,4 @@
-"""Optimizers for memory: AdamW with fp32 math over bf16 weights, and stepping inside backward."""
+"""Stepping the optimizer inside backward, and the tied head weight's split step."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,40 +6,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.optim.adamw import adamw as adamw_step
-
-
-class AdamWFP32Math(torch.optim.Optimizer):
-    """AdamW whose moments and update are fp32 whatever the weights' dtype (for bf16-true training):
-    2 bytes a weight, 8 bytes of optimizer state, and no precision lost in the moments."""
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
-                step = state["step"].item()
-                grad = p.grad.float()
-                state["exp_avg"].lerp_(grad, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["eps"])
-                weight = p.float()
-                weight.mul_(1 - group["lr"] * group["weight_decay"])
-                weight.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**step))
-                p.copy_(weight)
-        return loss
 
 
 class SplitHeadStep:

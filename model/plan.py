@@ -11,8 +11,10 @@ same steps traced under fake tensors, for models larger than this machine and de
 
 The candidates form a ladder from the least recomputation to the most frugal; they are tried in order
 until one fits (or all of them). By default only exact techniques are tried (the run computes the same
-losses up to floating-point rounding); `lossy` adds candidates that change the training itself:
-Adafactor instead of AdamW, and no gradient clipping (which lets the optimizer step during backward).
+losses up to floating-point rounding; the loss's vocabulary in tiles is one); `lossy` adds candidates that
+change the training itself: no gradient clipping (which lets the optimizer step during backward), bf16
+weights with stochastic rounding, 8- and 4-bit AdamW states, and Adafactor, each shown with its quality
+cost as the convergence benchmark measured it.
 """
 from __future__ import annotations
 
@@ -39,6 +41,12 @@ from model.techniques import TechniqueError
 MiB = 2**20
 _UNITS = {"": MiB, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": MiB, "gb": 10**9, "gib": 2**30}
 TRACKED_STEPS = (1, 2)
+VOCAB_TILE = 1024  # vocabulary rows per tile of the loss: 128 tokens x 1024 is 512 KiB of fp32 logits
+
+# Final validation loss relative to fp32 AdamW's in the convergence benchmark (`python bench/convergence.py`,
+# bench/results/convergence-cpu.json: the demo model, 500 steps), by (precision, optimizer); a test keeps
+# these equal to that file. Missing: not measured.
+QUALITY_COST: dict[tuple[str, str], float] = {}
 TIMED_STEPS = (3, 4)
 
 
@@ -61,6 +69,7 @@ class Trial:
     tokens_per_s: float | None = None
     stages: dict[str, int] = field(default_factory=dict)  # stage -> peak bytes; peak_bytes is the largest
     refused: str | None = None  # why the candidate could not run (a refused combination, out of memory)
+    quality_cost: float | None = None  # lossy: validation loss relative to fp32 AdamW's, when measured
 
     def fits(self, budget_bytes: int) -> bool:
         return self.peak_bytes is not None and self.peak_bytes <= budget_bytes
@@ -71,7 +80,7 @@ class Trial:
                 "breakdown_mib": {k: round(v / MiB, 1) for k, v in self.breakdown.items()},
                 "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
                 "stages_mib": {k: round(v / MiB, 1) for k, v in self.stages.items()},
-                "refused": self.refused}
+                "refused": self.refused, "val_loss_vs_fp32_adamw": self.quality_cost}
 
 
 @dataclass
@@ -114,6 +123,7 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         rungs.append(("+ every block recomputed", full))
         if gpt:
             rungs.append(("+ tiled MLP", {**full, "memory.mlp_chunks": 4}))
+        rungs.append(("+ loss vocabulary in tiles", {**rungs[-1][1], "memory.loss_vocab_chunk_size": VOCAB_TILE}))
         return rungs
 
     exact_in_backward = cfg.grad_clip == 0 and cfg.grad_accum_steps == 1
@@ -129,6 +139,15 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         whole_batch = {"grad_clip": 0.0, "memory.micro_batch_size": None}
         if not exact_in_backward:
             out += [(f"{name}, no clipping", changes, True) for name, changes in ladder(True, adamw, whole_batch)]
+        # Less than fp32 AdamW's 12 bytes a weight, the closest to AdamW's losses first.
+        bf16 = {**whole_batch, "memory.precision": "bf16-weights", "memory.bf16_rounding": "stochastic"}
+        below_fp32 = [("8-bit AdamW", {**whole_batch, "memory.optimizer": "adamw8bit"})]
+        if gpt:
+            below_fp32 = [("bf16 weights", bf16), *below_fp32,
+                          ("bf16 weights, 8-bit AdamW", {**bf16, "memory.optimizer": "adamw8bit"}),
+                          ("bf16 weights, 4-bit AdamW", {**bf16, "memory.optimizer": "adamw4bit"})]
+        for label, extra in below_fp32:
+            out += [(f"{name}, {label}", changes, True) for name, changes in ladder(True, False, extra)]
         adafactor = {**whole_batch, "memory.optimizer": "adafactor"}
         out += [(f"{name}, Adafactor", changes, True) for name, changes in ladder(True, False, adafactor)]
     seen, unique = set(), []
@@ -254,8 +273,10 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
     for name, changes, is_lossy in candidates(cfg, arch_cfg.arch, lossy):
         if fitted[is_lossy] and not try_all:
             continue
-        trial = Trial(name, changes, is_lossy)
         candidate = apply_changes(cfg, changes)
+        trial = Trial(name, changes, is_lossy,
+                      quality_cost=QUALITY_COST.get((candidate.memory.precision, candidate.memory.optimizer))
+                      if is_lossy else None)
         try:
             if predict_only:
                 measured = predict(arch_cfg, candidate, device.type)
@@ -299,9 +320,9 @@ def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str 
     What it assumes: PREDICTION_ASSUMES."""
     if device_type not in PREDICTABLE_DEVICES:
         raise ValueError(f"memlm plan --predict predicts for {' or '.join(PREDICTABLE_DEVICES)}, not {device_type!r}")
-    if cfg.memory.compile or cfg.memory.split_head_step or cfg.memory.optimizer == "adamw8bit":
-        raise TechniqueError("not predicted (compile, split_head_step and adamw8bit depend on values, not shapes): "
-                             "measure it without --predict")
+    if cfg.memory.compile or cfg.memory.split_head_step or cfg.memory.optimizer in ("adamw8bit", "adamw4bit"):
+        raise TechniqueError("not predicted (compile, split_head_step and torchao's compiled low-bit AdamW cannot "
+                             "be traced under fake tensors): measure it without --predict")
     round_size = _cuda_block_size if device_type == "cuda" else (lambda n: n)
     cpu = torch.device("cpu")
     cfg = cfg.model_copy(update={"memory_sample_steps": [], "memory_sample_every": 10**9})

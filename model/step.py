@@ -39,7 +39,10 @@ class TrainStep:
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):  # torchao's low-bit optimizers keep it as a tensor
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
 
     def __call__(self, step: int, next_batch: BatchFn) -> tuple[float, float | None]:
         """Run optimizer step `step`; returns (mean loss over the batch, gradient norm before clipping)."""

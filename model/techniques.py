@@ -11,7 +11,11 @@ Refused combinations, each with the reason given to the user:
   AdamW over fp32 weights (Adafactor's factored statistics span rows, so a row-wise split would change
   its step), or together with late_head_grad (both route the same gradient).
 - fp16-mixed and activation_offload on CPU: they need CUDA.
-- adamw8bit without torchao installed.
+- loss_vocab_chunk_size without the chunked loss: it tiles that loss's vocabulary.
+- adamw8bit/adamw4bit without torchao installed; bf16_rounding kahan with an optimizer other than AdamW
+  (torchao's low-bit AdamW rounds stochastically; the others have no compensation buffer); bf16 weights
+  with adam-mini, muon or adafactor (their steps round to nearest and would drop small updates).
+- bf16-weights for rnn-attention: its recurrent cells compute in their weights' dtype.
 - for rnn-attention: selective checkpointing and mlp_chunks (it has no blocks and no MLP); its full
   checkpointing recomputes each recurrent layer over chunks of time steps.
 bf16 modes on a CPU without native bf16 run, with a warning (about 10x slower than fp32 here).
@@ -26,7 +30,7 @@ AdamW and Adafactor. Refused there, before any rank starts (`check_distributed`)
 - late_head_grad: it adds the head's gradient after autograd accumulated the tied weight's, which is after
   DDP's all-reduce of it, and FSDP2 replaces the parameter its hook was registered on.
 - fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed) and with
-  adamw8bit (torchao's 8-bit state over sharded parameters is not verified here); cpu_offload off CUDA.
+  adamw8bit/adamw4bit/adam-mini/muon and bf16-weights (not verified over sharded parameters); cpu_offload off CUDA.
 - compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
   before sharding it).
 """
@@ -41,7 +45,9 @@ from torch import nn
 from model.config import MemoryConfig, TrainConfig
 from model.gpt import GPT, TiedHeadLM
 from model.losses import LateHeadGrad
-from model.optim import AdamWFP32Math, OptimizerInBackward
+from model.lowbit import AdamWBF16, store_matrices_in_bf16
+from model.optim import OptimizerInBackward
+from model.optimizers import AdamMini, MuonWithAdamW
 from model.rnn import RNNAttentionLM
 
 
@@ -70,9 +76,14 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
     if strategy == "fsdp" and mem.precision == "fp16-mixed":
         raise TechniqueError("train.memory.precision fp16-mixed cannot run with train.distributed.strategy fsdp: "
                              "the gradient scaler does not unscale sharded gradients; use bf16-mixed")
-    if strategy == "fsdp" and mem.optimizer == "adamw8bit":
-        raise TechniqueError("train.memory.optimizer adamw8bit is not verified with train.distributed.strategy "
-                             "fsdp (8-bit state over sharded parameters); use adamw or adafactor, or strategy ddp")
+    if strategy == "fsdp" and mem.optimizer in ("adamw8bit", "adamw4bit", "adam-mini", "muon"):
+        raise TechniqueError(f"train.memory.optimizer {mem.optimizer} is not verified with train.distributed.strategy "
+                             "fsdp (its state or update over sharded parameters; Muon needs each matrix whole); "
+                             "use adamw or adafactor, or strategy ddp")
+    if strategy == "fsdp" and mem.precision == "bf16-weights":
+        raise TechniqueError("train.memory.precision bf16-weights is not verified with train.distributed.strategy "
+                             "fsdp (FSDP2 casts through its MixedPrecisionPolicy from fp32 shards); use bf16-mixed, "
+                             "or strategy ddp")
     if cfg.distributed.cpu_offload and (strategy != "fsdp" or device.type != "cuda"):
         raise TechniqueError(
             "train.distributed.cpu_offload moves FSDP's shards from the GPU to CPU memory: it needs strategy fsdp "
@@ -100,16 +111,20 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
         raise TechniqueError(
             "train.memory.late_head_grad postpones the chunked loss's head gradient: set memory.loss_chunk_size "
             "(for example 256)")
+    if mem.loss_vocab_chunk_size and mem.loss_chunk_size == 0:
+        raise TechniqueError(
+            "train.memory.loss_vocab_chunk_size tiles the chunked loss's vocabulary: set memory.loss_chunk_size "
+            "too (for example 128)")
     if mem.split_head_step:
         if not mem.optimizer_in_backward or mem.loss_chunk_size == 0:
             raise TechniqueError(
                 "train.memory.split_head_step steps the tied head weight during backward from the chunked loss's "
                 "gradient: set memory.optimizer_in_backward: true and memory.loss_chunk_size (for example 256)")
-        if mem.optimizer != "adamw" or mem.precision == "bf16-true":
+        if mem.optimizer != "adamw" or mem.precision in BF16_WEIGHTS:
             raise TechniqueError(
-                "train.memory.split_head_step splits AdamW's elementwise step by rows; it cannot split "
-                f"{mem.optimizer if mem.optimizer != 'adamw' else 'the fp32-math AdamW of bf16-true'}: use "
-                "late_head_grad instead")
+                "train.memory.split_head_step splits AdamW's elementwise fused step by rows; it cannot split "
+                f"{mem.optimizer if mem.optimizer != 'adamw' else 'the bf16-weight AdamW of ' + mem.precision}: "
+                "use late_head_grad instead")
         if mem.late_head_grad:
             raise TechniqueError(
                 "train.memory.split_head_step and late_head_grad both route the head's gradient: choose one "
@@ -121,23 +136,37 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
         raise TechniqueError(
             "train.memory.activation_offload moves activations from the GPU to CPU memory; on CPU there is "
             "nowhere to move them: turn it off, or use activation_checkpointing")
+    bf16_weights = mem.precision in BF16_WEIGHTS
+    if bf16_weights and mem.bf16_rounding == "kahan" and mem.optimizer != "adamw":
+        raise TechniqueError(
+            f"train.memory.bf16_rounding kahan keeps a compensation buffer in memlm's AdamW; {mem.optimizer} has "
+            "none: use bf16_rounding stochastic (torchao's low-bit AdamW rounds stochastically) or optimizer adamw")
+    if bf16_weights and mem.optimizer in ("adam-mini", "muon", "adafactor"):
+        raise TechniqueError(
+            f"train.memory.optimizer {mem.optimizer} steps bf16 weights by rounding to nearest, which drops small "
+            "updates: with bf16 weights use adamw, adamw8bit or adamw4bit, or set precision fp32")
     warnings = []
-    if mem.optimizer == "adamw8bit":
+    if mem.optimizer in LOW_BIT:
         try:
             import torchao.optim  # noqa: F401
         except ImportError:
             raise TechniqueError(
-                "train.memory.optimizer adamw8bit needs torchao: pip install 'memlm[lowbit]' (or torchao), "
-                "or use adamw or adafactor") from None
+                f"train.memory.optimizer {mem.optimizer} needs torchao: pip install 'memlm[lowbit]' (or torchao), "
+                "or use adamw, adam-mini, muon or adafactor") from None
         if cpu:
-            warnings.append("adamw8bit on CPU: torchao compiles its step kernels first (about 30 s here)")
-    if mem.precision.startswith("bf16") and cpu and not _cpu_has_native_bf16():
+            warnings.append(f"{mem.optimizer} on CPU: torchao compiles its step kernels at the first step "
+                            "(about 20-60 s here, once per weight shape)")
+    if mem.precision in ("bf16-mixed", "bf16-true") and cpu and not _cpu_has_native_bf16():
         warnings.append(
             f"precision {mem.precision}: this CPU has no native bf16, so bf16 runs about 10x slower than fp32 "
             "here; fp32 is the fast choice on this machine")
     if mem.precision == "bf16-true" and mem.optimizer == "adafactor":
         warnings.append("bf16-true with adafactor: Adafactor keeps its factored state in the weights' dtype")
     return warnings
+
+
+BF16_WEIGHTS = ("bf16-true", "bf16-weights")
+LOW_BIT = {"adamw8bit": "AdamW8bit", "adamw4bit": "AdamW4bit"}
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -157,12 +186,15 @@ def apply_to_model(model: TiedHeadLM, mem: MemoryConfig) -> None:
     else:
         _apply_to_gpt(model, mem)
     model.loss_chunk_size = mem.loss_chunk_size
+    model.loss_vocab_chunk_size = mem.loss_vocab_chunk_size
     if model.head_grad is not None:
         model.head_grad.handle.remove()
     # A split head step is attached with its optimizer, in build_optimizer.
     model.head_grad = LateHeadGrad(model.lm_head.weight) if mem.late_head_grad else None
     if mem.precision == "bf16-true":
         model.to(torch.bfloat16)
+    elif mem.precision == "bf16-weights":
+        store_matrices_in_bf16(model)
 
 
 def _apply_to_rnn(model: RNNAttentionLM, mem: MemoryConfig) -> None:
@@ -172,6 +204,9 @@ def _apply_to_rnn(model: RNNAttentionLM, mem: MemoryConfig) -> None:
             "rnn-attention has neither: use full (each recurrent layer recomputed over chunks of time steps)")
     if mem.mlp_chunks > 1:
         raise TechniqueError("train.memory.mlp_chunks tiles the GPT's MLP; rnn-attention has none: set it to 1")
+    if mem.precision == "bf16-weights":
+        raise TechniqueError("train.memory.precision bf16-weights casts Linear weights as they run; rnn-attention's "
+                             "recurrent cells compute in their weights' dtype: use fp32 or bf16-true")
     model.time_chunks = RNN_CHECKPOINT_CHUNKS if mem.activation_checkpointing == "full" else 1
 
 
@@ -190,15 +225,23 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
     """The configured optimizer, weight decay on matrices only; per parameter when stepped in backward."""
     mem = cfg.memory
 
+    bf16_weights = mem.precision in BF16_WEIGHTS
+
     def make(groups: list[dict]) -> torch.optim.Optimizer:
         if mem.optimizer == "adafactor":
             return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=not mem.optimizer_in_backward)
-        if mem.optimizer == "adamw8bit":
-            from torchao.optim import AdamW8bit
+        if mem.optimizer in LOW_BIT:
+            import torchao.optim
 
-            return AdamW8bit(groups, lr=cfg.lr, betas=cfg.betas)
-        if mem.precision == "bf16-true":
-            return AdamWFP32Math(groups, lr=cfg.lr, betas=cfg.betas)
+            return getattr(torchao.optim, LOW_BIT[mem.optimizer])(
+                groups, lr=cfg.lr, betas=cfg.betas,
+                bf16_stochastic_round=bf16_weights and mem.bf16_rounding == "stochastic")
+        if mem.optimizer == "adam-mini":
+            return AdamMini(groups, lr=cfg.lr, betas=cfg.betas)
+        if mem.optimizer == "muon":
+            return MuonWithAdamW(model, groups, lr=cfg.lr, betas=cfg.betas)
+        if bf16_weights:
+            return AdamWBF16(groups, lr=cfg.lr, betas=cfg.betas, rounding=mem.bf16_rounding)
         # The fused kernel (CUDA and CPU) updates in one pass, with no parameter-sized temporaries.
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 

@@ -49,6 +49,9 @@ def batch():
     {"loss_chunk_size": 16, "late_head_grad": True},
     {"mlp_chunks": 4},
     {"activation_checkpointing": "full", "mlp_chunks": 3, "loss_chunk_size": 16, "late_head_grad": True},
+    {"loss_chunk_size": 16, "loss_vocab_chunk_size": 64},
+    {"loss_chunk_size": 7, "loss_vocab_chunk_size": 1000},
+    {"loss_chunk_size": 16, "loss_vocab_chunk_size": 37, "late_head_grad": True},
 ])
 def test_technique_gives_the_plain_loss_and_gradients(batch, memory):
     plain_loss, plain_grads = loss_and_grads(tiny_gpt(loss_chunk_size=0), *batch)
@@ -56,6 +59,52 @@ def test_technique_gives_the_plain_loss_and_gradients(batch, memory):
     assert loss == pytest.approx(plain_loss, rel=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("vocab_chunk", [0, 50, 7])
+def test_vocabulary_tiled_loss_gives_the_plain_loss_and_gradients_with_large_logits(vocab_chunk):
+    # Logits far from zero, the maximum in a different tile per row: the online log-sum-exp must rescale.
+    torch.manual_seed(0)
+    h = (torch.randn(40, 24) * 3).requires_grad_()
+    w = (torch.randn(120, 24) * 3).requires_grad_()
+    t = torch.randint(0, 120, (40,))
+    full = linear_cross_entropy(h, w, t, 0)
+    tiled = linear_cross_entropy(h, w, t, 16, vocab_chunk=vocab_chunk)
+    assert tiled.item() == pytest.approx(full.item(), rel=1e-5)
+    for a, b in zip(torch.autograd.grad(full * 3.5, (h, w)), torch.autograd.grad(tiled * 3.5, (h, w))):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_vocabulary_tiled_loss_keeps_one_tile_of_logits():
+    from torch._C._profiler import _EventType
+
+    from model.memory import _walk
+
+    torch.manual_seed(0)
+    h = torch.randn(512, 64, requires_grad=True)
+    w = torch.randn(4096, 64, requires_grad=True)
+    t = torch.randint(0, 4096, (512,))
+    peaks = {}
+    for vocab_chunk in (0, 256):
+        h.grad = w.grad = None
+        with torch.profiler.profile(profile_memory=True) as prof:
+            linear_cross_entropy(h, w, t, 128, vocab_chunk=vocab_chunk).backward()
+        events = sorted(_walk(prof.profiler.kineto_results.experimental_event_tree()), key=lambda e: e.start_time_ns)
+        live = peak = 0
+        for event in events:
+            if event.typed[0] == _EventType.Allocation:
+                live += event.typed[1].alloc_size
+                peak = max(peak, live)
+        peaks[vocab_chunk] = peak
+    outputs = (512 * 64 + 4096 * 64) * 4  # the fp32 gradients of both inputs, made in forward
+    # 128 x 4096 fp32 logits per chunk without tiles, 128 x 256 with (and the tile's gradient for h).
+    assert peaks[0] - outputs > 128 * 4096 * 4 * 0.9
+    assert peaks[256] - outputs < 128 * 256 * 4 + 128 * 64 * 4 + 64 * 1024
+
+
+def test_vocabulary_tiles_need_the_chunked_loss():
+    with pytest.raises(TechniqueError, match="loss_vocab_chunk_size tiles the chunked loss's vocabulary"):
+        check(TrainConfig.model_validate({"memory": {"loss_chunk_size": 0, "loss_vocab_chunk_size": 256}}), CPU)
 
 
 def test_chunked_loss_matches_under_bf16_autocast(batch):

@@ -1,0 +1,105 @@
+"""bf16 weights that do not lose AdamW's small updates, and fp32 arithmetic over them where the CPU has
+no bf16 hardware.
+
+Rounding a weight to bf16 after each step drops every update smaller than half its last place (about
+0.4% of the weight): late in training most updates are that small, so plain bf16 weights stop learning.
+Two remedies, both with fp32 math inside the step:
+- stochastic rounding: round up with the probability of the remainder, so the stored weight is the
+  fp32 result in expectation (no extra memory);
+- Kahan summation: keep what rounding dropped in a bf16 compensation buffer (2 bytes a weight) and add
+  it to the next update, so that small updates accumulate until they move the weight.
+
+`AdamWBF16` is AdamW with either (or plain rounding), fp32 moments, and the math done in slices so that
+its fp32 temporaries are a few MiB whatever a weight's size. `store_matrices_in_bf16` keeps a GPT's
+matrices in bf16 and its vectors in fp32; each Linear casts its weight to fp32 as it runs (model/linear.py),
+so that a block's fp32 weights exist only while the block computes (or is saved for backward).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+
+Rounding = Literal["nearest", "stochastic", "kahan"]
+SLICE = 1 << 18  # elements per slice of the step's fp32 arithmetic: 1 MiB per temporary
+
+
+def stochastic_round_to_bf16(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """bf16 values equal to the fp32 `x` in expectation: a random 16-bit integer is added to the bits
+    that bf16 drops, and they are cut off (for either sign, since floats store sign and magnitude)."""
+    bits = x.float().contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    return noise.add_(bits).bitwise_and_(-65536).view(torch.float32).to(torch.bfloat16)
+
+
+def kahan_add_(weight: torch.Tensor, compensation: torch.Tensor, update: torch.Tensor) -> None:
+    """weight += update (fp32) in bf16, carrying what rounding drops in `compensation` (bf16)."""
+    total = update.add_(compensation.float()).add_(weight.float())  # the exact sum, in fp32
+    weight.copy_(total)
+    compensation.copy_(total.sub_(weight.float()))
+
+
+class AdamWBF16(torch.optim.Optimizer):
+    """AdamW for bf16 (or fp32) weights: fp32 moments (8 bytes a weight) and fp32 math, the new weight
+    written back to bf16 by `rounding` ('kahan' adds a 2-byte compensation buffer per bf16 weight).
+    fp32 weights take the exact fp32 step."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, rounding: Rounding = "stochastic"):
+        if rounding not in ("nearest", "stochastic", "kahan"):
+            raise ValueError(f"rounding must be nearest, stochastic or kahan, not {rounding!r}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self.rounding = rounding
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            if self.rounding == "kahan" and p.dtype == torch.bfloat16:
+                state["compensation"] = torch.zeros_like(p)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._init_state(p)
+                state["step"] += 1
+                step = state["step"].item()
+                lr, decay = group["lr"], 1 - group["lr"] * group["weight_decay"]
+                step_size, bias2 = lr / (1 - beta1**step), 1 - beta2**step
+                flat = [t.view(-1) for t in (p, p.grad, state["exp_avg"], state["exp_avg_sq"])]
+                comp = state.get("compensation")
+                comp = comp.view(-1) if comp is not None else None
+                for start in range(0, p.numel(), SLICE):
+                    w, g, m, v = (t[start:start + SLICE] for t in flat)
+                    g = g.float()
+                    m.lerp_(g, 1 - beta1)
+                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    update = (v / bias2).sqrt_().add_(group["eps"])
+                    torch.div(m, update, out=update).mul_(-step_size)
+                    if w.dtype == torch.float32:
+                        w.mul_(decay).add_(update)
+                    elif comp is not None:
+                        kahan_add_(w, comp[start:start + SLICE], update.sub_(w.float(), alpha=1 - decay))
+                    else:
+                        new = update.add_(w.float(), alpha=decay)
+                        w.copy_(stochastic_round_to_bf16(new) if self.rounding == "stochastic" else new)
+        return loss
+
+
+def store_matrices_in_bf16(model: nn.Module) -> None:
+    """bf16 storage for every matrix (embeddings, attention, MLP, the tied head), fp32 for vectors
+    (norms, biases: few bytes, and sensitive); the model then computes in fp32."""
+    for p in model.parameters():
+        if p.dim() >= 2:
+            p.data = p.data.to(torch.bfloat16)
+    model.compute_dtype = torch.float32
