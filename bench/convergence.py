@@ -41,6 +41,7 @@ ROWS: dict[str, dict] = {
     "adamw4bit": {"optimizer": "adamw4bit"},
     "adam-mini": {"optimizer": "adam-mini"},
     "muon": {"optimizer": "muon"},
+    "adafactor": {"optimizer": "adafactor"},  # the planner's last lossy rung, at the same learning rates
     "bf16-stochastic+adamw8bit": {**BF16_SR, "optimizer": "adamw8bit"},
     "bf16-stochastic+adamw4bit": {**BF16_SR, "optimizer": "adamw4bit"},
 }

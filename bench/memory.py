@@ -84,8 +84,8 @@ ROWS: dict[str, dict] = {
     "memlm-bf16-adamw8bit": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw8bit"}},
     "memlm-bf16-adamw4bit": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw4bit"}},
     # The longest sequences at batch 8 (the reference model, its position table lengthened) in the least memory.
-    **{f"memlm-seq-{n}": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw4bit"}, "block_size": n,
-                          "default": False} for n in (1024, 1536, 2048)},
+    **{f"memlm-seq-{n}": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw8bit"}, "block_size": n,
+                          "default": False} for n in (1024, 2048, 3072, 4096)},
     # The default's chunked loss, compiled (inductor fuses the elementwise work between the matrix
     # multiplies; compiling takes about a minute, in the untimed first steps). On this 2-core CPU it is no
     # faster than the default within the run-to-run noise; on a GPU it is the candidate for fastest.

@@ -19,6 +19,7 @@ cost as the convergence benchmark measured it.
 from __future__ import annotations
 
 import gc
+import json
 import re
 import tempfile
 import time
@@ -43,11 +44,27 @@ _UNITS = {"": MiB, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": MiB, "
 TRACKED_STEPS = (1, 2)
 VOCAB_TILE = 1024  # vocabulary rows per tile of the loss: 128 tokens x 1024 is 512 KiB of fp32 logits
 
-# Final validation loss relative to fp32 AdamW's in the convergence benchmark (`python bench/convergence.py`,
-# bench/results/convergence-cpu.json: the demo model, 500 steps), by (precision, optimizer); a test keeps
-# these equal to that file. Missing: not measured.
-QUALITY_COST: dict[tuple[str, str], float] = {}
+CONVERGENCE_RESULTS = Path(__file__).resolve().parents[1] / "bench/results/convergence-cpu.json"
 TIMED_STEPS = (3, 4)
+
+
+def quality_costs(results: Path = CONVERGENCE_RESULTS) -> dict[tuple[str, str], float]:
+    """(precision, optimizer) -> final validation loss relative to fp32 AdamW's, from the convergence
+    benchmark's committed results (`python bench/convergence.py`: the demo model, 500 steps, clipping on),
+    for the rows that change nothing but the precision and the optimizer. Empty where it was not run."""
+    if not results.exists():
+        return {}
+    from model.config import MemoryConfig
+
+    costs = {}
+    for row in json.loads(results.read_text()):
+        if "val_loss_vs_fp32_adamw" not in row or not set(row["memory"]) <= {"precision", "bf16_rounding", "optimizer"}:
+            continue
+        if row["memory"].get("bf16_rounding", "stochastic") != "stochastic":
+            continue  # the planner's bf16 candidates round stochastically
+        memory = MemoryConfig(**row["memory"])
+        costs[(memory.precision, memory.optimizer)] = row["val_loss_vs_fp32_adamw"]
+    return costs
 
 
 def parse_size(text: str) -> int:
@@ -270,12 +287,13 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
         raise ValueError("a prediction is of tensor bytes: --predict goes with --meter tensors")
     trials = []
     fitted = {False: False, True: False}  # lossy -> a candidate of that kind fits
+    costs = quality_costs() if lossy else {}
     for name, changes, is_lossy in candidates(cfg, arch_cfg.arch, lossy):
         if fitted[is_lossy] and not try_all:
             continue
         candidate = apply_changes(cfg, changes)
         trial = Trial(name, changes, is_lossy,
-                      quality_cost=QUALITY_COST.get((candidate.memory.precision, candidate.memory.optimizer))
+                      quality_cost=costs.get((candidate.memory.precision, candidate.memory.optimizer))
                       if is_lossy else None)
         try:
             if predict_only:

@@ -15,7 +15,8 @@ from flows.config import load_config
 from model.arch import config_for
 from model.config import TrainConfig
 from model.gpt import GPTConfig
-from model.plan import MiB, Trial, apply_changes, candidates, choose, measure, parse_size, plan, predict
+from model.plan import (MiB, Trial, apply_changes, candidates, choose, measure, parse_size, plan, predict,
+                        quality_costs)
 from model.techniques import check
 from model.train import MemoryBudgetError, train
 from tests.test_cli import memlm
@@ -78,6 +79,21 @@ def test_choose_keeps_the_first_fit_unless_a_later_one_is_clearly_faster():
     much_faster = trial("e", 120, 700)
     assert choose([over, first, slower, much_faster], 250 * MiB) is much_faster
     assert choose([over], 250 * MiB) is None
+
+
+def test_lossy_candidates_carry_the_convergence_benchmarks_quality_cost(tmp_path):
+    rows = [{"name": "fp32-adamw", "memory": {}, "val_loss_vs_fp32_adamw": 0.0},
+            {"name": "bf16-stochastic+adamw8bit", "val_loss_vs_fp32_adamw": 0.004,
+             "memory": {"precision": "bf16-weights", "bf16_rounding": "stochastic", "optimizer": "adamw8bit"}},
+            {"name": "bf16-nearest", "val_loss_vs_fp32_adamw": 0.05,
+             "memory": {"precision": "bf16-weights", "bf16_rounding": "nearest"}},
+            {"name": "vocab-tiled-loss", "memory": {"loss_vocab_chunk_size": 1024}, "val_loss_vs_fp32_adamw": 0.0},
+            {"name": "muon", "memory": {"optimizer": "muon"}, "error": "killed"}]
+    results = tmp_path / "convergence.json"
+    results.write_text(json.dumps(rows))
+    # Only rows that change the precision and the optimizer alone, rounded as the planner rounds, measured.
+    assert quality_costs(results) == {("fp32", "adamw"): 0.0, ("bf16-weights", "adamw8bit"): 0.004}
+    assert quality_costs(tmp_path / "missing.json") == {}
 
 
 @pytest.mark.integration
