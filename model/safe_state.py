@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 # JSON objects that stand for something JSON has no type for; a plain dict never uses these keys.
-TENSOR, TUPLE, PAIRS, SUBCLASS = "__tensor__", "__tuple__", "__pairs__", "__subclass__"
+TENSOR, TUPLE, PAIRS, SUBCLASS, DTYPE = "__tensor__", "__tuple__", "__pairs__", "__subclass__", "__dtype__"
 # Tensor subclasses written as their inner tensors and rebuilt by their own __tensor_unflatten__: torchao's
 # low-bit optimizer states. Only these are imported by name when a state is loaded.
 LOADABLE_SUBCLASSES = {"torchao.optim.subclass_8bit.OptimState8bit", "torchao.optim.subclass_4bit.OptimState4bit",
@@ -53,7 +53,7 @@ def _encode(value, tensors: dict[str, torch.Tensor]):
         tensors[key] = value.detach()
         return {TENSOR: key}
     if isinstance(value, dict):
-        if all(isinstance(k, str) and k not in (TENSOR, TUPLE, PAIRS, SUBCLASS) for k in value):
+        if all(isinstance(k, str) and k not in (TENSOR, TUPLE, PAIRS, SUBCLASS, DTYPE) for k in value):
             return {k: _encode(v, tensors) for k, v in value.items()}
         # Optimizer state is keyed by parameter index (int): keep the key types.
         return {PAIRS: [[k, _encode(v, tensors)] for k, v in value.items()]}
@@ -61,6 +61,8 @@ def _encode(value, tensors: dict[str, torch.Tensor]):
         return {TUPLE: [_encode(v, tensors) for v in value]}
     if isinstance(value, list):
         return [_encode(v, tensors) for v in value]
+    if isinstance(value, torch.dtype):  # in torchao's low-bit states' flatten context
+        return {DTYPE: str(value).removeprefix("torch.")}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"cannot write a {type(value).__name__} into a training state file")
@@ -94,6 +96,11 @@ def _decode(value, tensors: dict[str, torch.Tensor]):
         return tensors[value[TENSOR]]
     if SUBCLASS in value:
         return _decode_subclass(value, tensors)
+    if DTYPE in value:
+        dtype = getattr(torch, value[DTYPE], None)
+        if not isinstance(dtype, torch.dtype):  # a name, looked up among torch's dtypes only
+            raise ValueError(f"{value[DTYPE]!r} is not a torch dtype")
+        return dtype
     if TUPLE in value:
         return tuple(_decode(v, tensors) for v in value[TUPLE])
     if PAIRS in value:

@@ -192,3 +192,31 @@ def test_a_known_tensor_subclass_round_trips_and_an_unknown_one_is_never_importe
     (tmp_path / "s.json").write_text(json.dumps(structure))
     with pytest.raises(StateFileError, match="subprocess.Popen is not one memlm loads"):
         load_state(tmp_path / "s.safetensors", tmp_path / "s.json")
+
+
+
+@pytest.mark.parametrize("name", ["AdamW8bit", "AdamW4bit"])
+def test_torchaos_low_bit_states_round_trip_and_resume_the_same_steps(tmp_path, name):
+    """torchao's states (tensor subclasses whose flatten context holds a dtype) survive a checkpoint: the
+    optimizer loaded from it takes the step the uninterrupted one takes."""
+    torchao_optim = pytest.importorskip("torchao.optim")
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(64, 64))  # torchao quantizes tensors of at least 4,096 elements
+
+    def step(param, optimizer):
+        param.grad = torch.sin(param.detach() * 3)
+        optimizer.step()
+
+    optimizer = getattr(torchao_optim, name)([weight], lr=1e-2)
+    step(weight, optimizer)
+    save_checkpoint(tmp_path / "ckpt", tiny_model(), {"optimizer": optimizer.state_dict()})
+    after_one = weight.detach().clone()
+    step(weight, optimizer)
+
+    state = load_train_state(tmp_path / "ckpt")["optimizer"]
+    assert type(state["state"][0]["exp_avg"]).__name__.startswith("OptimState")
+    resumed = torch.nn.Parameter(after_one)
+    optimizer = getattr(torchao_optim, name)([resumed], lr=1e-2)
+    optimizer.load_state_dict(state)
+    step(resumed, optimizer)
+    assert torch.equal(resumed.detach(), weight.detach())
