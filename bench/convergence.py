@@ -3,7 +3,8 @@
 Every row trains the demo's model shape (configs/demo.yaml: 4 layers, width 256, 4 heads, vocabulary 8192,
 sequence 128, batch 16, lr 3e-3 to 3e-4 cosine after 30 warm-up steps, clipping at 1.0) on the demo
 corpus's tokens from the same seed, in the same data order, on the same schedule; only train.memory
-differs. At the end: validation loss and bits per byte over the whole validation split. A row "keeps
+differs (in the seed rows, only the seed: how far fp32 AdamW runs differ by chance alone). At the end:
+validation loss and bits per byte over the whole validation split. A row "keeps
 AdamW's quality" when its final validation loss is within 1% of the fp32 AdamW row's.
 
     python bench/convergence.py --tokens runs/demo/tokens --steps 500 --json bench/results/convergence-cpu.json
@@ -66,7 +67,7 @@ def run_row(name: str, tokens_dir: Path, steps: int) -> dict:
     model_cfg = demo.model
     train_cfg = TrainConfig.model_validate({
         **demo.train.model_dump(), "max_steps": steps, "max_minutes": None, "memory_sample_steps": [],
-        "memory": ROWS[name]})
+        "memory": ROWS[name], "seed": SEED_ROWS.get(name, demo.train.seed)})
     torch.manual_seed(train_cfg.seed)
     model = GPT(GPTConfig(vocab_size=manifest["vocab_size"], block_size=model_cfg.block_size,
                           n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd))
@@ -88,7 +89,7 @@ def run_row(name: str, tokens_dir: Path, steps: int) -> dict:
     val_loss, val_count = evaluate_loss(model, val_tokens, train_cfg.batch_size, device)
     val = manifest["splits"]["val"]
     result = {
-        "name": name, "memory": ROWS[name], "steps": steps,
+        "name": name, "memory": ROWS[name], "seed": train_cfg.seed, "steps": steps,
         "val_loss": round(val_loss, 5), "val_tokens": val_count,
         "val_bits_per_byte": round(bits_per_byte(val_loss, val["tokens"], val["bytes"]), 5),
         "final_train_loss": round(sum(curve[-20:]) / 20, 5), "train_s": round(train_s, 1),

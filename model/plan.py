@@ -58,7 +58,9 @@ def quality_costs(results: Path = CONVERGENCE_RESULTS) -> dict[tuple[str, str], 
 
     costs = {}
     for row in json.loads(results.read_text()):
-        if "val_loss_vs_fp32_adamw" not in row or not set(row["memory"]) <= {"precision", "bf16_rounding", "optimizer"}:
+        # fp32 AdamW is the reference (its seed rows measure chance, not a technique).
+        if "val_loss_vs_fp32_adamw" not in row or not row["memory"] \
+                or not set(row["memory"]) <= {"precision", "bf16_rounding", "optimizer"}:
             continue
         if row["memory"].get("bf16_rounding", "stochastic") != "stochastic":
             continue  # the planner's bf16 candidates round stochastically
