@@ -69,7 +69,7 @@ def test_buffers_an_optimizer_keeps_between_steps_are_optimizer_state():
     first, second = tracker.reports
     assert first.phases["optimizer"]["breakdown"]["optimizer_state"] == MiB  # made in the step, kept after it
     assert second.breakdown["optimizer_state"] == MiB  # alive at the start of the next: found on the optimizer
-    assert all(row["bytes"] > 0 and row["op"] for row in second.temporaries_at_peak)
+    assert second.temporaries_at_peak and all(row["bytes"] > 0 and row["op"] for row in second.temporaries_at_peak)
 
 
 _METERS_SCRIPT = textwrap.dedent("""
