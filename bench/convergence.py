@@ -46,6 +46,9 @@ ROWS: dict[str, dict] = {
     "bf16-stochastic+adamw8bit": {**BF16_SR, "optimizer": "adamw8bit"},
     "bf16-stochastic+adamw4bit": {**BF16_SR, "optimizer": "adamw4bit"},
 }
+# Rows that change only the seed (weights' initialization and data order): the noise floor for the verdicts.
+SEED_ROWS = {"fp32-adamw-seed-1": 1, "fp32-adamw-seed-2": 2}
+ROWS.update({name: {} for name in SEED_ROWS})
 REFERENCE = "fp32-adamw"
 KEEPS_QUALITY = 0.01  # relative validation loss over the reference's
 
