@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"<!-- figures: (\S+) -->")
-NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(%|×)?")
+NUMBER = re.compile(r"(?<![\w.])([+\-−](?=\d))?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(%|×)?")
 
 
 def figure_tables(text: str) -> list[tuple[str, list[list[str]]]]:
@@ -56,8 +56,8 @@ def objects_named(data, name: str) -> list[dict]:
     return found
 
 
-def held(shown: str, decimals: str | None, unit: str | None, candidates: list[float]) -> bool:
-    value = float(shown.replace(",", "") + (f".{decimals}" if decimals else ""))
+def held(shown: str, decimals: str | None, unit: str | None, candidates: list[float], sign: str = "") -> bool:
+    value = float(shown.replace(",", "") + (f".{decimals}" if decimals else "")) * (-1 if sign in "-−" and sign else 1)
     places = len(decimals or "")
     for x in candidates:
         for scaled in ((x, x * 100) if unit == "%" else (x,)):
@@ -81,9 +81,9 @@ def test_every_figure_in_a_marked_table_is_in_its_file(file, rows):
     for label, *cells in rows:
         own = [n for obj in objects_named(data, label.strip("`* ")) for n in numbers_in(obj)]
         for cell in cells:
-            for whole, decimals, unit in NUMBER.findall(cell.replace("**", "")):
-                if not held(whole, decimals, unit, own or everything):
-                    missing.append(f"{label}: {whole}{'.' + decimals if decimals else ''}{unit}")
+            for sign, whole, decimals, unit in NUMBER.findall(cell.replace("**", "")):
+                if not held(whole, decimals, unit, own or everything, sign):
+                    missing.append(f"{label}: {sign}{whole}{'.' + decimals if decimals else ''}{unit}")
     assert not missing, f"figures in README.md that {file} does not hold: {missing}"
 
 
@@ -91,3 +91,4 @@ def test_a_changed_figure_is_caught():
     data = [{"name": "row", "peak_mib": 873.2, "mfu": 0.7563}]
     assert held("873", "2", None, numbers_in(data)) and held("76", None, "%", numbers_in(data))
     assert not held("873", "3", None, numbers_in(data)) and not held("75", None, "%", numbers_in(data))
+    assert held("0", "004", "%", [-0.004], "-") and not held("0", "004", "%", [-0.004], "+")  # a sign counts
