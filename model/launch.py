@@ -63,8 +63,10 @@ def launch(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps({
             "model": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json"),
-            "tokens_dir": str(tokens_dir), "out_dir": str(out_dir), "mlflow_run": mlflow_run}))
+            "tokens_dir": str(tokens_dir), "out_dir": str(out_dir), "mlflow_run_id": mlflow_run and mlflow_run[1]}))
         env = dict(os.environ)
+        if mlflow_run:  # through the environment, like the servers' secrets: a URI may hold a password
+            env["MLFLOW_TRACKING_URI"] = mlflow_run[0]
         # The ranks import this checkout's code, like the parent.
         env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1]),
                                                         env.get("PYTHONPATH")] if p)
@@ -112,11 +114,10 @@ def _rank_main(spec_file: Path) -> None:
     cfg = TrainConfig.model_validate(spec["train"])
     rank = int(os.environ["RANK"])
     on_metrics = None
-    if rank == 0 and spec["mlflow_run"]:
+    if rank == 0 and spec["mlflow_run_id"]:
         import mlflow
 
-        uri, run_id = spec["mlflow_run"]
-        mlflow.set_tracking_uri(uri)
+        run_id = spec["mlflow_run_id"]  # the tracking URI comes in MLFLOW_TRACKING_URI
         on_metrics = lambda metrics, step: mlflow.log_metrics(metrics, step=step, run_id=run_id)  # noqa: E731
     result = train(model_cfg, cfg, Path(spec["tokens_dir"]), Path(spec["out_dir"]), on_metrics=on_metrics)
     if rank == 0:
