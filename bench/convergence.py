@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BF16_SR = {"precision": "bf16-weights", "bf16_rounding": "stochastic"}
+REFERENCE = "fp32-adamw"
 # name -> train.memory of the row (the demo's, loss_chunk_size 512, unless it says otherwise)
 ROWS: dict[str, dict] = {
     "fp32-adamw": {},
@@ -46,10 +47,11 @@ ROWS: dict[str, dict] = {
     "bf16-stochastic+adamw8bit": {**BF16_SR, "optimizer": "adamw8bit"},
     "bf16-stochastic+adamw4bit": {**BF16_SR, "optimizer": "adamw4bit"},
 }
-# Rows that change only the seed (weights' initialization and data order): the noise floor for the verdicts.
-SEED_ROWS = {"fp32-adamw-seed-1": 1, "fp32-adamw-seed-2": 2}
-ROWS.update({name: {} for name in SEED_ROWS})
-REFERENCE = "fp32-adamw"
+# Rows again with other seeds (weights' initialization and data order), each compared with fp32 AdamW of
+# its own seed: the fp32 AdamW rows' spread is the noise floor for the verdicts.
+SEEDED = {f"{base}-seed-{seed}": (base, seed) for base in (REFERENCE, "bf16-stochastic+adamw8bit")
+          for seed in (1, 2)}
+ROWS.update({name: ROWS[base] for name, (base, _) in SEEDED.items()})
 KEEPS_QUALITY = 0.01  # relative validation loss over the reference's
 
 
@@ -70,7 +72,7 @@ def run_row(name: str, tokens_dir: Path, steps: int) -> dict:
     model_cfg = demo.model
     train_cfg = TrainConfig.model_validate({
         **demo.train.model_dump(), "max_steps": steps, "max_minutes": None, "memory_sample_steps": [],
-        "memory": ROWS[name], "seed": SEED_ROWS.get(name, demo.train.seed)})
+        "memory": ROWS[name], "seed": SEEDED[name][1] if name in SEEDED else demo.train.seed})
     torch.manual_seed(train_cfg.seed)
     model = GPT(GPTConfig(vocab_size=manifest["vocab_size"], block_size=model_cfg.block_size,
                           n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd))
@@ -180,9 +182,12 @@ def collect_progress(log_dir: Path, json_file: Path | None, plot_file: Path) -> 
     fig.savefig(plot_file, dpi=110)
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    ref = next((r for r in rows if r["name"] == REFERENCE and "error" not in r), None)
+def summarize(rows: list[dict], default_seed: int) -> list[dict]:
+    """Each row against the fp32 AdamW row of the same seed."""
+    refs = {r.get("seed", default_seed): r for r in rows
+            if "error" not in r and r["name"].split("-seed-")[0] == REFERENCE}
     for r in rows:
+        ref = refs.get(r.get("seed", default_seed))
         if ref is not None and "error" not in r:
             r["val_loss_vs_fp32_adamw"] = round(r["val_loss"] / ref["val_loss"] - 1, 5)
             r["keeps_adamw_quality"] = r["val_loss"] <= ref["val_loss"] * (1 + KEEPS_QUALITY)
@@ -222,6 +227,9 @@ def main() -> None:
     if args.json and args.json.exists():
         done = {r["name"]: r for r in json.loads(args.json.read_text())}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    from flows.config import load_config
+
+    default_seed = load_config(ROOT / "configs/demo.yaml").train.seed
 
     def one(name: str) -> dict:
         cmd = [sys.executable, __file__, "--row-worker", name, "--tokens", str(args.tokens), "--steps",
@@ -240,7 +248,7 @@ def main() -> None:
                 log_to_mlflow(result, args.mlflow, args.experiment)
             print(f"{result['name']}: " + json.dumps({k: v for k, v in result.items() if k != "train_loss_curve"}),
                   file=sys.stderr)
-            rows = summarize([done[n] for n in ROWS if n in done])
+            rows = summarize([done[n] for n in ROWS if n in done], default_seed)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(rows, indent=2))

@@ -49,14 +49,15 @@ TIMED_STEPS = (3, 4)
 
 
 def quality_costs(results: Path = CONVERGENCE_RESULTS) -> dict[tuple[str, str], float]:
-    """(precision, optimizer) -> final validation loss relative to fp32 AdamW's, from the convergence
-    benchmark's committed results (`python bench/convergence.py`: the demo model, 500 steps, clipping on),
-    for the rows that change nothing but the precision and the optimizer. Empty where it was not run."""
+    """(precision, optimizer) -> final validation loss relative to fp32 AdamW's of the same seed, the mean
+    over the seeds measured, from the convergence benchmark's committed results (`python
+    bench/convergence.py`: the demo model, 500 steps, clipping on), for the rows that change nothing but the
+    precision and the optimizer. Empty where it was not run."""
     if not results.exists():
         return {}
     from model.config import MemoryConfig
 
-    costs = {}
+    measured: dict[tuple[str, str], list[float]] = {}
     for row in json.loads(results.read_text()):
         # fp32 AdamW is the reference (its seed rows measure chance, not a technique).
         if "val_loss_vs_fp32_adamw" not in row or not row["memory"] \
@@ -65,8 +66,8 @@ def quality_costs(results: Path = CONVERGENCE_RESULTS) -> dict[tuple[str, str], 
         if row["memory"].get("bf16_rounding", "stochastic") != "stochastic":
             continue  # the planner's bf16 candidates round stochastically
         memory = MemoryConfig(**row["memory"])
-        costs[(memory.precision, memory.optimizer)] = row["val_loss_vs_fp32_adamw"]
-    return costs
+        measured.setdefault((memory.precision, memory.optimizer), []).append(row["val_loss_vs_fp32_adamw"])
+    return {key: sum(costs) / len(costs) for key, costs in measured.items()}
 
 
 def parse_size(text: str) -> int:

@@ -85,6 +85,8 @@ def test_lossy_candidates_carry_the_convergence_benchmarks_quality_cost(tmp_path
     rows = [{"name": "fp32-adamw", "memory": {}, "val_loss_vs_fp32_adamw": 0.0},
             {"name": "bf16-stochastic+adamw8bit", "val_loss_vs_fp32_adamw": 0.004,
              "memory": {"precision": "bf16-weights", "bf16_rounding": "stochastic", "optimizer": "adamw8bit"}},
+            {"name": "bf16-stochastic+adamw8bit-seed-1", "val_loss_vs_fp32_adamw": 0.002,
+             "memory": {"precision": "bf16-weights", "bf16_rounding": "stochastic", "optimizer": "adamw8bit"}},
             {"name": "bf16-nearest", "val_loss_vs_fp32_adamw": 0.05,
              "memory": {"precision": "bf16-weights", "bf16_rounding": "nearest"}},
             {"name": "vocab-tiled-loss", "memory": {"loss_vocab_chunk_size": 1024}, "val_loss_vs_fp32_adamw": 0.0},
@@ -92,7 +94,7 @@ def test_lossy_candidates_carry_the_convergence_benchmarks_quality_cost(tmp_path
     results = tmp_path / "convergence.json"
     results.write_text(json.dumps(rows))
     # Only measured rows that change the precision and the optimizer alone, rounded as the planner rounds.
-    assert quality_costs(results) == {("bf16-weights", "adamw8bit"): 0.004}
+    assert quality_costs(results) == pytest.approx({("bf16-weights", "adamw8bit"): 0.003})  # the seeds' mean
     assert quality_costs(tmp_path / "missing.json") == {}
 
 
