@@ -154,8 +154,12 @@ def collect_progress(log_dir: Path, json_file: Path | None, plot_file: Path) -> 
             rows.append({"name": points[0]["row"], "memory": ROWS[points[0]["row"]], "partial": True,
                          "steps_done": points[-1]["step"], "seconds": points[-1]["s"],
                          "train_loss_mean_25": {p["step"]: p["train_loss_mean_25"] for p in points}})
-    ref = next((r for r in rows if r["name"] == REFERENCE), None)
+    def seed(name: str) -> int | None:
+        return SEEDED[name][1] if name in SEEDED else None
+
+    refs = {seed(r["name"]): r for r in rows if r["name"].split("-seed-")[0] == REFERENCE}
     for r in rows:
+        ref = refs.get(seed(r["name"]))  # the reference of the same seed
         if ref is not None:
             common = max(set(r["train_loss_mean_25"]) & set(ref["train_loss_mean_25"]), default=None)
             if common is not None:
@@ -188,6 +192,7 @@ def summarize(rows: list[dict], default_seed: int) -> list[dict]:
             if "error" not in r and r["name"].split("-seed-")[0] == REFERENCE}
     for r in rows:
         ref = refs.get(r.get("seed", default_seed))
+        r.pop("val_loss_vs_fp32_adamw", None), r.pop("keeps_adamw_quality", None)  # never against an old reference
         if ref is not None and "error" not in r:
             r["val_loss_vs_fp32_adamw"] = round(r["val_loss"] / ref["val_loss"] - 1, 5)
             r["keeps_adamw_quality"] = r["val_loss"] <= ref["val_loss"] * (1 + KEEPS_QUALITY)

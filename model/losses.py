@@ -74,7 +74,9 @@ def _tiled_softmax_grads(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
 
 
 def _target_logits(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return (h * w[targets].to(h.dtype)).float().sum(dim=1)
+    # In fp32, as the log-sum-exp's logits are kept: under autocast a half-precision product rounds the
+    # target logit differently from the rest and biases the loss.
+    return (h.float() * w[targets].float()).sum(dim=1)
 
 
 class LateHeadGrad:

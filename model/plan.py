@@ -37,7 +37,7 @@ from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
 from model.memory import AllocationRecorder
-from model.techniques import TechniqueError
+from model.techniques import BF16_WEIGHTS, TechniqueError
 
 MiB = 2**20
 _UNITS = {"": MiB, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": MiB, "gb": 10**9, "gib": 2**30}
@@ -120,7 +120,7 @@ class Plan:
 def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[str, dict, bool]]:
     """(name, changes to the train section as dotted keys, lossy) from the fastest to the most frugal."""
     gpt = arch == "gpt"
-    adamw = cfg.memory.optimizer == "adamw" and cfg.memory.precision != "bf16-true"
+    adamw = cfg.memory.optimizer == "adamw" and cfg.memory.precision not in BF16_WEIGHTS
     chunk = cfg.memory.loss_chunk_size or 256
 
     def head(in_backward: bool, split: bool) -> dict:
@@ -159,8 +159,9 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         whole_batch = {"grad_clip": 0.0, "memory.micro_batch_size": None}
         if not exact_in_backward:
             out += [(f"{name}, no clipping", changes, True) for name, changes in ladder(True, adamw, whole_batch)]
-        # Less than fp32 AdamW's 12 bytes a weight, the closest to AdamW's losses first.
-        bf16 = {**whole_batch, "memory.precision": "bf16-weights", "memory.bf16_rounding": "stochastic"}
+        # Less than fp32 AdamW's 12 bytes a weight, the least state last.
+        bf16 = {**whole_batch, "memory.precision": "bf16-weights", "memory.bf16_rounding": "stochastic",
+                "memory.optimizer": "adamw"}
         below_fp32 = [("8-bit AdamW", {**whole_batch, "memory.optimizer": "adamw8bit"})]
         if gpt:
             below_fp32 = [("bf16 weights", bf16), *below_fp32,

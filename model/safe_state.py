@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 TENSOR, TUPLE, PAIRS, SUBCLASS, DTYPE = "__tensor__", "__tuple__", "__pairs__", "__subclass__", "__dtype__"
 # Tensor subclasses written as their inner tensors and rebuilt by their own __tensor_unflatten__: torchao's
 # low-bit optimizer states. Only these are imported by name when a state is loaded.
+DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
 LOADABLE_SUBCLASSES = {"torchao.optim.subclass_8bit.OptimState8bit", "torchao.optim.subclass_4bit.OptimState4bit",
                        "torchao.optim.subclass_fp8.OptimStateFp8"}
 
@@ -97,10 +98,9 @@ def _decode(value, tensors: dict[str, torch.Tensor]):
     if SUBCLASS in value:
         return _decode_subclass(value, tensors)
     if DTYPE in value:
-        dtype = getattr(torch, value[DTYPE], None)
-        if not isinstance(dtype, torch.dtype):  # a name, looked up among torch's dtypes only
+        if value[DTYPE] not in DTYPES:  # looked up in a table, never as an attribute of torch
             raise ValueError(f"{value[DTYPE]!r} is not a torch dtype")
-        return dtype
+        return DTYPES[value[DTYPE]]
     if TUPLE in value:
         return tuple(_decode(v, tensors) for v in value[TUPLE])
     if PAIRS in value:

@@ -30,7 +30,8 @@ AdamW and Adafactor. Refused there, before any rank starts (`check_distributed`)
 - late_head_grad: it adds the head's gradient after autograd accumulated the tied weight's, which is after
   DDP's all-reduce of it, and FSDP2 replaces the parameter its hook was registered on.
 - fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed) and with
-  adamw8bit/adamw4bit/adam-mini/muon and bf16-weights (not verified over sharded parameters); cpu_offload off CUDA.
+  adamw8bit/adamw4bit/adam-mini/muon (not verified over sharded parameters) and bf16-true/bf16-weights (the
+  rounding step is not written for sharded weights); cpu_offload off CUDA.
 - compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
   before sharding it).
 """
@@ -80,10 +81,10 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} is not verified with train.distributed.strategy "
                              "fsdp (its state or update over sharded parameters; Muon needs each matrix whole); "
                              "use adamw or adafactor, or strategy ddp")
-    if strategy == "fsdp" and mem.precision == "bf16-weights":
-        raise TechniqueError("train.memory.precision bf16-weights is not verified with train.distributed.strategy "
-                             "fsdp (FSDP2 casts through its MixedPrecisionPolicy from fp32 shards); use bf16-mixed, "
-                             "or strategy ddp")
+    if strategy == "fsdp" and mem.precision in BF16_WEIGHTS:
+        raise TechniqueError(f"train.memory.precision {mem.precision} cannot run with train.distributed.strategy "
+                             "fsdp: its optimizer rounds each weight's update with random bits made as a plain "
+                             "tensor, which a sharded weight refuses; use bf16-mixed, or strategy ddp")
     if cfg.distributed.cpu_offload and (strategy != "fsdp" or device.type != "cuda"):
         raise TechniqueError(
             "train.distributed.cpu_offload moves FSDP's shards from the GPU to CPU memory: it needs strategy fsdp "

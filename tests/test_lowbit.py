@@ -183,3 +183,16 @@ def test_low_bit_adamw_states_stay_within_their_quantization_error_of_adamw():
             assert (low - ref).abs().max().item() <= rel * ref.abs().max().item(), (name, key)
         # The weights moved by 4 steps of lr 1e-3 at most: what quantization changes is a fraction of that.
         assert (weight - ref_weight).abs().max().item() <= 4e-3 * (rel * 10)
+
+
+@pytest.mark.parametrize("memory", [{"precision": "bf16-true"}, {"precision": "bf16-weights"},
+                                    {"optimizer": "adamw8bit"}, {"optimizer": "muon"}])
+def test_low_precision_switches_not_written_for_sharded_weights_are_refused_under_fsdp(memory):
+    from model.techniques import check_distributed
+
+    cfg = TrainConfig(memory=memory, distributed={"strategy": "fsdp", "nproc_per_node": 2}, batch_size=8,
+                      grad_clip=0.0)
+    with pytest.raises(TechniqueError, match="strategy fsdp"):
+        check_distributed(cfg, torch.device("cpu"))
+    check_distributed(cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"strategy": "ddp"})}),
+                      torch.device("cpu"))
