@@ -69,8 +69,11 @@ def test_autothrottle_governs_a_remote_host(site, tmp_path):
         result = crawl(config, tmp_path / "c")
     log = (tmp_path / "c" / "scrapy.log").read_text()
     assert "'AUTOTHROTTLE_ENABLED': 'True'" in log and result.manifest["pages"] == 5
-    # AutoThrottle starts a remote host's slot at AUTOTHROTTLE_START_DELAY (1 s), far above the 0.05 s floor.
-    assert max(page_gaps(remote)) >= 0.4
+    # AutoThrottle starts a remote host's slot at AUTOTHROTTLE_START_DELAY (1 s) and lowers it from there as
+    # responses come back fast: robots.txt and the first five pages take over 1 s, where the 0.05 s floor
+    # with its ±50% jitter alone would spend under 0.4 s on them.
+    times = sorted(t for t, _, _ in remote)
+    assert times[5] - times[0] >= 1.0
 
 
 def test_scrapy_output_reaches_the_log_while_the_crawl_runs(tmp_path, caplog):
