@@ -196,6 +196,31 @@ class AllocationRecorder(TorchDispatchMode):
         self._phase = "other"
         self._summed: tuple[int, int, int, set[int]] | None = None  # (event index, key, bytes, input keys)
 
+    def __enter__(self):
+        # A storage resized in place allocates or frees without an operator returning it: FSDP2 gathers a
+        # block's weights into storage it grows from nothing, and frees them by resizing it to nothing.
+        recorder, resize = self, torch.UntypedStorage.resize_
+
+        def recorded_resize(storage, nbytes):
+            out = resize(storage, nbytes)
+            recorder._resized(storage, nbytes)
+            return out
+
+        self._resize, torch.UntypedStorage.resize_ = resize, recorded_resize
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.UntypedStorage.resize_ = self._resize
+        return super().__exit__(*exc)
+
+    def _resized(self, storage: torch.UntypedStorage, nbytes: int) -> None:
+        key = storage_id(storage)
+        self._free(key)
+        if nbytes:
+            self._ids[key] = alloc_id = next(self._next_id)
+            self.events.append(("alloc", next(self._clock), alloc_id, nbytes, "resize_storage"))
+            weakref.finalize(storage, self._free, key)
+
     def mark(self, text: str) -> None:
         self._summed = None
         if text.startswith("phase::"):
@@ -225,19 +250,20 @@ class AllocationRecorder(TorchDispatchMode):
             # none, and memory does not depend on it. 1 keeps step-count arithmetic (1/sqrt(step)) defined.
             return {torch.bool: True}.get(args[0].dtype, 1.0 if args[0].is_floating_point() else 1)
         kwargs = kwargs or {}
-        # An output that shares an input's storage (a view, an in-place op) allocated nothing.
-        inputs = {storage_id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        # An output that shares an input's storage (a view, an in-place op) allocated nothing. A tensor
+        # subclass (FSDP's DTensor) counts as the plain tensors inside it: its own storage is the global
+        # shape's, and the operators on its local shards run below this mode, unseen.
+        inputs = {storage_id(t.untyped_storage()) for t in _plain_leaves((args, kwargs))}
         out = func(*args, **kwargs)
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = storage_id(storage)
-                if key not in self._ids and key not in inputs and storage.nbytes() > 0:
-                    self._ids[key] = alloc_id = next(self._next_id)
-                    self.events.append(("alloc", next(self._clock), alloc_id, storage.nbytes(), func.name()))
-                    weakref.finalize(storage, self._free, key)
-                    if func is torch.ops.aten.add.Tensor and self._phase == "backward":
-                        self._summed = (len(self.events) - 1, key, storage.nbytes(), inputs)
+        for t in _plain_leaves(out):
+            storage = t.untyped_storage()
+            key = storage_id(storage)
+            if key not in self._ids and key not in inputs and storage.nbytes() > 0:
+                self._ids[key] = alloc_id = next(self._next_id)
+                self.events.append(("alloc", next(self._clock), alloc_id, storage.nbytes(), func.name()))
+                weakref.finalize(storage, self._free, key)
+                if func is torch.ops.aten.add.Tensor and self._phase == "backward":
+                    self._summed = (len(self.events) - 1, key, storage.nbytes(), inputs)
         return out
 
 
@@ -251,7 +277,16 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
 
 def storage_id(storage: torch.UntypedStorage) -> int:
     """A storage's address; for a fake tensor's (which has none), its storage object's identity."""
-    return storage._cdata if storage.device.type == "meta" else storage.data_ptr()
+    if storage.device.type == "meta":
+        return storage._cdata
+    try:
+        return storage.data_ptr()
+    except RuntimeError:  # a storage with no data: FSDP2's freed gathered weights under fake tensors
+        return storage._cdata
+
+
+def _plain_leaves(tree) -> list[torch.Tensor]:
+    return [plain for t in tree_leaves(tree) if isinstance(t, torch.Tensor) for plain in _plain_tensors(t)]
 
 
 def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
