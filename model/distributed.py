@@ -64,10 +64,12 @@ def stop(ranks: Ranks) -> None:
     dist.destroy_process_group()
 
 
-def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, device: torch.device) -> nn.Module:
+def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, device: torch.device,
+                mesh=None) -> nn.Module:
     """Shard `model` in place (fsdp) or wrap it (ddp); returns the module whose forward trains it.
 
-    DDP's gradients are views into its all-reduce buckets (no second copy of every gradient)."""
+    DDP's gradients are views into its all-reduce buckets (no second copy of every gradient). `mesh`: the
+    fsdp device mesh, made by the caller (the planner's, outside fake tensors); default: every rank."""
     if cfg.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -82,12 +84,12 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, dev
             if compute_dtype else MixedPrecisionPolicy()
         offload = CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy()
         for block in getattr(model, "blocks", ()):
-            fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, mp_policy=precision,
+            fully_shard(block, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward, mp_policy=precision,
                         offload_policy=offload)
         # The root holds the tied embedding/head weight, position embeddings and final norm. It stays
         # gathered from its forward through backward: the loss, outside any forward, needs the head right
         # after (and in validation, where FSDP would otherwise reshard it as forward ends).
-        fully_shard(model, reshard_after_forward=False, mp_policy=precision, offload_policy=offload)
+        fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=precision, offload_policy=offload)
     return model
 
 

@@ -22,13 +22,13 @@ class TrainStep:
     torchrun, the model replicated (ddp) or sharded (fsdp) over the ranks."""
 
     def __init__(self, model: GPT, cfg: TrainConfig, device: torch.device, snapshot_path: Path | None = None,
-                 ranks: Ranks = Ranks()):
+                 ranks: Ranks = Ranks(), mesh=None):
         self.warnings = check(cfg, device)
         for warning in self.warnings:
             warnings.warn(warning, stacklevel=2)
         apply_to_model(model, cfg.memory)
         self.model, self.cfg, self.device, self.ranks = model, cfg, device, ranks
-        self.trained = parallelize(model, cfg.distributed, cfg.memory, device)
+        self.trained = parallelize(model, cfg.distributed, cfg.memory, device, mesh)
         # The tracker before the optimizer: its gradient hooks must run before those of an optimizer
         # that steps in backward and frees each gradient.
         self.tracker = MemoryTracker(model, None, device, cfg.memory_sample_steps, cfg.memory_sample_every,

@@ -119,7 +119,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
     start_step, state = 0, None
     if cfg.resume and has_sharded_checkpoint(sharded_dir):
         with tracker.stage("resume"):
-            state = _load_sharded(sharded_dir, model, optimizer, arch_cfg)
+            state = load_sharded_checkpoint(sharded_dir, model, optimizer, arch_cfg)
         _set_rng_state(_tensor_rng_state(state["rng"]), device, data_rng)
     elif cfg.resume and has_checkpoint(ckpt_dir) and ranks.distributed:
         raise ValueError(
@@ -216,7 +216,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
                 log({"val/loss": val_loss}, step)
             with tracker.stage("checkpoint_save"):
                 if ranks.distributed:
-                    _save_distributed(sharded_dir, ckpt_dir, model, optimizer, arch_cfg, ranks, {
+                    save_distributed(sharded_dir, ckpt_dir, model, optimizer, arch_cfg, ranks, {
                         "step": step, "rng": _json_rng_state(_rng_state(device, data_rng)),
                         "val_loss_start": val_loss_start, "val_loss": val_loss})
                 else:
@@ -267,7 +267,7 @@ def _check_budget(cfg: TrainConfig, metrics: dict[str, float], step: int) -> Non
         "or raise the budget")
 
 
-def _load_sharded(directory: Path, model: torch.nn.Module, optimizer, arch_cfg) -> dict:
+def load_sharded_checkpoint(directory: Path, model: torch.nn.Module, optimizer, arch_cfg) -> dict:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(
             f"the checkpoint in {directory} is sharded (a distributed run wrote it); with "
@@ -279,8 +279,8 @@ def _load_sharded(directory: Path, model: torch.nn.Module, optimizer, arch_cfg) 
     return load_sharded(directory, model, optimizer)
 
 
-def _save_distributed(sharded_dir: Path, ckpt_dir: Path, model: torch.nn.Module, optimizer, arch_cfg,
-                      ranks: Ranks, train_state: dict) -> None:
+def save_distributed(sharded_dir: Path, ckpt_dir: Path, model: torch.nn.Module, optimizer, arch_cfg,
+                     ranks: Ranks, train_state: dict) -> None:
     """The sharded checkpoint (every rank), then the full weights as a single-process checkpoint
     (gathered on rank 0; no train state in it), which evaluation and registration read as today."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
