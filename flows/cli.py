@@ -364,12 +364,16 @@ def plan(
                                  "(no memory, seconds; any model size) instead of running steps."),
     device_kind: Annotated[Optional[str], typer.Option("--device", help="With --predict: plan for cpu or cuda "
                            "(default: train.device), a device this machine need not have.")] = None,
+    world_size: Annotated[Optional[int], typer.Option("--world-size", min=1, help="Plan each rank of N (default: "
+                          "train.distributed): measured by N torchrun ranks where this machine runs them, "
+                          "otherwise predicted; train.distributed.strategy none becomes fsdp.")] = None,
 ):
     """Fit training into a memory budget: try memory techniques a few steps each, from the fastest kind on."""
     import json
     import os
     import sys
 
+    import pydantic
     import torch
     import yaml
 
@@ -396,12 +400,17 @@ def plan(
     from model.plan import plan as make_plan
 
     cfg = _load(config)
-    if cfg.train.distributed.strategy != "none":
-        err.print(f"[red]error:[/] memlm plan measures one process, and train.distributed.strategy is "
-                  f"{cfg.train.distributed.strategy}: per-rank planning is not built yet; plan with strategy none "
-                  "(FSDP over N ranks holds about 1/N of the parameters, gradients and optimizer state)",
-                  highlight=False)
-        raise typer.Exit(2)
+    if world_size is not None:
+        strategy = "none" if world_size == 1 else \
+            "fsdp" if cfg.train.distributed.strategy == "none" else cfg.train.distributed.strategy
+        distributed = {**cfg.train.distributed.model_dump(), "strategy": strategy, "nproc_per_node": world_size,
+                       "nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
+        try:
+            cfg.train = type(cfg.train).model_validate({**cfg.train.model_dump(), "distributed": distributed})
+        except pydantic.ValidationError as exc:
+            err.print(f"[red]error:[/] --world-size {world_size}: {exc.errors()[0]['msg']}", highlight=False)
+            raise typer.Exit(2) from None
+    ranks = cfg.train.distributed
     if budget is None:
         if cfg.train.memory_budget_mib is None:
             err.print("[red]error:[/] give --budget (for example --budget 300MiB) or set train.memory_budget_mib "
@@ -422,28 +431,45 @@ def plan(
     console.print(f"planning {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.n_embd}, vocabulary {vocab}"
                   f"{'' if manifest.exists() else ' from tokenize.vocab_size'}), batch {cfg.train.batch_size} x "
                   f"{cfg.model.block_size} tokens on {device}, budget {budget_bytes / MiB:.4g} MiB", highlight=False)
+    if ranks.world_size > 1:
+        console.print(f"per rank: {ranks.world_size} ranks, {ranks.strategy}, {cfg.train.rank_batch_size} sequences "
+                      "each a step", highlight=False)
     with console.status("") as status:
-        result = make_plan(arch_cfg, cfg.train, budget_bytes, device, lossy, try_all,
-                           on_trial=lambda t: status.update(f"tried {t.name}"), meter=meter, predict_only=predict)
-    how = "predicted" if predict else f"{meter} meter"
+        try:
+            result = make_plan(arch_cfg, cfg.train, budget_bytes, device, lossy, try_all,
+                               on_trial=lambda t: status.update(f"tried {t.name}"), meter=meter, predict_only=predict)
+        except ValueError as exc:  # N ranks this machine cannot run are predicted: tensor bytes only
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    how = ("predicted" if result.predicted else f"{meter} meter") + (
+        f", per rank of {result.world_size}: " + ("rank 0, from one process" if result.predicted
+                                                  else f"measured by {result.world_size} torchrun ranks")
+        if result.world_size > 1 else "")
     table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB ({how}) on {device}")
-    for col in ("candidate", "peak MiB", "activations", "optimizer", "tokens/s", "val loss vs fp32 AdamW", ""):
+    columns = ["candidate", "peak MiB", *(["each rank"] if result.world_size > 1 and not result.predicted else []),
+               "activations", "optimizer", "tokens/s", "val loss vs fp32 AdamW", ""]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("candidate", "") else "right")
     for trial in result.trials:
         name = trial.name + (" (lossy)" if trial.lossy else "")
         if trial.refused:
-            table.add_row(name, "", "", "", "", "", f"[yellow]refused:[/] {trial.refused}")
+            table.add_row(name, *[""] * (len(columns) - 2), f"[yellow]refused:[/] {trial.refused}")
             continue
         verdict = "[green]fits[/]" if trial.fits(budget_bytes) else "[red]over[/]"
         if trial is result.chosen:
             verdict, name = "[bold green]chosen[/]", f"[bold]{name}[/]"
-        table.add_row(name, f"{trial.peak_bytes / MiB:.1f}", f"{trial.breakdown.get('activations', 0) / MiB:.1f}",
+        each = [" / ".join(f"{b / MiB:.0f}" for b in trial.rank_peaks)] if "each rank" in columns else []
+        table.add_row(name, f"{trial.peak_bytes / MiB:.1f}", *each, f"{trial.breakdown.get('activations', 0) / MiB:.1f}",
                       f"{trial.breakdown.get('optimizer_state', 0) / MiB:.1f}",
                       "predicted" if trial.tokens_per_s is None else f"{trial.tokens_per_s:,.0f}",
                       "" if not trial.lossy else "not measured" if trial.quality_cost is None
                       else f"{trial.quality_cost:+.2%}", verdict)
     console.print(table)
-    if predict:
+    if result.world_size > 1:
+        from model.plan import shard_arithmetic
+
+        console.print(shard_arithmetic(arch_cfg, cfg.train), highlight=False)
+    if result.predicted:
         from model.plan import PREDICTION_ASSUMES
 
         console.print(f"predicted, assuming {PREDICTION_ASSUMES}", highlight=False)
@@ -460,6 +486,8 @@ def plan(
         raise typer.Exit(1)
     section = {"grad_clip": result.train.grad_clip} if result.train.grad_clip != cfg.train.grad_clip else {}
     section["memory"] = result.train.memory.model_dump(mode="json", exclude_defaults=True)
+    if world_size is not None:
+        section["distributed"] = result.train.distributed.model_dump(mode="json", exclude_defaults=True)
     speed = "" if result.chosen.tokens_per_s is None else f" at {result.chosen.tokens_per_s:,.0f} tokens/s"
     console.print(f"chosen: [bold]{result.chosen.name}[/], {result.chosen.peak_bytes / MiB:.1f} MiB{speed}"
                   " (every stage's peak). In the config:", highlight=False)
@@ -470,7 +498,8 @@ def plan(
         train.update(section)
         train["memory_budget_mib"] = round(budget_bytes / MiB, 3)  # the run then stops if it goes over
         write.write_text(f"# memlm plan --budget {budget}: {result.chosen.name}, "
-                         f"{'predicted' if predict else 'measured'} {result.chosen.peak_bytes / MiB:.1f} MiB on {device}\n"
+                         f"{'predicted' if result.predicted else 'measured'} {result.chosen.peak_bytes / MiB:.1f} MiB "
+                         f"on {device}{' per rank' if result.world_size > 1 else ''}\n"
                          + yaml.safe_dump(data, sort_keys=False))
         console.print(f"wrote {write} (with train.memory_budget_mib, which the run checks); run it with: "
                       f"memlm run -c {write}", highlight=False)

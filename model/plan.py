@@ -18,11 +18,14 @@ cost as the convergence benchmark measured it.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import re
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +34,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from model.arch import build_model
 from model.checkpoint import load_train_state, load_weights, save_checkpoint
-from model.config import TrainConfig
+from model.config import DistributedConfig, TrainConfig
+from model.distributed import Ranks, gather_objects, max_over_ranks, reshard
 from model.evaluate import score_batches
 from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
 from model.memory import AllocationRecorder
-from model.techniques import BF16_WEIGHTS, TechniqueError
+from model.techniques import BF16_WEIGHTS, TechniqueError, check
 
 MiB = 2**20
 _UNITS = {"": MiB, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": MiB, "gb": 10**9, "gib": 2**30}
@@ -90,6 +94,7 @@ class Trial:
     stages: dict[str, int] = field(default_factory=dict)  # stage -> peak bytes; peak_bytes is the largest
     refused: str | None = None  # why the candidate could not run (a refused combination, out of memory)
     quality_cost: float | None = None  # lossy: validation loss relative to fp32 AdamW's, when measured
+    rank_peaks: list[int] = field(default_factory=list)  # measured over N ranks: each rank's peak
 
     def fits(self, budget_bytes: int) -> bool:
         return self.peak_bytes is not None and self.peak_bytes <= budget_bytes
@@ -100,7 +105,8 @@ class Trial:
                 "breakdown_mib": {k: round(v / MiB, 1) for k, v in self.breakdown.items()},
                 "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
                 "stages_mib": {k: round(v / MiB, 1) for k, v in self.stages.items()},
-                "refused": self.refused, "val_loss_vs_fp32_adamw": self.quality_cost}
+                "refused": self.refused, "val_loss_vs_fp32_adamw": self.quality_cost,
+                "rank_peaks_mib": [round(b / MiB, 1) for b in self.rank_peaks]}
 
 
 @dataclass
@@ -110,9 +116,12 @@ class Plan:
     trials: list[Trial]
     chosen: Trial | None
     train: TrainConfig | None  # the chosen candidate's train section
+    world_size: int = 1  # ranks; every figure is per rank, the largest rank's
+    predicted: bool = False
 
     def to_dict(self) -> dict:
         return {"budget_mib": round(self.budget_bytes / MiB, 1), "device": self.device,
+                "world_size": self.world_size, "predicted": self.predicted,
                 "chosen": None if self.chosen is None else self.chosen.name,
                 "trials": [t.to_dict() for t in self.trials]}
 
@@ -120,21 +129,24 @@ class Plan:
 def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[str, dict, bool]]:
     """(name, changes to the train section as dotted keys, lossy) from the fastest to the most frugal."""
     gpt = arch == "gpt"
-    adamw = cfg.memory.optimizer == "adamw" and cfg.memory.precision not in BF16_WEIGHTS
+    # Over several ranks, no optimizer step in backward and no bf16 weights or other optimizers than AdamW
+    # and Adafactor: train.distributed refuses them (model/techniques.py).
+    ranks = cfg.distributed.strategy != "none"
+    adamw = cfg.memory.optimizer == "adamw" and cfg.memory.precision not in BF16_WEIGHTS and not ranks
     chunk = cfg.memory.loss_chunk_size or 256
 
     def head(in_backward: bool, split: bool) -> dict:
         """The chunked loss, and the tied head's gradient kept short-lived the best way allowed."""
         split = in_backward and split
         return {"memory.loss_chunk_size": chunk, "memory.optimizer_in_backward": in_backward,
-                "memory.split_head_step": split, "memory.late_head_grad": not split}
+                "memory.split_head_step": split, "memory.late_head_grad": not split and not ranks}
 
     def ladder(in_backward: bool, split: bool, extra: dict) -> list[tuple[str, dict]]:
         base = {**head(in_backward, split), **extra}
         if in_backward:
             first = "head stepped in backward" if split else "stepped in backward, head gradient late"
         else:
-            first = "head gradient late"
+            first = "chunked loss" if ranks else "head gradient late"
         rungs = [(first, base)]
         if gpt:
             rungs.append(("+ every 2nd block recomputed",
@@ -146,7 +158,7 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         rungs.append(("+ loss vocabulary in tiles", {**rungs[-1][1], "memory.loss_vocab_chunk_size": VOCAB_TILE}))
         return rungs
 
-    exact_in_backward = cfg.grad_clip == 0 and cfg.grad_accum_steps == 1
+    exact_in_backward = cfg.grad_clip == 0 and cfg.grad_accum_steps == 1 and not ranks
     out: list[tuple[str, dict, bool]] = [("as configured", {}, False)]
     out += [(name, changes, False) for name, changes in ladder(exact_in_backward, adamw, {})]
     # Smaller micro-batches, the gradients accumulated: activations shrink with them.
@@ -155,7 +167,10 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
     while micro > 1:  # about halving each time, to a size that divides the batch
         micro = max(d for d in range(1, micro // 2 + 1) if cfg.batch_size % d == 0)
         out.append((f"+ micro-batches of {micro}", {**frugal, "memory.micro_batch_size": micro}, False))
-    if lossy:
+    if lossy and ranks:
+        adafactor = {"memory.optimizer": "adafactor"}
+        out += [(f"{name}, Adafactor", changes, True) for name, changes in ladder(False, False, adafactor)]
+    elif lossy:
         whole_batch = {"grad_clip": 0.0, "memory.micro_batch_size": None}
         if not exact_in_backward:
             out += [(f"{name}, no clipping", changes, True) for name, changes in ladder(True, adamw, whole_batch)]
@@ -180,6 +195,22 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
     return unique
 
 
+def shard_arithmetic(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig) -> str:
+    """What sharding alone predicts a rank holds of the training state, to read the figures against."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in build_model(arch_cfg).parameters())
+    world, strategy = cfg.distributed.world_size, cfg.distributed.strategy
+    if cfg.memory.optimizer != "adamw":
+        return (f"shard arithmetic: {n / 1e6:.1f} M parameters x (4 B weights + 4 B gradients) = {8 * n / MiB:.1f} MiB"
+                + (f", / {world} ranks = {8 * n / world / MiB:.1f} MiB per rank" if strategy == "fsdp" else
+                   " on every rank (ddp replicates)") + f", and {cfg.memory.optimizer}'s state")
+    total = 16 * n / MiB
+    return (f"shard arithmetic: {n / 1e6:.1f} M parameters x (4 B weights + 4 B gradients + 8 B AdamW moments) = "
+            f"{total:.1f} MiB" + (f", / {world} ranks = {total / world:.1f} MiB per rank (fsdp)" if strategy == "fsdp"
+                                  else " on every rank (ddp replicates it)")
+            + "; the rest of a rank's peak is activations, gathered weights and temporaries")
+
+
 def apply_changes(cfg: TrainConfig, changes: dict) -> TrainConfig:
     data = cfg.model_dump()
     for dotted, value in changes.items():
@@ -192,15 +223,19 @@ def apply_changes(cfg: TrainConfig, changes: dict) -> TrainConfig:
 
 
 def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device,
-            meter: str = "tensors", timed: bool = True) -> Measured:
+            meter: str = "tensors", timed: bool = True, ranks: Ranks = Ranks()) -> Measured:
     """A few steps on random tokens, then the run's other stages: a validation batch, a checkpoint's
     save, and a resume from it into a fresh model and optimizer (as a restarted run does). Without
-    `timed`, only the tracked steps run (no speed; the tensors meter only)."""
+    `timed`, only the tracked steps run (no speed; the tensors meter only). Under torchrun (`ranks`), this
+    rank's figures, through the same calls as model/train.py: its slice of each batch, validation on every
+    rank, the sharded checkpoint and the full weights gathered to rank 0."""
+    from model.train import load_sharded_checkpoint, save_distributed
+
     cfg = cfg.model_copy(update={"memory_sample_steps": list(TRACKED_STEPS), "memory_sample_every": 10**9})
     torch.manual_seed(cfg.seed)
-    data_rng = torch.Generator().manual_seed(cfg.seed)
+    data_rng = torch.Generator().manual_seed(cfg.seed + ranks.rank)
     model = build_model(arch_cfg).to(device)
-    train_step = TrainStep(model, cfg, device)
+    train_step = TrainStep(model, cfg, device, ranks=ranks)
 
     def next_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1), generator=data_rng)
@@ -208,6 +243,8 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
         return tokens[:, :-1], tokens[:, 1:]
 
     times = []
+    # One folder for every rank's shards: rank 0's, handed to the others.
+    tmp = Path(gather_objects(tempfile.mkdtemp(prefix="memlm-plan-") if ranks.is_main else None, ranks)[0])
     try:
         for step in (*TRACKED_STEPS, *(TIMED_STEPS if timed else ())):
             start = time.perf_counter()
@@ -225,25 +262,37 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
         stages = {"train_step": _metered(step_report, meter)}
         with tracker.stage("validation"):
             score_batches(model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
-        with tempfile.TemporaryDirectory(prefix="memlm-plan-") as tmp:
-            with tracker.stage("checkpoint_save"):
-                save_checkpoint(Path(tmp), model, {"step": len(times), "optimizer": train_step.optimizer.state_dict()})
-            del train_step, model
-            gc.collect()
-            model = build_model(arch_cfg).to(device)
-            train_step = TrainStep(model, cfg, device)
-            resumed = train_step.tracker
-            with resumed.stage("resume"):
-                load_weights(model, Path(tmp), device)
-                train_step.optimizer.load_state_dict(load_train_state(Path(tmp))["optimizer"])
+        reshard(model, ranks.strategy)
+        with tracker.stage("checkpoint_save"):
+            if ranks.distributed:
+                save_distributed(tmp / "sharded", tmp / "full", model, train_step.optimizer, arch_cfg, ranks,
+                                 {"step": len(times)})
+            else:
+                save_checkpoint(tmp, model, {"step": len(times), "optimizer": train_step.optimizer.state_dict()})
+        del train_step, model
+        gc.collect()
+        model = build_model(arch_cfg).to(device)
+        train_step = TrainStep(model, cfg, device, ranks=ranks)
+        resumed = train_step.tracker
+        with resumed.stage("resume"):
+            if ranks.distributed:
+                load_sharded_checkpoint(tmp / "sharded", model, train_step.optimizer, arch_cfg)
+            else:
+                load_weights(model, tmp, device)
+                train_step.optimizer.load_state_dict(load_train_state(tmp)["optimizer"])
         reports = {**tracker.stages, **resumed.stages}
         stages.update({name: _metered(r, meter) for name, r in reports.items()})
-        return Measured(max(stages.values()), dict(step_report.breakdown), min(times, default=float("nan")), stages)
+        # The ranks step together: the slowest one's time is the job's.
+        step_s = max_over_ranks(min(times, default=float("nan")), ranks, device)
+        return Measured(max(stages.values()), dict(step_report.breakdown), step_s, stages)
     finally:
         del train_step, model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        gather_objects(None, ranks)  # every rank done with the folder
+        if ranks.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -252,6 +301,7 @@ class Measured:
     breakdown: dict[str, int]  # the training step's, at its peak
     step_s: float
     stages: dict[str, int]  # stage -> peak bytes
+    rank_peaks: list[int] = field(default_factory=list)  # over N ranks: each rank's largest stage, by rank
 
 
 def _metered(report, meter: str) -> int:
@@ -286,7 +336,14 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
          predict_only: bool = False) -> Plan:
     """Try the candidates in order, the exact ones up to the first that fits (every one with `try_all`),
     then likewise the lossy ones; choose with `choose`. With `predict_only`, each candidate is predicted
-    for `device`'s kind (which this machine need not have), not run."""
+    for `device`'s kind (which this machine need not have), not run. With train.distributed, every figure
+    is per rank: measured by the job's ranks where this machine can run them (model/plan_ranks.py),
+    otherwise predicted for rank 0."""
+    from model.plan_ranks import measure_over_ranks, runnable_here
+
+    ranks = cfg.distributed.strategy != "none"
+    # N ranks this machine cannot run (more than its devices, several nodes) are predicted.
+    predict_only = predict_only or (ranks and not runnable_here(cfg, device))
     if predict_only and meter != "tensors":
         raise ValueError("a prediction is of tensor bytes: --predict goes with --meter tensors")
     trials = []
@@ -303,9 +360,11 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
             if predict_only:
                 measured = predict(arch_cfg, candidate, device.type)
             else:
-                measured = measure(arch_cfg, candidate, device, meter)
+                measured = measure_over_ranks(arch_cfg, candidate, device, meter) if ranks \
+                    else measure(arch_cfg, candidate, device, meter)
                 trial.tokens_per_s = candidate.batch_size * arch_cfg.block_size / measured.step_s
             trial.peak_bytes, trial.breakdown, trial.stages = measured.peak_bytes, measured.breakdown, measured.stages
+            trial.rank_peaks = measured.rank_peaks
         except TechniqueError as exc:
             trial.refused = str(exc)
         except torch.OutOfMemoryError:
@@ -316,7 +375,8 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
             on_trial(trial)
     chosen = choose(trials, budget_bytes)
     return Plan(budget_bytes, device.type, trials, chosen,
-                None if chosen is None else apply_changes(cfg, chosen.changes))
+                None if chosen is None else apply_changes(cfg, chosen.changes),
+                cfg.distributed.world_size, predict_only)
 
 
 # The CUDA caching allocator hands out blocks rounded up to 512 bytes (what max_memory_allocated counts).
@@ -333,42 +393,107 @@ PREDICTION_ASSUMES = (
     "log-sum-exp rows); no kernel-internal workspace alive between operators; a checkpoint's save holds the "
     "weights and the optimizer state, a resume also a loaded copy of the weights (as measured on CPU); for "
     "CUDA, the caching allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory "
-    "(2 MiB and 20 MiB segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top")
+    "(2 MiB and 20 MiB segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top; "
+    "over N ranks, rank 0's figures, its checkpoint stages as torch 2.13's DCP measured on gloo (fsdp: save "
+    "= shards + 2 x the full weights + the largest parameter, resume = 2 x the shards; ddp: save = state + "
+    "the full weights, resume = state + the largest parameter), and collectives' own buffers not counted "
+    "(gloo's FSDP2 peaks move by about 10% from step to step as its collectives overlap)")
 
 
 def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str = "cpu") -> Measured:
     """A candidate's peaks without running it: two optimizer steps and a validation batch traced under fake
     tensors (shapes and dtypes, no memory), their allocations replayed through the tracker's categories.
-    What it assumes: PREDICTION_ASSUMES."""
+    What it assumes: PREDICTION_ASSUMES.
+
+    Over N ranks (train.distributed), rank 0's peaks, which are the largest (it holds the larger shard
+    where a size does not divide by N, and gathers the full weights for the checkpoint): fsdp is traced
+    through FSDP2 itself in this one process, a fake process group playing rank 0 of N (collectives on
+    fake tensors move nothing); ddp, whose reducer cannot run on fake tensors, as one process on its
+    per-rank batch with every gradient allocated from the start (DDP's gradients are views into its
+    all-reduce buckets, which live for the whole run)."""
     if device_type not in PREDICTABLE_DEVICES:
         raise ValueError(f"memlm plan --predict predicts for {' or '.join(PREDICTABLE_DEVICES)}, not {device_type!r}")
     if cfg.memory.compile or cfg.memory.split_head_step or cfg.memory.optimizer in ("adamw8bit", "adamw4bit"):
         raise TechniqueError("not predicted (compile, split_head_step and torchao's compiled low-bit AdamW cannot "
                              "be traced under fake tensors): measure it without --predict")
+    strategy = cfg.distributed.strategy
+    if strategy == "fsdp":
+        with _fake_process_group(cfg.distributed.world_size) as mesh:
+            return _predict(arch_cfg, cfg, device_type, Ranks("fsdp", 0, cfg.distributed.world_size), mesh)
+    if strategy == "ddp":
+        check(cfg, torch.device("cpu"))  # what ddp refuses, before tracing it as one process
+        return _predict(arch_cfg, cfg, device_type, Ranks(), None, ddp_world=cfg.distributed.world_size)
+    return _predict(arch_cfg, cfg, device_type, Ranks(), None)
+
+
+@contextlib.contextmanager
+def _fake_process_group(world_size: int) -> Iterator[object]:
+    """This process as rank 0 of `world_size` in PyTorch's fake process group; yields the device mesh,
+    which must be made before fake tensors are on (it reads a real tensor)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("predicting N ranks plays them in a process of its own; this one is in a process group")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        yield init_device_mesh("cpu", (world_size,))
+    finally:
+        dist.destroy_process_group()
+
+
+def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str, ranks: Ranks, mesh,
+             ddp_world: int = 1) -> Measured:
     round_size = _cuda_block_size if device_type == "cuda" else (lambda n: n)
     cpu = torch.device("cpu")
+    validation_batch, validation_micro = cfg.batch_size, cfg.micro_batch_size
+    if ddp_world > 1:  # one process on the rank's share of the batch
+        cfg = cfg.model_copy(update={"batch_size": cfg.rank_batch_size, "distributed": DistributedConfig()})
     cfg = cfg.model_copy(update={"memory_sample_steps": [], "memory_sample_every": 10**9})
     recorder = AllocationRecorder()
     started = time.perf_counter()
     with FakeTensorMode():
         model = build_model(arch_cfg)
-        train_step = TrainStep(model, cfg, cpu)
+        train_step = TrainStep(model, cfg, cpu, ranks=ranks, mesh=mesh)
         tracker = train_step.tracker
 
         def next_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1))
             return tokens[:, :-1], tokens[:, 1:]
 
+        def ddp_buckets() -> None:
+            if ddp_world > 1:
+                for p in model.parameters():
+                    if p.requires_grad and p.grad is None:
+                        p.grad = torch.zeros_like(p)
+
         for step in TRACKED_STEPS:
+            ddp_buckets()
             with tracker.traced(step, recorder, round_size):
                 train_step(step, next_batch)
         step_report = max(tracker.reports, key=lambda r: r.peak_bytes)
+        ddp_buckets()
         with tracker.traced(0, recorder, round_size) as validation:
-            score_batches(model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
+            score_batches(model, [next_batch(validation_batch)], validation_micro)
+        reshard(model, ranks.strategy)
         held = [(round_size(n), category) for n, category in tracker._baseline().values()]
+        full = [round_size(p.numel() * p.element_size()) for p in build_model(arch_cfg).parameters()]
     state_bytes = sum(n for n, _ in held)
-    # A resume loads the weights beside the model's before copying them in, then the optimizer state.
     weight_bytes = sum(n for n, category in held if category == "parameters")
-    stages = {"train_step": step_report.peak_bytes, "validation": validation[0].peak_bytes,
-              "checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}
+    train_peak = step_report.peak_bytes
+    if ranks.distributed:
+        # Rank 0 gathers the full weights (one parameter's all-gather at a time) for the single-process
+        # checkpoint and builds a model to save them from; DCP's load reads the shards beside the live ones.
+        stages = {"checkpoint_save": state_bytes + 2 * sum(full) + max(full), "resume": 2 * state_bytes}
+    elif ddp_world > 1:
+        # DDP rebuilds its buckets in the second step, in the order backward made the gradients, beside
+        # the first ones; rank 0 builds a model for the full weights' checkpoint; a resume reads one
+        # parameter at a time beside the replica.
+        train_peak += sum(full)
+        stages = {"checkpoint_save": state_bytes + sum(full), "resume": state_bytes + max(full)}
+    else:
+        # A resume loads the weights beside the model's before copying them in, then the optimizer state.
+        stages = {"checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}
+    stages = {"train_step": train_peak, "validation": validation[0].peak_bytes, **stages}
     return Measured(max(stages.values()), dict(step_report.breakdown), time.perf_counter() - started, stages)

@@ -1,0 +1,84 @@
+"""`memlm plan` over N ranks on this machine: a candidate measured by N torchrun ranks, each under its own
+memory tracker (model.plan.measure with the rank's process group), rank 0 writing every rank's figures.
+
+The planner starts `python -m torch.distributed.run --standalone --nproc-per-node N -m model.plan_ranks
+SPEC` for each candidate, the way `memlm train` starts training (model/launch.py); a candidate's figure is
+its largest rank's."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model.arch import config_from_dict
+from model.config import TrainConfig
+from model.gpt import GPTConfig
+from model.plan import Measured, measure
+from model.rnn import RNNConfig
+from model.techniques import TechniqueError
+
+
+def runnable_here(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether this machine can run the job's ranks itself: one node, and a device a rank (a GPU each on
+    CUDA, a core each on CPU)."""
+    d = cfg.distributed
+    if d.nnodes > 1:
+        return False
+    available = torch.cuda.device_count() if device.type == "cuda" else (os.cpu_count() or 1)
+    return d.nproc_per_node <= available
+
+
+def measure_over_ranks(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device,
+                       meter: str = "tensors") -> Measured:
+    """Run the candidate's ranks; returns the largest rank's figures, every rank's peak in `rank_peaks`."""
+    world = cfg.distributed.nproc_per_node
+    with tempfile.TemporaryDirectory(prefix="memlm-plan-ranks-") as tmp:
+        spec, out = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec.write_text(json.dumps({"arch": arch_cfg.to_dict(), "train": cfg.model_dump(mode="json"),
+                                    "device": device.type, "meter": meter, "out": str(out)}))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1]),
+                                                        env.get("PYTHONPATH")] if p)
+        if device.type != "cuda":  # the machine's cores shared out, as `memlm train` does with train.threads
+            env["OMP_NUM_THREADS"] = str(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+                   "--max-restarts=0", "-m", "model.plan_ranks", str(spec)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if not out.exists():
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+            raise RuntimeError(f"the plan's {world} ranks failed (torchrun exit {done.returncode}):\n{tail}")
+        result = json.loads(out.read_text())
+    if result.get("refused"):
+        raise TechniqueError(result["refused"])
+    return Measured(**result)
+
+
+def _rank_main(spec_file: Path) -> None:
+    from model.distributed import gather_objects, start, stop
+
+    spec = json.loads(spec_file.read_text())
+    cfg = TrainConfig.model_validate(spec["train"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ranks, device = start(cfg.distributed, torch.device(spec["device"]))
+    try:
+        mine = dataclasses.asdict(measure(config_from_dict(spec["arch"]), cfg, device, spec["meter"], ranks=ranks))
+    except TechniqueError as exc:  # every rank refuses alike, before its first collective
+        mine = {"refused": str(exc)}
+    every = gather_objects(mine, ranks)
+    stop(ranks)
+    if ranks.is_main:
+        refused = next((r["refused"] for r in every if "refused" in r), None)
+        largest = {"refused": refused} if refused else {
+            **max(every, key=lambda r: r["peak_bytes"]), "rank_peaks": [r["peak_bytes"] for r in every]}
+        Path(spec["out"]).write_text(json.dumps(largest))
+
+
+if __name__ == "__main__":
+    _rank_main(Path(sys.argv[1]))
