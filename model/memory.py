@@ -267,7 +267,8 @@ class AllocationRecorder(TorchDispatchMode):
         return out
 
 
-_UNOWNED_BLOCKS = -1  # a key no real storage pointer can take
+_UNOWNED_BLOCKS = -1  # keys no real storage pointer can take
+_UNVIEWED_BUCKETS = -2
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
@@ -356,6 +357,9 @@ class MemoryTracker:
         self.reports: list[MemoryReport] = []
         self.stages: dict[str, MemoryReport] = {}  # stage name -> its largest measurement
         self.budget_mib = budget_mib
+        # Gradient storage the model's parameters may not point at yet: DDP allocates its all-reduce buckets
+        # when it wraps the model, and its gradients become views into them only in the first backward.
+        self.grad_bucket_bytes = 0
         self._active = False
         self._recording = False  # a step traced under fake tensors (traced) is running
         self._module_hooks: list = []
@@ -537,6 +541,9 @@ class MemoryTracker:
             if t.device == self.device and t.numel():
                 ptr, nbytes = _storage_key(t)
                 live.setdefault(ptr, (nbytes, category))
+        unviewed = self.grad_bucket_bytes - sum(n for n, category in live.values() if category == "gradients")
+        if unviewed > 0:
+            live[_UNVIEWED_BUCKETS] = (unviewed, "gradients")
         if self.device.type == "cuda":
             # The caching allocator also holds blocks no model tensor owns (cuBLAS workspaces, the last
             # batch) and rounds every block up: count that difference as temporaries, so that the

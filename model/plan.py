@@ -395,8 +395,9 @@ PREDICTION_ASSUMES = (
     "CUDA, the caching allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory "
     "(2 MiB and 20 MiB segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top; "
     "over N ranks, rank 0's figures, its checkpoint stages as torch 2.13's DCP measured on gloo (fsdp: save "
-    "= shards + 2 x the full weights + the largest parameter, resume = 2 x the shards; ddp: save = state + "
-    "the full weights, resume = state + the largest parameter), and collectives' own buffers not counted "
+    "= shards + 2 x the full weights + the largest parameter; ddp: save = state + the full weights; resume: "
+    "the optimizer state made by a step on zero gradients, then the rank's checkpoint file read whole beside "
+    "the live state, a 1/N share of the weights and optimizer state), collectives' own buffers not counted "
     "(gloo's FSDP2 peaks move by about 10% from step to step as its collectives overlap)")
 
 
@@ -424,6 +425,20 @@ def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str 
         check(cfg, torch.device("cpu"))  # what ddp refuses, before tracing it as one process
         return _predict(arch_cfg, cfg, device_type, Ranks(), None, ddp_world=cfg.distributed.world_size)
     return _predict(arch_cfg, cfg, device_type, Ranks(), None)
+
+
+def _traced_state_init(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, ranks: Ranks, mesh, recorder,
+                       round_size, bucket_bytes: int) -> int:
+    """The peak of a resumed rank's first act: DCP's get_state_dict makes the fresh optimizer's state by
+    stepping once on zero gradients (with DDP's `bucket_bytes` of buckets already held)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model = build_model(arch_cfg)
+    train_step = TrainStep(model, cfg, torch.device("cpu"), ranks=ranks, mesh=mesh)
+    train_step.tracker.grad_bucket_bytes = bucket_bytes
+    with train_step.tracker.traced(0, recorder, round_size) as init:
+        get_state_dict(model, train_step.optimizer)
+    return init[0].peak_bytes
 
 
 @contextlib.contextmanager
@@ -479,19 +494,25 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         reshard(model, ranks.strategy)
         held = [(round_size(n), category) for n, category in tracker._baseline().values()]
         full = [round_size(p.numel() * p.element_size()) for p in build_model(arch_cfg).parameters()]
+        if ranks.distributed or ddp_world > 1:
+            resume_init = _traced_state_init(arch_cfg, cfg, ranks, mesh, recorder, round_size,
+                                             sum(full) if ddp_world > 1 else 0)
     state_bytes = sum(n for n, _ in held)
     weight_bytes = sum(n for n, category in held if category == "parameters")
+    # What a rank's checkpoint file holds: its shards, or (ddp, which writes each replicated tensor once)
+    # its share of the weights and optimizer state. DCP's load reads a whole file beside the live state.
+    checkpointed = sum(n for n, category in held if category != "gradients") // ddp_world
     train_peak = step_report.peak_bytes
     if ranks.distributed:
         # Rank 0 gathers the full weights (one parameter's all-gather at a time) for the single-process
-        # checkpoint and builds a model to save them from; DCP's load reads the shards beside the live ones.
-        stages = {"checkpoint_save": state_bytes + 2 * sum(full) + max(full), "resume": 2 * state_bytes}
+        # checkpoint and builds a model to save them from.
+        stages = {"checkpoint_save": state_bytes + 2 * sum(full) + max(full),
+                  "resume": max(resume_init, state_bytes + checkpointed)}
     elif ddp_world > 1:
         # DDP rebuilds its buckets in the second step, in the order backward made the gradients, beside
-        # the first ones; rank 0 builds a model for the full weights' checkpoint; a resume reads one
-        # parameter at a time beside the replica.
+        # the first ones; rank 0 builds a model for the full weights' checkpoint.
         train_peak += sum(full)
-        stages = {"checkpoint_save": state_bytes + sum(full), "resume": state_bytes + max(full)}
+        stages = {"checkpoint_save": state_bytes + sum(full), "resume": max(resume_init, state_bytes + checkpointed)}
     else:
         # A resume loads the weights beside the model's before copying them in, then the optimizer state.
         stages = {"checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}

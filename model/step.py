@@ -33,6 +33,9 @@ class TrainStep:
         # that steps in backward and frees each gradient.
         self.tracker = MemoryTracker(model, None, device, cfg.memory_sample_steps, cfg.memory_sample_every,
                                      snapshot_path)
+        if cfg.distributed.strategy == "ddp":
+            self.tracker.grad_bucket_bytes = sum(p.numel() * p.element_size() for p in model.parameters()
+                                                 if p.requires_grad)
         self.optimizer = self.tracker.optimizer = build_optimizer(model, cfg, device)
         self.scaler = grad_scaler(device, cfg.memory)
         self.forward = torch.compile(self.trained) if cfg.memory.compile else self.trained

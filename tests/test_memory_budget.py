@@ -72,6 +72,22 @@ def test_buffers_an_optimizer_keeps_between_steps_are_optimizer_state():
     assert second.temporaries_at_peak and all(row["bytes"] > 0 and row["op"] for row in second.temporaries_at_peak)
 
 
+
+def test_gradient_buckets_count_before_the_gradients_point_into_them():
+    model = GPT(GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=1, n_embd=32))
+    params = [p for p in model.parameters() if p.requires_grad]
+    bucket_bytes = sum(p.numel() * p.element_size() for p in params)
+    tracker = MemoryTracker(model, None, torch.device("cpu"))
+    tracker.grad_bucket_bytes = bucket_bytes  # as TrainStep sets it under ddp
+    assert sum(n for n, category in tracker._baseline().values() if category == "gradients") == bucket_bytes
+    # After the first backward every gradient is a view into the bucket: the bucket counts once.
+    bucket, offset = torch.zeros(bucket_bytes // 4), 0
+    for p in params:
+        p.grad = bucket[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    assert sum(n for n, category in tracker._baseline().values() if category == "gradients") == bucket_bytes
+
+
 _METERS_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch

@@ -3,6 +3,7 @@ plan stays inside the budget (its own memory report says so)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import torch
 import yaml
 
 from flows.config import load_config
-from model.arch import config_for
+from model.arch import build_model, config_for
 from model.config import TrainConfig
 from model.gpt import GPTConfig
 from model.plan import (MiB, Trial, apply_changes, candidates, choose, measure, parse_size, plan, predict,
@@ -203,3 +204,57 @@ def test_plan_command_predicts_for_a_device_it_does_not_have(corpus, tmp_path):
     assert "chosen: as configured" in result.stdout
     refused = memlm("plan", "-c", str(source), "--predict", "--meter", "process", "--budget", "1GiB", cwd=tmp_path)
     assert refused.returncode == 2 and "--predict" in refused.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy, memory", [("fsdp", {}), ("ddp", {"micro_batch_size": 2, "optimizer": "adafactor"})],
+                         ids=["fsdp", "ddp-micro-batches-adafactor"])
+def test_a_rank_prediction_matches_what_two_torchrun_ranks_measure(strategy, memory):
+    from model.plan_ranks import measure_over_ranks
+
+    arch = GPTConfig(vocab_size=2048, block_size=64, n_layer=2, n_head=2, n_embd=64)
+    cfg = TrainConfig(batch_size=8, memory=memory, distributed={"strategy": strategy, "nproc_per_node": 2})
+    predicted, measured = predict(arch, cfg), measure_over_ranks(arch, cfg, torch.device("cpu"))
+    assert len(measured.rank_peaks) == 2 and measured.peak_bytes == max(measured.rank_peaks)
+    assert set(predicted.stages) == set(measured.stages)
+    for stage, peak in measured.stages.items():
+        assert predicted.stages[stage] == pytest.approx(peak, rel=0.05), stage
+    with torch.device("meta"):
+        param_bytes = sum(p.numel() * 4 for p in build_model(arch).parameters())
+    if strategy == "fsdp":  # a rank holds its shards of the weights, gradients and AdamW moments: 16 B / 2
+        assert measured.stages["resume"] < 16 * param_bytes / 2
+
+
+@pytest.mark.integration
+def test_plan_command_plans_each_rank(corpus, tmp_path):
+    config, _ = corpus
+    source = tmp_path / "small.yaml"
+    data = json.loads(config.model_dump_json())
+    data["train"]["batch_size"] = 8
+    source.write_text(yaml.safe_dump(data))
+    written = tmp_path / "planned.yaml"
+    measured = memlm("plan", "-c", str(source), "--budget", "100GiB", "--world-size", "2", "--write", str(written),
+                     "--json", str(tmp_path / "plan.json"), cwd=tmp_path)
+    assert measured.returncode == 0, measured.stderr
+    said = " ".join(measured.stdout.split())  # rich wraps the table's title at the terminal's width
+    assert "per rank of 2: measured by 2 torchrun ranks" in said and "shard arithmetic" in said
+    figures = json.loads((tmp_path / "plan.json").read_text())
+    assert figures["world_size"] == 2 and not figures["predicted"]
+    assert len(figures["trials"][0]["rank_peaks_mib"]) == 2
+    planned = load_config(written).train.distributed
+    assert (planned.strategy, planned.nproc_per_node) == ("fsdp", 2)
+
+    # More ranks than this machine has cores: rank 0 predicted, in one process.
+    many = os.cpu_count() * 4
+    data["train"]["batch_size"] = many
+    source.write_text(yaml.safe_dump(data))
+    predicted = memlm("plan", "-c", str(source), "--budget", "100GiB", "--world-size", str(many),
+                      "--json", str(tmp_path / "many.json"), cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    said = " ".join(predicted.stdout.split())
+    assert f"per rank of {many}: rank 0, from one process" in said and "assuming" in said
+    many_figures = json.loads((tmp_path / "many.json").read_text())
+    assert many_figures["predicted"] and many_figures["trials"][0]["peak_mib"] < figures["trials"][0]["peak_mib"]
+
+    uneven = memlm("plan", "-c", str(source), "--budget", "100GiB", "--world-size", str(many + 1), cwd=tmp_path)
+    assert uneven.returncode == 2 and f"--world-size {many + 1}" in uneven.stderr and "multiple" in uneven.stderr
