@@ -129,8 +129,8 @@ class Plan:
 def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[str, dict, bool]]:
     """(name, changes to the train section as dotted keys, lossy) from the fastest to the most frugal."""
     gpt = arch == "gpt"
-    # Over several ranks, no optimizer step in backward and no bf16 weights or other optimizers than AdamW
-    # and Adafactor: train.distributed refuses them (model/techniques.py).
+    # Over several ranks, no optimizer step in backward, no bf16 weights, and no optimizers other than AdamW
+    # (and Adafactor under ddp): train.distributed refuses them (model/techniques.py).
     ranks = cfg.distributed.strategy != "none"
     adamw = cfg.memory.optimizer == "adamw" and cfg.memory.precision not in BF16_WEIGHTS and not ranks
     chunk = cfg.memory.loss_chunk_size or 256
@@ -167,10 +167,10 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
     while micro > 1:  # about halving each time, to a size that divides the batch
         micro = max(d for d in range(1, micro // 2 + 1) if cfg.batch_size % d == 0)
         out.append((f"+ micro-batches of {micro}", {**frugal, "memory.micro_batch_size": micro}, False))
-    if lossy and ranks:
+    if lossy and cfg.distributed.strategy == "ddp":  # fsdp refuses every optimizer but AdamW
         adafactor = {"memory.optimizer": "adafactor"}
         out += [(f"{name}, Adafactor", changes, True) for name, changes in ladder(False, False, adafactor)]
-    elif lossy:
+    elif lossy and not ranks:
         whole_batch = {"grad_clip": 0.0, "memory.micro_batch_size": None}
         if not exact_in_backward:
             out += [(f"{name}, no clipping", changes, True) for name, changes in ladder(True, adamw, whole_batch)]

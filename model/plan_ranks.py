@@ -51,7 +51,7 @@ def measure_over_ranks(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device
                    "--max-restarts=0", "-m", "model.plan_ranks", str(spec)]
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if not out.exists():
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-80:])
             raise RuntimeError(f"the plan's {world} ranks failed (torchrun exit {done.returncode}):\n{tail}")
         result = json.loads(out.read_text())
     if result.get("refused"):

@@ -23,13 +23,15 @@ bf16 modes on a CPU without native bf16 run, with a warning (about 10x slower th
 Under train.distributed (ddp or fsdp) everything else composes: checkpointing, tiled MLP, the chunked
 loss (under FSDP its head gradient, made in forward, lands on the tied weight's gathered copy and so
 reaches the reduce-scatter), accumulation (gradients reduced on the last micro-batch only), bf16 modes,
-AdamW and Adafactor. Refused there, before any rank starts (`check_distributed`):
+AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_distributed`):
 - optimizer_in_backward (and split_head_step, which needs it): a parameter's hook sees the gradient before
   it is averaged over the ranks (DDP all-reduces whole buckets afterwards; FSDP2 reduce-scatters into new
   shards that no post-accumulate-grad hook sees).
 - late_head_grad: it adds the head's gradient after autograd accumulated the tied weight's, which is after
   DDP's all-reduce of it, and FSDP2 replaces the parameter its hook was registered on.
-- fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed) and with
+- fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed), with
+  adafactor (torch.optim.Adafactor's step squares and scales its column statistics in place, which a
+  sharded parameter's DTensor refuses: those statistics span the shards), and with
   adamw8bit/adamw4bit/adam-mini/muon (not verified over sharded parameters) and bf16-true/bf16-weights (the
   rounding step is not written for sharded weights); cpu_offload off CUDA.
 - compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
@@ -77,10 +79,15 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
     if strategy == "fsdp" and mem.precision == "fp16-mixed":
         raise TechniqueError("train.memory.precision fp16-mixed cannot run with train.distributed.strategy fsdp: "
                              "the gradient scaler does not unscale sharded gradients; use bf16-mixed")
+    if strategy == "fsdp" and mem.optimizer == "adafactor":
+        raise TechniqueError("train.memory.optimizer adafactor cannot run with train.distributed.strategy fsdp: "
+                             "torch.optim.Adafactor updates its column statistics in place, and over a sharded "
+                             "parameter they span the shards (PyTorch's DTensor refuses the in-place step); "
+                             "use adamw, or strategy ddp")
     if strategy == "fsdp" and mem.optimizer in ("adamw8bit", "adamw4bit", "adam-mini", "muon"):
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} is not verified with train.distributed.strategy "
                              "fsdp (its state or update over sharded parameters; Muon needs each matrix whole); "
-                             "use adamw or adafactor, or strategy ddp")
+                             "use adamw, or strategy ddp")
     if strategy == "fsdp" and mem.precision in BF16_WEIGHTS:
         raise TechniqueError(f"train.memory.precision {mem.precision} cannot run with train.distributed.strategy "
                              "fsdp: its optimizer rounds each weight's update with random bits made as a plain "

@@ -186,8 +186,8 @@ def test_low_bit_adamw_states_stay_within_their_quantization_error_of_adamw():
 
 
 @pytest.mark.parametrize("memory", [{"precision": "bf16-true"}, {"precision": "bf16-weights"},
-                                    {"optimizer": "adamw8bit"}, {"optimizer": "muon"}])
-def test_low_precision_switches_not_written_for_sharded_weights_are_refused_under_fsdp(memory):
+                                    {"optimizer": "adamw8bit"}, {"optimizer": "muon"}, {"optimizer": "adafactor"}])
+def test_switches_not_written_for_sharded_weights_are_refused_under_fsdp(memory):
     from model.techniques import check_distributed
 
     cfg = TrainConfig(memory=memory, distributed={"strategy": "fsdp", "nproc_per_node": 2}, batch_size=8,

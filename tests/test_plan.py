@@ -38,8 +38,9 @@ def test_parse_size_refuses_what_is_not_a_size(text):
 @pytest.mark.parametrize("arch", ["gpt", "rnn-attention"])
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 @pytest.mark.parametrize("lossy", [False, True])
-def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy):
-    cfg = TrainConfig(batch_size=8, grad_clip=grad_clip)
+@pytest.mark.parametrize("strategy", ["none", "ddp", "fsdp"])
+def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy, strategy):
+    cfg = TrainConfig(batch_size=16, grad_clip=grad_clip, distributed={"strategy": strategy, "nproc_per_node": 2})
     found = candidates(cfg, arch, lossy)
     assert found[0] == ("as configured", {}, False)
     for name, changes, is_lossy in found:
@@ -50,10 +51,13 @@ def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy):
         if arch == "rnn-attention":
             assert candidate.memory.activation_checkpointing != "selective" and candidate.memory.mlp_chunks == 1
     exact = [c for c in found if not c[2]]
-    # Stepping in backward is exact only without clipping; with it, the exact ladder never uses it.
-    assert any(apply_changes(cfg, c[1]).memory.split_head_step for c in exact) == (grad_clip == 0)
-    assert [c[1].get("memory.micro_batch_size") for c in exact if "micro" in c[0]] == [4, 2, 1]
-    assert any(c[2] for c in found) == lossy
+    # Stepping in backward is exact only without clipping (and in one process); with it, the exact ladder
+    # never uses it.
+    assert any(apply_changes(cfg, c[1]).memory.split_head_step for c in exact) == (grad_clip == 0 and strategy == "none")
+    # Halving the micro-batch: of the batch, or of each rank's share of it.
+    micro = [c[1].get("memory.micro_batch_size") for c in exact if "micro" in c[0]]
+    assert micro == ([8, 4, 2, 1] if strategy == "none" else [4, 2, 1])
+    assert any(c[2] for c in found) == (lossy and strategy != "fsdp")  # fsdp runs AdamW only
 
 
 @pytest.mark.parametrize("batch, micro, expected", [(18, None, [9, 3, 1]), (12, 6, [3, 1]), (1, None, [])])
