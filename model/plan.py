@@ -394,8 +394,9 @@ PREDICTION_ASSUMES = (
     "weights and the optimizer state, a resume also a loaded copy of the weights (as measured on CPU); for "
     "CUDA, the caching allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory "
     "(2 MiB and 20 MiB segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top; "
-    "over N ranks, rank 0's figures, its checkpoint stages as torch 2.13's DCP measured on gloo (fsdp: save "
-    "= shards + 2 x the full weights + the largest parameter; ddp: save = state + the full weights; resume: "
+    "over N ranks, rank 0's figures, its checkpoint stages as torch 2.13's DCP measured on gloo (save: the "
+    "state, the whole model rank 0 fills in CPU memory (device memory on a CPU only) and, under fsdp, one "
+    "parameter's all-gather and the whole tensor made from it; resume: "
     "the optimizer state made by a step on zero gradients, then the rank's checkpoint file read whole beside "
     "the live state, a 1/N share of the weights and optimizer state), collectives' own buffers not counted "
     "(gloo's FSDP2 peaks move by about 10% from step to step as its collectives overlap)")
@@ -503,16 +504,18 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
     # its share of the weights and optimizer state. DCP's load reads a whole file beside the live state.
     checkpointed = sum(n for n, category in held if category != "gradients") // ddp_world
     train_peak = step_report.peak_bytes
+    # The full weights' checkpoint: rank 0 fills a whole model in CPU memory, one all-gathered parameter at
+    # a time (model/train.py), which is device memory only on a CPU.
+    whole = sum(full) if device_type == "cpu" else 0
     if ranks.distributed:
-        # Rank 0 gathers the full weights (one parameter's all-gather at a time) for the single-process
-        # checkpoint and builds a model to save them from.
-        stages = {"checkpoint_save": state_bytes + 2 * sum(full) + max(full),
+        # A sharded parameter's all-gather and the whole tensor made from it.
+        stages = {"checkpoint_save": state_bytes + whole + 2 * max(full),
                   "resume": max(resume_init, state_bytes + checkpointed)}
     elif ddp_world > 1:
         # DDP rebuilds its buckets in the second step, in the order backward made the gradients, beside
-        # the first ones; rank 0 builds a model for the full weights' checkpoint.
+        # the first ones.
         train_peak += sum(full)
-        stages = {"checkpoint_save": state_bytes + sum(full), "resume": max(resume_init, state_bytes + checkpointed)}
+        stages = {"checkpoint_save": state_bytes + whole, "resume": max(resume_init, state_bytes + checkpointed)}
     else:
         # A resume loads the weights beside the model's before copying them in, then the optimizer state.
         stages = {"checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}

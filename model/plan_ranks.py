@@ -36,7 +36,7 @@ def runnable_here(cfg: TrainConfig, device: torch.device) -> bool:
 
 def measure_over_ranks(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device,
                        meter: str = "tensors") -> Measured:
-    """Run the candidate's ranks; returns the largest rank's figures, every rank's peak in `rank_peaks`."""
+    """Run the candidate's ranks; returns each stage's largest rank's peak, every rank's peak in `rank_peaks`."""
     world = cfg.distributed.nproc_per_node
     with tempfile.TemporaryDirectory(prefix="memlm-plan-ranks-") as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "result.json"
@@ -75,8 +75,12 @@ def _rank_main(spec_file: Path) -> None:
     stop(ranks)
     if ranks.is_main:
         refused = next((r["refused"] for r in every if "refused" in r), None)
+        # Each stage's largest rank (rank 0 alone gathers the full weights for the checkpoint; another
+        # rank may have the larger step), the step's breakdown and time from the rank with the largest step.
+        stages = {name: max(r["stages"][name] for r in every) for name in every[0]["stages"]} if not refused else {}
         largest = {"refused": refused} if refused else {
-            **max(every, key=lambda r: r["peak_bytes"]), "rank_peaks": [r["peak_bytes"] for r in every]}
+            **max(every, key=lambda r: r["stages"]["train_step"]), "stages": stages,
+            "peak_bytes": max(stages.values()), "rank_peaks": [r["peak_bytes"] for r in every]}
         Path(spec["out"]).write_text(json.dumps(largest))
 
 

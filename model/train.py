@@ -283,14 +283,40 @@ def save_distributed(sharded_dir: Path, ckpt_dir: Path, model: torch.nn.Module, 
                      ranks: Ranks, train_state: dict) -> None:
     """The sharded checkpoint (every rank), then the full weights as a single-process checkpoint
     (gathered on rank 0; no train state in it), which evaluation and registration read as today."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     save_sharded(sharded_dir, model, optimizer, {**train_state, "model_config": arch_cfg.to_dict()}, ranks)
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    whole = _gathered_model(model, arch_cfg, ranks)
     if ranks.is_main:
-        whole = build_model(arch_cfg)
-        whole.load_state_dict(full)
         save_checkpoint(ckpt_dir, whole)
+
+
+def _gathered_model(model: torch.nn.Module, arch_cfg, ranks: Ranks) -> torch.nn.Module | None:
+    """Rank 0's whole model in CPU memory, filled one parameter at a time (each rank takes part in each
+    all-gather), so that a rank's device holds at most one gathered parameter beside its shards and rank
+    0 one copy of the weights (a gathered state dict first and a model after would be two, and the tied
+    embedding/head twice in the first)."""
+    from torch.distributed.tensor import DTensor
+
+    whole = None
+    if ranks.is_main:
+        with torch.device("meta"):  # no initialization: every tensor is overwritten below
+            whole = build_model(arch_cfg)
+        # Memory for each tensor once, set on every module that refers to it (the tied head among them);
+        # to_empty would make one per reference and untie them.
+        made: dict[int, torch.Tensor] = {}
+        for name, t in [*whole.named_parameters(remove_duplicate=False), *whole.named_buffers(remove_duplicate=False)]:
+            if id(t) not in made:
+                empty = torch.empty_like(t, device="cpu")
+                made[id(t)] = torch.nn.Parameter(empty, t.requires_grad) if isinstance(t, torch.nn.Parameter) else empty
+            module, _, attr = name.rpartition(".")
+            setattr(whole.get_submodule(module), attr, made[id(t)])
+    targets = {} if whole is None else {**dict(whole.named_parameters()), **dict(whole.named_buffers())}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        full = t.full_tensor() if isinstance(t, DTensor) else t
+        if whole is not None:
+            with torch.no_grad():
+                targets[name].copy_(full)
+        del full
+    return whole
 
 
 def _rank_memory_metrics(metrics: dict[str, float], ranks: Ranks) -> dict[str, float]:

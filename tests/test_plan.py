@@ -221,10 +221,14 @@ def test_a_rank_prediction_matches_what_two_torchrun_ranks_measure(strategy, mem
     predicted, measured = predict(arch, cfg), measure_over_ranks(arch, cfg, torch.device("cpu"))
     assert len(measured.rank_peaks) == 2 and measured.peak_bytes == max(measured.rank_peaks)
     assert set(predicted.stages) == set(measured.stages)
-    for stage, peak in measured.stages.items():
-        assert predicted.stages[stage] == pytest.approx(peak, rel=0.05), stage
     with torch.device("meta"):
-        param_bytes = sum(p.numel() * 4 for p in build_model(arch).parameters())
+        model = build_model(arch)
+    param_bytes = sum(p.numel() * 4 for p in model.parameters())
+    # Over gloo, FSDP2's all-gather of the next block sometimes lands while a block computes: a rank's
+    # peak may hold one more block's gathered weights than the prediction's collectives, which finish at once.
+    block_bytes = sum(p.numel() * 4 for p in model.blocks[0].parameters()) if strategy == "fsdp" else 0
+    for stage, peak in measured.stages.items():
+        assert -0.05 * peak <= peak - predicted.stages[stage] <= block_bytes + 0.05 * peak, stage
     if strategy == "fsdp":  # a rank holds its shards of the weights, gradients and AdamW moments: 16 B / 2
         assert measured.stages["resume"] < 16 * param_bytes / 2
 
