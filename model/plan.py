@@ -164,8 +164,8 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
     # Smaller micro-batches, the gradients accumulated: activations shrink with them.
     frugal = ladder(False, adamw, {})[-1][1]
     micro = cfg.micro_batch_size
-    while micro > 1:  # about halving each time, to a size that divides the batch
-        micro = max(d for d in range(1, micro // 2 + 1) if cfg.batch_size % d == 0)
+    while micro > 1:  # about halving each time, to a size that divides the batch (each rank's share of it)
+        micro = max(d for d in range(1, micro // 2 + 1) if cfg.rank_batch_size % d == 0)
         out.append((f"+ micro-batches of {micro}", {**frugal, "memory.micro_batch_size": micro}, False))
     if lossy and cfg.distributed.strategy == "ddp":  # fsdp refuses every optimizer but AdamW
         adafactor = {"memory.optimizer": "adafactor"}
@@ -284,13 +284,14 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
         stages.update({name: _metered(r, meter) for name, r in reports.items()})
         # The ranks step together: the slowest one's time is the job's.
         step_s = max_over_ranks(min(times, default=float("nan")), ranks, device)
-        return Measured(max(stages.values()), dict(step_report.breakdown), step_s, stages)
+        done = Measured(max(stages.values()), dict(step_report.breakdown), step_s, stages)
+        gather_objects(None, ranks)  # every rank done with the folder (not after a rank failed: it would wait)
+        return done
     finally:
         del train_step, model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        gather_objects(None, ranks)  # every rank done with the folder
         if ranks.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -345,7 +346,9 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
     # N ranks this machine cannot run (more than its devices, several nodes) are predicted.
     predict_only = predict_only or (ranks and not runnable_here(cfg, device))
     if predict_only and meter != "tensors":
-        raise ValueError("a prediction is of tensor bytes: --predict goes with --meter tensors")
+        raise ValueError("a prediction is of tensor bytes: --predict goes with --meter tensors" if not ranks else
+                         f"{cfg.distributed.world_size} ranks on {cfg.distributed.nnodes} node(s) are more than this "
+                         "machine runs, so they are predicted, which counts tensor bytes: use --meter tensors")
     trials = []
     fitted = {False: False, True: False}  # lossy -> a candidate of that kind fits
     costs = quality_costs() if lossy else {}
@@ -419,6 +422,9 @@ def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str 
         raise TechniqueError("not predicted (compile, split_head_step and torchao's compiled low-bit AdamW cannot "
                              "be traced under fake tensors): measure it without --predict")
     strategy = cfg.distributed.strategy
+    if cfg.distributed.cpu_offload:
+        raise TechniqueError("not predicted (cpu_offload keeps the shards in CPU memory, which a prediction of "
+                             "device memory does not trace): measure it on the job's GPUs")
     if strategy == "fsdp":
         with _fake_process_group(cfg.distributed.world_size) as mesh:
             return _predict(arch_cfg, cfg, device_type, Ranks("fsdp", 0, cfg.distributed.world_size), mesh)
@@ -494,10 +500,13 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
             score_batches(model, [next_batch(validation_batch)], validation_micro)
         reshard(model, ranks.strategy)
         held = [(round_size(n), category) for n, category in tracker._baseline().values()]
+        # Each parameter whole, in the dtype it trains in (DDP's buckets; a DTensor's numel is the global one)
+        # and in fp32, as the full-weights checkpoint's model holds it.
+        trained = [round_size(p.numel() * p.element_size()) for p in model.parameters()]
         full = [round_size(p.numel() * p.element_size()) for p in build_model(arch_cfg).parameters()]
         if ranks.distributed or ddp_world > 1:
             resume_init = _traced_state_init(arch_cfg, cfg, ranks, mesh, recorder, round_size,
-                                             sum(full) if ddp_world > 1 else 0)
+                                             sum(trained) if ddp_world > 1 else 0)
     state_bytes = sum(n for n, _ in held)
     weight_bytes = sum(n for n, category in held if category == "parameters")
     # What a rank's checkpoint file holds: its shards, or (ddp, which writes each replicated tensor once)
@@ -509,12 +518,12 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
     whole = sum(full) if device_type == "cpu" else 0
     if ranks.distributed:
         # A sharded parameter's all-gather and the whole tensor made from it.
-        stages = {"checkpoint_save": state_bytes + whole + 2 * max(full),
+        stages = {"checkpoint_save": state_bytes + whole + 2 * max(trained),
                   "resume": max(resume_init, state_bytes + checkpointed)}
     elif ddp_world > 1:
         # DDP rebuilds its buckets in the second step, in the order backward made the gradients, beside
         # the first ones.
-        train_peak += sum(full)
+        train_peak += sum(trained)
         stages = {"checkpoint_save": state_bytes + whole, "resume": max(resume_init, state_bytes + checkpointed)}
     else:
         # A resume loads the weights beside the model's before copying them in, then the optimizer state.

@@ -50,6 +50,8 @@ def measure_over_ranks(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                    "--max-restarts=0", "-m", "model.plan_ranks", str(spec)]
         done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if out.exists() and "out_of_memory" in (result := json.loads(out.read_text())):
+            raise torch.OutOfMemoryError(result["out_of_memory"])
         if not out.exists():
             tail = "\n".join((done.stdout + done.stderr).splitlines()[-80:])
             raise RuntimeError(f"the plan's {world} ranks failed (torchrun exit {done.returncode}):\n{tail}")
@@ -71,6 +73,10 @@ def _rank_main(spec_file: Path) -> None:
         mine = dataclasses.asdict(measure(config_from_dict(spec["arch"]), cfg, device, spec["meter"], ranks=ranks))
     except TechniqueError as exc:  # every rank refuses alike, before its first collective
         mine = {"refused": str(exc)}
+    except torch.OutOfMemoryError as exc:
+        # The other ranks wait in a collective: say why, then end this rank, and torchrun ends them.
+        Path(spec["out"]).write_text(json.dumps({"out_of_memory": f"rank {ranks.rank}: {str(exc).splitlines()[0]}"}))
+        os._exit(1)
     every = gather_objects(mine, ranks)
     stop(ranks)
     if ranks.is_main:

@@ -294,12 +294,19 @@ def _gathered_model(model: torch.nn.Module, arch_cfg, ranks: Ranks) -> torch.nn.
     all-gather), so that a rank's device holds at most one gathered parameter beside its shards and rank
     0 one copy of the weights (a gathered state dict first and a model after would be two, and the tied
     embedding/head twice in the first)."""
+    import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
-    whole = None
-    if ranks.is_main:
-        with torch.device("meta"):  # no initialization: every tensor is overwritten below
-            whole = build_model(arch_cfg)
+    with torch.device("meta"):  # no initialization: every tensor is overwritten below
+        whole = build_model(arch_cfg)
+    sources = [*model.named_parameters(), *model.named_buffers()]
+    names = {**dict(whole.named_parameters()), **dict(whole.named_buffers())}.keys()
+    if {name for name, _ in sources} != names:  # on every rank, before any of them gathers
+        raise ValueError(f"the trained model's tensors ({sorted(name for name, _ in sources)}) are not those of "
+                         f"{type(whole).__name__} ({sorted(names)}): cannot write its full weights")
+    if not ranks.is_main:
+        whole = None
+    else:
         # Memory for each tensor once, set on every module that refers to it (the tied head among them);
         # to_empty would make one per reference and untie them.
         made: dict[int, torch.Tensor] = {}
@@ -310,7 +317,9 @@ def _gathered_model(model: torch.nn.Module, arch_cfg, ranks: Ranks) -> torch.nn.
             module, _, attr = name.rpartition(".")
             setattr(whole.get_submodule(module), attr, made[id(t)])
     targets = {} if whole is None else {**dict(whole.named_parameters()), **dict(whole.named_buffers())}
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+    for name, t in sources:
+        if isinstance(t, DTensor) and t.device.type == "cpu" and dist.get_backend() == "nccl":
+            t = t.to(torch.device("cuda", torch.cuda.current_device()))  # shards offloaded to CPU (cpu_offload)
         full = t.full_tensor() if isinstance(t, DTensor) else t
         if whole is not None:
             with torch.no_grad():

@@ -60,9 +60,11 @@ def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy, 
     assert any(c[2] for c in found) == (lossy and strategy != "fsdp")  # fsdp runs AdamW only
 
 
-@pytest.mark.parametrize("batch, micro, expected", [(18, None, [9, 3, 1]), (12, 6, [3, 1]), (1, None, [])])
-def test_micro_batches_divide_the_batch(batch, micro, expected):
-    cfg = TrainConfig(batch_size=batch, memory={"micro_batch_size": micro})
+@pytest.mark.parametrize("batch, micro, world, expected", [(18, None, 1, [9, 3, 1]), (12, 6, 1, [3, 1]), (1, None, 1, []),
+                                                           (20, None, 4, [1]), (36, None, 2, [9, 3, 1])])
+def test_micro_batches_divide_each_ranks_share_of_the_batch(batch, micro, world, expected):
+    cfg = TrainConfig(batch_size=batch, memory={"micro_batch_size": micro},
+                      distributed={"strategy": "fsdp" if world > 1 else "none", "nproc_per_node": world})
     found = [c[1]["memory.micro_batch_size"] for c in candidates(cfg, "gpt") if "micro" in c[0]]
     assert found == expected
 
@@ -211,26 +213,26 @@ def test_plan_command_predicts_for_a_device_it_does_not_have(corpus, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("strategy, memory", [("fsdp", {}), ("ddp", {"micro_batch_size": 2, "optimizer": "adafactor"})],
-                         ids=["fsdp", "ddp-micro-batches-adafactor"])
-def test_a_rank_prediction_matches_what_two_torchrun_ranks_measure(strategy, memory):
+@pytest.mark.parametrize("arch_name, strategy, memory", [
+    ("gpt", "fsdp", {}), ("gpt", "ddp", {"micro_batch_size": 2, "optimizer": "adafactor"}), ("rnn-attention", "ddp", {})],
+    ids=["fsdp", "ddp-micro-batches-adafactor", "rnn-attention-ddp"])
+def test_a_rank_prediction_matches_what_two_torchrun_ranks_measure(arch_name, strategy, memory):
     from model.plan_ranks import measure_over_ranks
+    from model.rnn import RNNConfig
 
-    arch = GPTConfig(vocab_size=2048, block_size=64, n_layer=2, n_head=2, n_embd=64)
+    arch = GPTConfig(vocab_size=2048, block_size=64, n_layer=2, n_head=2, n_embd=64) if arch_name == "gpt" \
+        else RNNConfig(vocab_size=2048, block_size=32, n_layer=2, n_embd=64)
     cfg = TrainConfig(batch_size=8, memory=memory, distributed={"strategy": strategy, "nproc_per_node": 2})
     predicted, measured = predict(arch, cfg), measure_over_ranks(arch, cfg, torch.device("cpu"))
-    assert len(measured.rank_peaks) == 2 and measured.peak_bytes == max(measured.rank_peaks)
+    assert len(measured.rank_peaks) == 2
     assert set(predicted.stages) == set(measured.stages)
     with torch.device("meta"):
         model = build_model(arch)
-    param_bytes = sum(p.numel() * 4 for p in model.parameters())
     # Over gloo, FSDP2's all-gather of the next block sometimes lands while a block computes: a rank's
     # peak may hold one more block's gathered weights than the prediction's collectives, which finish at once.
     block_bytes = sum(p.numel() * 4 for p in model.blocks[0].parameters()) if strategy == "fsdp" else 0
     for stage, peak in measured.stages.items():
         assert -0.05 * peak <= peak - predicted.stages[stage] <= block_bytes + 0.05 * peak, stage
-    if strategy == "fsdp":  # a rank holds its shards of the weights, gradients and AdamW moments: 16 B / 2
-        assert measured.stages["resume"] < 16 * param_bytes / 2
 
 
 @pytest.mark.integration
