@@ -33,15 +33,36 @@ class LaunchError(RuntimeError):
     """torchrun ended without a result (a rank failed or was killed)."""
 
 
-def torchrun_command(cfg: TrainConfig, spec_file: Path, log_dir: Path) -> list[str]:
+def torchrun_command(cfg: TrainConfig, spec_file: Path, log_dir: Path | None = None,
+                     module: str = "model.launch") -> list[str]:
+    """torchrun starting `python -m module spec_file` on each of this node's ranks; with `log_dir`, each
+    rank's output also kept there."""
     d = cfg.distributed
     if d.nnodes == 1 and d.rdzv_endpoint is None:
         rendezvous = ["--standalone"]  # a free port on this machine
     else:
         # Static rendezvous: node 0 hosts the store at the endpoint, the others connect to it.
         rendezvous = [f"--nnodes={d.nnodes}", f"--node-rank={d.node_rank}", f"--rdzv-endpoint={d.rdzv_endpoint}"]
+    logs = [] if log_dir is None else ["--tee=3", f"--log-dir={log_dir}"]
     return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc-per-node={d.nproc_per_node}",
-            "--max-restarts=0", "--tee=3", f"--log-dir={log_dir}", "-m", "model.launch", str(spec_file)]
+            "--max-restarts=0", *logs, "-m", module, str(spec_file)]
+
+
+def rank_env(cfg: TrainConfig) -> dict[str, str]:
+    """The ranks' environment: this checkout's code on their path, and on CPU train.threads each."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1]),
+                                                    env.get("PYTHONPATH")] if p)
+    if cfg.device != "cuda":
+        env["OMP_NUM_THREADS"] = str(cfg.threads or 1)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def start_ranks(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """torchrun in a process group of its own (so that `end_ranks` reaches every rank), ended with its parent."""
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def _die_with_parent() -> None:
@@ -64,25 +85,17 @@ def launch(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
         spec_file.write_text(json.dumps({
             "model": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json"),
             "tokens_dir": str(tokens_dir), "out_dir": str(out_dir), "mlflow_run_id": mlflow_run and mlflow_run[1]}))
-        env = dict(os.environ)
+        env = rank_env(cfg)
         if mlflow_run:  # through the environment, like the servers' secrets: a URI may hold a password
             env["MLFLOW_TRACKING_URI"] = mlflow_run[0]
-        # The ranks import this checkout's code, like the parent.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1]),
-                                                        env.get("PYTHONPATH")] if p)
-        if cfg.device != "cuda":
-            env["OMP_NUM_THREADS"] = str(cfg.threads or 1)
-        env.setdefault("PYTHONUNBUFFERED", "1")
         log_dir = out_dir / RANK_LOG_DIR / f"node{cfg.distributed.node_rank}"
-        proc = subprocess.Popen(torchrun_command(cfg, spec_file, log_dir), env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+        proc = start_ranks(torchrun_command(cfg, spec_file, log_dir), env)
         try:
             for line in proc.stdout:
                 echo(line.rstrip("\n"))
             code = proc.wait()
         except BaseException:
-            _end(proc)
+            end_ranks(proc)
             raise
     if code != 0:
         raise LaunchError(
@@ -94,7 +107,7 @@ def launch(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
     return TrainResult(**{k: Path(v) if k.endswith(("_dir", "_file")) else v for k, v in data.items()})
 
 
-def _end(proc: subprocess.Popen) -> None:
+def end_ranks(proc: subprocess.Popen) -> None:
     """torchrun and every rank: SIGTERM to the process group, SIGKILL after a grace period."""
     for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
         with contextlib.suppress(ProcessLookupError):

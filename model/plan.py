@@ -402,7 +402,8 @@ PREDICTION_ASSUMES = (
     "parameter's all-gather and the whole tensor made from it; resume: "
     "the optimizer state made by a step on zero gradients, then the rank's checkpoint file read whole beside "
     "the live state, a 1/N share of the weights and optimizer state), collectives' own buffers not counted "
-    "(gloo's FSDP2 peaks move by about 10% from step to step as its collectives overlap)")
+    "(over gloo an FSDP2 rank's step can hold one or two more blocks' gathered weights, varying from run "
+    "to run)")
 
 
 def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str = "cpu") -> Measured:
@@ -503,30 +504,31 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         # Each parameter whole, in the dtype it trains in (DDP's buckets; a DTensor's numel is the global one)
         # and in fp32, as the full-weights checkpoint's model holds it.
         trained = [round_size(p.numel() * p.element_size()) for p in model.parameters()]
-        full = [round_size(p.numel() * p.element_size()) for p in build_model(arch_cfg).parameters()]
         if ranks.distributed or ddp_world > 1:
+            full = [round_size(p.numel() * p.element_size()) for p in build_model(arch_cfg).parameters()]
             resume_init = _traced_state_init(arch_cfg, cfg, ranks, mesh, recorder, round_size,
                                              sum(trained) if ddp_world > 1 else 0)
     state_bytes = sum(n for n, _ in held)
-    weight_bytes = sum(n for n, category in held if category == "parameters")
-    # What a rank's checkpoint file holds: its shards, or (ddp, which writes each replicated tensor once)
-    # its share of the weights and optimizer state. DCP's load reads a whole file beside the live state.
-    checkpointed = sum(n for n, category in held if category != "gradients") // ddp_world
     train_peak = step_report.peak_bytes
-    # The full weights' checkpoint: rank 0 fills a whole model in CPU memory, one all-gathered parameter at
-    # a time (model/train.py), which is device memory only on a CPU.
-    whole = sum(full) if device_type == "cpu" else 0
-    if ranks.distributed:
-        # A sharded parameter's all-gather and the whole tensor made from it.
-        stages = {"checkpoint_save": state_bytes + whole + 2 * max(trained),
+    if ranks.distributed or ddp_world > 1:
+        # The full weights' checkpoint: rank 0 fills a whole model in CPU memory, one all-gathered parameter
+        # at a time (model/train.py), which is device memory only on a CPU; under fsdp beside a parameter's
+        # all-gather and the whole tensor made from it.
+        whole = sum(full) if device_type == "cpu" else 0
+        gathered = 2 * max(trained) if ranks.distributed else 0
+        # What a rank's checkpoint file holds: its shards, or (ddp, which writes each replicated tensor
+        # once) its share of the weights and optimizer state. DCP's load reads a whole file beside the
+        # live state.
+        checkpointed = sum(n for n, category in held if category != "gradients") // ddp_world
+        stages = {"checkpoint_save": state_bytes + whole + gathered,
                   "resume": max(resume_init, state_bytes + checkpointed)}
-    elif ddp_world > 1:
-        # DDP rebuilds its buckets in the second step, in the order backward made the gradients, beside
-        # the first ones.
-        train_peak += sum(trained)
-        stages = {"checkpoint_save": state_bytes + whole, "resume": max(resume_init, state_bytes + checkpointed)}
+        if ddp_world > 1:
+            # DDP rebuilds its buckets in the second step, in the order backward made the gradients, beside
+            # the first ones.
+            train_peak += sum(trained)
     else:
         # A resume loads the weights beside the model's before copying them in, then the optimizer state.
+        weight_bytes = sum(n for n, category in held if category == "parameters")
         stages = {"checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}
     stages = {"train_step": train_peak, "validation": validation[0].peak_bytes, **stages}
     return Measured(max(stages.values()), dict(step_report.breakdown), time.perf_counter() - started, stages)

@@ -1,15 +1,14 @@
 """`memlm plan` over N ranks on this machine: a candidate measured by N torchrun ranks, each under its own
 memory tracker (model.plan.measure with the rank's process group), rank 0 writing every rank's figures.
 
-The planner starts `python -m torch.distributed.run --standalone --nproc-per-node N -m model.plan_ranks
-SPEC` for each candidate, the way `memlm train` starts training (model/launch.py); a candidate's figure is
-its largest rank's."""
+The planner starts torchrun with `-m model.plan_ranks SPEC` for each candidate through model/launch.py,
+as `memlm train` starts training (the same environment, threads a rank, and cleanup); a candidate's figure
+for each stage is its largest rank's."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from model.arch import config_from_dict
 from model.config import TrainConfig
 from model.gpt import GPTConfig
+from model.launch import end_ranks, rank_env, start_ranks, torchrun_command
 from model.plan import Measured, measure
 from model.rnn import RNNConfig
 from model.techniques import TechniqueError
@@ -42,20 +42,18 @@ def measure_over_ranks(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"arch": arch_cfg.to_dict(), "train": cfg.model_dump(mode="json"),
                                     "device": device.type, "meter": meter, "out": str(out)}))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1]),
-                                                        env.get("PYTHONPATH")] if p)
-        if device.type != "cuda":  # the machine's cores shared out, as `memlm train` does with train.threads
-            env["OMP_NUM_THREADS"] = str(cfg.threads or max(1, (os.cpu_count() or 1) // world))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-                   "--max-restarts=0", "-m", "model.plan_ranks", str(spec)]
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if out.exists() and "out_of_memory" in (result := json.loads(out.read_text())):
-            raise torch.OutOfMemoryError(result["out_of_memory"])
-        if not out.exists():
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-80:])
-            raise RuntimeError(f"the plan's {world} ranks failed (torchrun exit {done.returncode}):\n{tail}")
-        result = json.loads(out.read_text())
+        proc = start_ranks(torchrun_command(cfg, spec, module="model.plan_ranks"), rank_env(cfg))
+        try:
+            output = proc.communicate()[0]  # stderr goes into stdout
+        except BaseException:
+            end_ranks(proc)
+            raise
+        result = json.loads(out.read_text()) if out.exists() else None
+    if result is None:
+        tail = "\n".join(output.splitlines()[-80:])
+        raise RuntimeError(f"the plan's {world} ranks failed (torchrun exit {proc.returncode}):\n{tail}")
+    if "out_of_memory" in result:
+        raise torch.OutOfMemoryError(result["out_of_memory"])
     if result.get("refused"):
         raise TechniqueError(result["refused"])
     return Measured(**result)

@@ -297,6 +297,8 @@ def _gathered_model(model: torch.nn.Module, arch_cfg, ranks: Ranks) -> torch.nn.
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
+    from model.distributed import full_tensor
+
     with torch.device("meta"):  # no initialization: every tensor is overwritten below
         whole = build_model(arch_cfg)
     sources = [*model.named_parameters(), *model.named_buffers()]
@@ -320,7 +322,7 @@ def _gathered_model(model: torch.nn.Module, arch_cfg, ranks: Ranks) -> torch.nn.
     for name, t in sources:
         if isinstance(t, DTensor) and t.device.type == "cpu" and dist.get_backend() == "nccl":
             t = t.to(torch.device("cuda", torch.cuda.current_device()))  # shards offloaded to CPU (cpu_offload)
-        full = t.full_tensor() if isinstance(t, DTensor) else t
+        full = full_tensor(t)
         if whole is not None:
             with torch.no_grad():
                 targets[name].copy_(full)
