@@ -134,11 +134,12 @@ def figures(outcomes: list[StageOutcome]) -> dict:
 
 
 def write_summary(config: MemlmConfig, outcomes: list[StageOutcome], elapsed_s: float) -> Path:
-    """RUN_DIR/summary.json: each stage's status and time, and the figures of the summary table."""
+    """RUN_DIR/summary.json: each stage's status, time and summary, and the figures of the summary table."""
     path = Path(config.run_dir) / SUMMARY_FILE
     path.write_text(json.dumps({
         "name": config.name, "elapsed_s": round(elapsed_s, 1),
-        "stages": [{"name": o.name, "skipped": o.skipped, "elapsed_s": o.elapsed_s} for o in outcomes],
+        "stages": [{"name": o.name, "skipped": o.skipped, "elapsed_s": o.elapsed_s, "summary": o.summary}
+                   for o in outcomes],
         "figures": figures(outcomes),
     }, indent=2, default=str))
     return path
