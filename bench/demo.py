@@ -48,7 +48,8 @@ def timed(command: list[str], log: Path) -> float:
     with log.open("w") as out:
         done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed with {done.returncode}; its output: {log}")
+        tail = "\n".join(log.read_text().splitlines()[-40:])
+        sys.exit(f"{tail}\n{' '.join(command)} failed with exit status {done.returncode} (its output's end above)")
     return round(time.monotonic() - started, 1)
 
 
