@@ -78,13 +78,16 @@ def plan_row(command: str, arguments: list[str], folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results to this file")
-    parser.add_argument("--skip-runs", action="store_true", help="only the plan commands")
+    parser.add_argument("--plans-only", action="store_true",
+                        help="run only the plan commands, keeping the runs already in the --json file")
     args = parser.parse_args()
+    if args.plans_only and not (args.json and args.json.exists()):
+        parser.error("--plans-only keeps the runs of an existing --json file; give one")
 
     with tempfile.TemporaryDirectory(prefix="memlm-demo-bench-") as tmp:
         folder = Path(tmp)
-        runs = [] if args.skip_runs else [run_row(name, config, folder / f"run{i}", rerun=i == 0)
-                                          for i, (name, config) in enumerate(RUNS.items())]
+        runs = json.loads(args.json.read_text())["runs"] if args.plans_only else [
+            run_row(name, config, folder / f"run{i}", rerun=i == 0) for i, (name, config) in enumerate(RUNS.items())]
         plans = [plan_row(command, arguments, folder) for command, arguments in PLANS.items()]
 
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

@@ -396,7 +396,7 @@ def plan(
 
     from model.arch import config_for
     from model.hardware import resolve_device
-    from model.plan import MiB, parse_size
+    from model.plan import MiB, PlanRequestError, parse_size
     from model.plan import plan as make_plan
 
     cfg = _load(config)
@@ -438,7 +438,7 @@ def plan(
         try:
             result = make_plan(arch_cfg, cfg.train, budget_bytes, device, lossy, try_all,
                                on_trial=lambda t: status.update(f"tried {t.name}"), meter=meter, predict_only=predict)
-        except ValueError as exc:  # N ranks this machine cannot run are predicted: tensor bytes only
+        except PlanRequestError as exc:  # e.g. N ranks this machine cannot run are predicted: tensor bytes only
             err.print(f"[red]error:[/] {exc}", highlight=False)
             raise typer.Exit(2) from None
     how = ("predicted" if result.predicted else f"{meter} meter") + (
@@ -447,7 +447,7 @@ def plan(
         if result.world_size > 1 else "")
     table = Table(title=f"memory plan: budget {budget_bytes / MiB:.4g} MiB ({how}) on {device}")
     columns = ["candidate", "peak MiB", *(["each rank"] if result.world_size > 1 and not result.predicted else []),
-               "activations", "optimizer", "tokens/s", "val loss vs fp32 AdamW", ""]
+               "largest stage", "activations", "optimizer", "tokens/s", "val loss vs fp32 AdamW", ""]
     for col in columns:
         table.add_column(col, justify="left" if col in ("candidate", "") else "right")
     for trial in result.trials:
@@ -459,7 +459,8 @@ def plan(
         if trial is result.chosen:
             verdict, name = "[bold green]chosen[/]", f"[bold]{name}[/]"
         each = [" / ".join(f"{b / MiB:.0f}" for b in trial.rank_peaks)] if "each rank" in columns else []
-        table.add_row(name, f"{trial.peak_bytes / MiB:.1f}", *each, f"{trial.breakdown.get('activations', 0) / MiB:.1f}",
+        table.add_row(name, f"{trial.peak_bytes / MiB:.1f}", *each, trial.largest_stage.replace("_", " "),
+                      f"{trial.breakdown.get('activations', 0) / MiB:.1f}",
                       f"{trial.breakdown.get('optimizer_state', 0) / MiB:.1f}",
                       "predicted" if trial.tokens_per_s is None else f"{trial.tokens_per_s:,.0f}",
                       "" if not trial.lossy else "not measured" if trial.quality_cost is None

@@ -42,7 +42,7 @@ def generate_tokens(model: TiedHeadLM, idx: torch.Tensor, max_new_tokens: int, t
                 cache = model.new_cache()
                 pending = idx[:, -(limit // 2):]
             context = pending if cache is not None else (idx if limit is None else idx[:, -limit:])
-            logits = model.lm_head(model(context, cache)[:, -1, :]).float()
+            logits = next_token_logits(model, context, cache)
             next_id = _sample(logits, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_id], dim=1)
             pending = next_id
@@ -51,6 +51,11 @@ def generate_tokens(model: TiedHeadLM, idx: torch.Tensor, max_new_tokens: int, t
             yield int(next_id)
     finally:
         model.train(was_training)
+
+
+def next_token_logits(model: TiedHeadLM, context: torch.Tensor, cache=None) -> torch.Tensor:
+    """fp32 logits (1, vocab) of the token after `context` (1, T), whose earlier tokens `cache` holds."""
+    return model.lm_head(model(context, cache)[:, -1, :]).float()
 
 
 def generate(model: TiedHeadLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -33,14 +33,15 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from model.arch import build_model
-from model.checkpoint import load_train_state, load_weights, save_checkpoint
+from model.checkpoint import load_lm, load_train_state, load_weights, save_checkpoint
 from model.config import DistributedConfig, TrainConfig
 from model.distributed import Ranks, gather_objects, max_over_ranks, reshard
 from model.evaluate import score_batches
 from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
-from model.memory import AllocationRecorder
+from model.generate import next_token_logits
+from model.memory import AllocationRecorder, MemoryTracker
 from model.techniques import BF16_WEIGHTS, TechniqueError, check
 
 MiB = 2**20
@@ -74,6 +75,10 @@ def quality_costs(results: Path = CONVERGENCE_RESULTS) -> dict[tuple[str, str], 
     return {key: sum(costs) / len(costs) for key, costs in measured.items()}
 
 
+class PlanRequestError(ValueError):
+    """A plan asked for what cannot be planned (a meter or device a prediction does not have)."""
+
+
 def parse_size(text: str) -> int:
     """Bytes in '300MiB', '1.5 GiB', '512MB' or '300' (MiB)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
@@ -99,12 +104,16 @@ class Trial:
     def fits(self, budget_bytes: int) -> bool:
         return self.peak_bytes is not None and self.peak_bytes <= budget_bytes
 
+    @property
+    def largest_stage(self) -> str | None:
+        return max(self.stages, key=self.stages.get, default=None)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "changes": self.changes, "lossy": self.lossy,
                 "peak_mib": None if self.peak_bytes is None else round(self.peak_bytes / MiB, 1),
                 "breakdown_mib": {k: round(v / MiB, 1) for k, v in self.breakdown.items()},
                 "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
-                "stages_mib": {k: round(v / MiB, 1) for k, v in self.stages.items()},
+                "stages_mib": {k: round(v / MiB, 1) for k, v in self.stages.items()}, "largest_stage": self.largest_stage,
                 "refused": self.refused, "val_loss_vs_fp32_adamw": self.quality_cost,
                 "rank_peaks_mib": [round(b / MiB, 1) for b in self.rank_peaks]}
 
@@ -282,6 +291,11 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
                 train_step.optimizer.load_state_dict(load_train_state(tmp)["optimizer"])
         reports = {**tracker.stages, **resumed.stages}
         stages.update({name: _metered(r, meter) for name, r in reports.items()})
+        train_step = model = None
+        gc.collect()
+        if ranks.is_main:  # the evaluate stage runs once, on the full weights rank 0 saved
+            after = _after_training(tmp / "full" if ranks.distributed else tmp, cfg, device, next_batch)
+            stages.update({name: _metered(r, meter) for name, r in after.items()})
         # The ranks step together: the slowest one's time is the job's.
         step_s = max_over_ranks(min(times, default=float("nan")), ranks, device)
         done = Measured(max(stages.values()), dict(step_report.breakdown), step_s, stages)
@@ -294,6 +308,37 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
             torch.cuda.empty_cache()
         if ranks.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _after_training(checkpoint_dir: Path, cfg: TrainConfig, device: torch.device, next_batch) -> dict:
+    """The run's stages after training, each alone in the process as the run has them: the evaluate stage
+    (model/evaluate.py: the weights loaded from their checkpoint, the validation split scored in
+    micro-batches, sample generation) and the champion's re-score (flows/model_runs.py: a registered
+    version loaded and scored a micro-batch at a time; here a model of the same shape)."""
+    tracker = MemoryTracker(None, None, device)
+    with tracker.stage("checkpoint_load"):
+        tracker.model = load_lm(checkpoint_dir, device)
+    with tracker.stage("evaluate"):
+        score_batches(tracker.model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
+    with tracker.stage("generate"):
+        _generation(tracker.model)
+    tracker.model = None
+    gc.collect()
+    with tracker.stage("rescore"):
+        champion = load_lm(checkpoint_dir, device)
+        score_batches(champion, [next_batch(cfg.micro_batch_size)])
+    return tracker.stages
+
+
+@torch.inference_mode()
+def _generation(model: torch.nn.Module) -> None:
+    """What sample generation holds at most: the weights, the KV cache or recurrent state (made for the
+    whole context at its first use, so the number of tokens generated does not change it) and one
+    token's pass with its logits."""
+    token = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+    cache = model.new_cache()
+    for _ in range(2):
+        token = next_token_logits(model, token, cache).argmax(-1, keepdim=True)
 
 
 @dataclass
@@ -346,7 +391,7 @@ def plan(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, budget_bytes: int, d
     # N ranks this machine cannot run (more than its devices, several nodes) are predicted.
     predict_only = predict_only or (ranks and not runnable_here(cfg, device))
     if predict_only and meter != "tensors":
-        raise ValueError("a prediction is of tensor bytes: --predict goes with --meter tensors" if not ranks else
+        raise PlanRequestError("a prediction is of tensor bytes: --predict goes with --meter tensors" if not ranks else
                          f"{cfg.distributed.world_size} ranks on {cfg.distributed.nnodes} node(s) are more than this "
                          "machine runs, so they are predicted, which counts tensor bytes: use --meter tensors")
     trials = []
@@ -418,7 +463,7 @@ def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str 
     per-rank batch with every gradient allocated from the start (DDP's gradients are views into its
     all-reduce buckets, which live for the whole run)."""
     if device_type not in PREDICTABLE_DEVICES:
-        raise ValueError(f"memlm plan --predict predicts for {' or '.join(PREDICTABLE_DEVICES)}, not {device_type!r}")
+        raise PlanRequestError(f"memlm plan --predict predicts for {' or '.join(PREDICTABLE_DEVICES)}, not {device_type!r}")
     if cfg.memory.compile or cfg.memory.split_head_step or cfg.memory.optimizer in ("adamw8bit", "adamw4bit"):
         raise TechniqueError("not predicted (compile, split_head_step and torchao's compiled low-bit AdamW cannot "
                              "be traced under fake tensors): measure it without --predict")
@@ -447,6 +492,28 @@ def _traced_state_init(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, ranks:
     with train_step.tracker.traced(0, recorder, round_size) as init:
         get_state_dict(model, train_step.optimizer)
     return init[0].peak_bytes
+
+
+def _parameter_blocks(model: torch.nn.Module, round_size) -> list[int]:
+    """Each parameter's bytes whole (a DTensor's numel is the global one), as the allocator rounds them."""
+    return [round_size(p.numel() * p.element_size()) for p in model.parameters()]
+
+
+def _traced_after_training(arch_cfg: GPTConfig | RNNConfig, batch_size: int, micro_batch_size: int, recorder,
+                           round_size, next_batch) -> dict[str, int]:
+    """The evaluate stage's scoring and generation and the re-score's scoring (see _after_training) traced
+    on the fp32 model the evaluate stage loads; `model_bytes` is that model's size."""
+    model = build_model(arch_cfg)
+    tracker = MemoryTracker(model, None, torch.device("cpu"))
+    with tracker.traced(0, recorder, round_size) as evaluation:
+        score_batches(model, [next_batch(batch_size)], micro_batch_size)
+    with tracker.traced(0, recorder, round_size) as generation:
+        _generation(model)
+    with tracker.traced(0, recorder, round_size) as rescore:
+        score_batches(model, [next_batch(micro_batch_size)])
+    return {"evaluate": evaluation[0].peak_bytes, "generate": generation[0].peak_bytes,
+            "rescore": rescore[0].peak_bytes,
+            "model_bytes": sum(_parameter_blocks(model, round_size))}
 
 
 @contextlib.contextmanager
@@ -503,12 +570,14 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         held = [(round_size(n), category) for n, category in tracker._baseline().values()]
         # Each parameter whole, in the dtype it trains in (DDP's buckets; a DTensor's numel is the global one)
         # and in fp32, as the full-weights checkpoint's model holds it.
-        trained = [round_size(p.numel() * p.element_size()) for p in model.parameters()]
+        trained = _parameter_blocks(model, round_size)
         if ranks.distributed or ddp_world > 1:
-            full = [round_size(p.numel() * p.element_size()) for p in build_model(arch_cfg).parameters()]
+            full = _parameter_blocks(build_model(arch_cfg), round_size)
             resume_init = _traced_state_init(arch_cfg, cfg, ranks, mesh, recorder, round_size,
                                              sum(trained) if ddp_world > 1 else 0)
+        after = _traced_after_training(arch_cfg, validation_batch, validation_micro, recorder, round_size, next_batch)
     state_bytes = sum(n for n, _ in held)
+    weight_bytes = sum(n for n, category in held if category == "parameters")
     train_peak = step_report.peak_bytes
     if ranks.distributed or ddp_world > 1:
         # The full weights' checkpoint: rank 0 fills a whole model in CPU memory, one all-gathered parameter
@@ -528,7 +597,11 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
             train_peak += sum(trained)
     else:
         # A resume loads the weights beside the model's before copying them in, then the optimizer state.
-        weight_bytes = sum(n for n, category in held if category == "parameters")
         stages = {"checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}
-    stages = {"train_step": train_peak, "validation": validation[0].peak_bytes, **stages}
+    # The evaluate stage loads the weights the checkpoint saved (over ranks, the full fp32 ones) into a
+    # model built in fp32 on the CPU, then moved to the device: on a CPU beside it, on CUDA before it.
+    model_bytes, saved = after.pop("model_bytes"), sum(full) if ranks.distributed or ddp_world > 1 else weight_bytes
+    load = model_bytes + saved if device_type == "cpu" else max(model_bytes, saved)
+    after["checkpoint_load"], after["rescore"] = load, max(load, after["rescore"])
+    stages = {"train_step": train_peak, "validation": validation[0].peak_bytes, **stages, **after}
     return Measured(max(stages.values()), dict(step_report.breakdown), time.perf_counter() - started, stages)

@@ -79,9 +79,10 @@ def _rank_main(spec_file: Path) -> None:
     stop(ranks)
     if ranks.is_main:
         refused = next((r["refused"] for r in every if "refused" in r), None)
-        # Each stage's largest rank (rank 0 alone gathers the full weights for the checkpoint; another
-        # rank may have the larger step), the step's breakdown and time from the rank with the largest step.
-        stages = {name: max(r["stages"][name] for r in every) for name in every[0]["stages"]} if not refused else {}
+        # Each stage's largest rank (rank 0 alone gathers the full weights for the checkpoint and runs the
+        # stages after training; another rank may have the larger step), the step's breakdown and time from
+        # the rank with the largest step.
+        stages = {name: max(r["stages"].get(name, 0) for r in every) for name in every[0]["stages"]} if not refused else {}
         largest = {"refused": refused} if refused else {
             **max(every, key=lambda r: r["stages"]["train_step"]), "stages": stages,
             "peak_bytes": max(stages.values()), "rank_peaks": [r["peak_bytes"] for r in every]}
