@@ -247,7 +247,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
         val_loss_start=val_loss_start,
         val_loss=val_loss,
         tokens_per_s=tokens_per_s,
-        mfu=flops_per_token * tokens_per_s / peak_flops,
+        # Measured again at the end: at the start the cores may be shared with the run's set-up (a
+        # tracking store's migrations, the previous stage's workers), which understates the peak.
+        mfu=flops_per_token * tokens_per_s / max(peak_flops, matmul_peak_flops(device)),
         peak_memory_mib=memory.get("peak_mib", 0.0),
         memory=memory,
         elapsed_s=round(time.monotonic() - started, 1),
