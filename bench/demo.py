@@ -72,7 +72,10 @@ def plan_row(command: str, arguments: list[str], folder: Path) -> dict:
     print(command, flush=True)
     seconds = timed([MEMLM, "plan", "-c", "configs/demo.yaml", *arguments, "--json", str(out)], out.with_suffix(".log"))
     plan = json.loads(out.read_text())
-    return {"name": command, "command_s": seconds, **plan}
+    chosen = next((t for t in plan["trials"] if t["name"] == plan["chosen"]), None)
+    return {"name": command, "command_s": seconds, "tried": len(plan["trials"]),
+            "tried_before_chosen_mib": [t["peak_mib"] for t in plan["trials"][:plan["trials"].index(chosen)]]
+            if chosen else None, **plan}
 
 
 def main() -> None:
