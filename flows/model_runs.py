@@ -62,7 +62,8 @@ def promote_version(config: MemlmConfig, version: str, bpb: float):
     def rescore(champion: str) -> float:
         with tracker.stage("rescore"):
             return champion_bpb_on(name, champion, dirs["split"] / "val.jsonl", dirs["eval"] / "champion",
-                                   config.train.micro_batch_size, config.train.device, config.evaluate.max_batches)
+                                   config.train.micro_batch_size, config.train.device, config.evaluate.max_batches,
+                                   config.train.memory)
 
     promotion = promote(name, version, bpb, rescore)
     if "rescore" in tracker.stages:

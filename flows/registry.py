@@ -24,14 +24,15 @@ class Promotion:
 
 
 def champion_bpb_on(name: str, version: str, val_docs: Path, work_dir: Path, batch_size: int, device: str,
-                    max_batches: int | None) -> float:
-    """Bits per byte of a registered version on the current validation documents, with its own tokenizer."""
+                    max_batches: int | None, memory=None) -> float:
+    """Bits per byte of a registered version on the current validation documents, with its own tokenizer;
+    `memory`, training's MemoryConfig, sets the loss's chunk and vocabulary tiles."""
     from model.evaluate import bits_per_byte_on_docs
     from model.pyfunc import load_registered
 
     # As data only: the registry may be writable by others, so no code or pickle of it runs here.
     model, tokenizer = load_registered(f"models:/{name}/{version}")
-    return bits_per_byte_on_docs(model, tokenizer, val_docs, work_dir, batch_size, device, max_batches)
+    return bits_per_byte_on_docs(model, tokenizer, val_docs, work_dir, batch_size, device, max_batches, memory)
 
 
 def promote(name: str, new_version: str, new_bpb: float, measure_champion) -> Promotion:

@@ -258,7 +258,8 @@ def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool
         setup_mlflow(config)
         result = evaluate(checkpoint, dirs["tokens"], config.evaluate, dirs["eval"],
                           batch_size=config.train.batch_size, device=config.train.device,
-                          micro_batch_size=config.train.micro_batch_size, budget_mib=config.train.memory_budget_mib)
+                          micro_batch_size=config.train.micro_batch_size, budget_mib=config.train.memory_budget_mib,
+                          memory=config.train.memory)
         report = result.report
         with mlflow.start_run(run_id=train_summary["mlflow_run_id"]):
             mlflow.log_metrics({"eval/val_loss": report["val_loss"], "eval/perplexity": report["perplexity"],

@@ -1,6 +1,7 @@
 """Evaluate stage: validation loss, perplexity, bits per byte, and sample generations from fixed prompts."""
 from __future__ import annotations
 
+import gc
 import json
 import math
 from collections.abc import Iterable
@@ -12,7 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from model.checkpoint import load_lm
-from model.config import EvalConfig
+from model.config import EvalConfig, MemoryConfig
 from model.data import TokenFile
 from model.generate import generate_text
 from model.gpt import GPT
@@ -35,6 +36,14 @@ class EvalResult:
 # Evaluation always uses the chunked loss: the same figure as the full logits' up to rounding, without
 # a batch x sequence x vocabulary tensor (training's own chunk size when it has one).
 EVAL_LOSS_CHUNK = 512
+
+
+def with_training_loss(model: GPT, memory: MemoryConfig | None) -> GPT:
+    """Score with the loss training used (its chunk and vocabulary tiles), so that evaluation fits where
+    training did; without a chunked loss in training, score_batches' own chunk."""
+    if memory is not None and memory.loss_chunk_size:
+        model.loss_chunk_size, model.loss_vocab_chunk_size = memory.loss_chunk_size, memory.loss_vocab_chunk_size
+    return model
 
 
 def evaluate_loss(model: GPT, tokens: TokenFile, batch_size: int, device: torch.device,
@@ -72,16 +81,20 @@ def bits_per_byte(loss_nats: float, split_tokens: int, split_bytes: int) -> floa
 
 def evaluate(checkpoint_dir: Path, tokens_dir: Path, config: EvalConfig, out_dir: Path,
              batch_size: int = 16, device: str = "auto", micro_batch_size: int | None = None,
-             budget_mib: float | None = None) -> EvalResult:
+             budget_mib: float | None = None, memory: MemoryConfig | None = None) -> EvalResult:
     """Each part (loading the checkpoint, scoring, generating) is measured as a stage and checked against
-    `budget_mib`; their figures go to memory.json beside the report."""
+    `budget_mib`; their figures go to memory.json beside the report. `memory`: training's techniques, whose
+    loss settings the scoring uses."""
+    # Training's model and tracker refer to each other through gradient hooks: collect them now, so that
+    # this stage's device memory starts from what evaluation holds.
+    gc.collect()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((Path(tokens_dir) / "manifest.json").read_text())
     dev = resolve_device(device)
     tracker = MemoryTracker(None, None, dev, budget_mib=budget_mib)
     with tracker.stage("checkpoint_load"):
-        model = tracker.model = load_lm(checkpoint_dir, dev)
+        model = tracker.model = with_training_loss(load_lm(checkpoint_dir, dev), memory)
     val = TokenFile(Path(tokens_dir) / "val.bin", model.config.block_size, manifest["dtype"])
     with tracker.stage("evaluate"):
         loss, scored = evaluate_loss(model, val, batch_size, dev, config.max_batches, micro_batch_size)
@@ -110,7 +123,8 @@ def evaluate(checkpoint_dir: Path, tokens_dir: Path, config: EvalConfig, out_dir
 
 
 def bits_per_byte_on_docs(model: GPT, tokenizer: Tokenizer, docs_file: Path, work_dir: Path, batch_size: int = 16,
-                          device: str = "auto", max_batches: int | None = None) -> float:
+                          device: str = "auto", max_batches: int | None = None,
+                          memory: MemoryConfig | None = None) -> float:
     """Bits per byte of `model` (with its own tokenizer) on a split's documents: how models trained on
     different tokenizers are compared on the same text. `batch_size` sequences go through the model at a
     time (the evaluate stage passes training's micro-batch), with the chunked loss."""
@@ -120,7 +134,7 @@ def bits_per_byte_on_docs(model: GPT, tokenizer: Tokenizer, docs_file: Path, wor
     work_dir.mkdir(parents=True, exist_ok=True)
     stats = encode_split(tokenizer, docs_file, work_dir / "val.bin")
     dev = resolve_device(device)
-    model = model.to(dev)
+    model = with_training_loss(model.to(dev), memory)
     val = TokenFile(work_dir / "val.bin", model.config.block_size, np.dtype(TOKEN_DTYPE).name)
     loss, _ = evaluate_loss(model, val, batch_size, dev, max_batches)
     return bits_per_byte(loss, stats["tokens"], stats["bytes"])

@@ -368,6 +368,13 @@ class MemoryTracker:
         self._grad_hooks = [p.register_post_accumulate_grad_hook(self._note_gradient)
                             for p in dict.fromkeys(model.parameters()) if p.requires_grad] if model is not None else []
 
+    def release(self) -> None:
+        """Let go of the model and optimizer, so that they can be freed once their owner drops them; the
+        reports stay. (The gradient hooks would otherwise keep this tracker and the model alive together.)"""
+        for hook in self._grad_hooks:
+            hook.remove()
+        self._grad_hooks, self.model, self.optimizer = [], None, None
+
     def _note_gradient(self, param: torch.Tensor) -> None:
         if self._active and param.grad is not None:
             for t in _plain_tensors(param.grad):

@@ -4,8 +4,9 @@ on the run's own device before the run starts.
 Each candidate is the run's `train` section with some memory switches changed. A candidate is tried for
 four optimizer steps on random tokens of the run's shapes: steps 1 and 2 under memlm's memory tracker
 (their larger peak: step 1 creates the optimizer state, as the real run's first step will), steps 3 and 4
-timed; then the run's other stages (a validation batch, a checkpoint's save, a resume), and the
-candidate's figure is its largest stage. Measuring rather than modelling makes the figure the one the
+timed; then the run's other stages (a validation batch, a checkpoint's save, a resume, the evaluate
+stage's load, scoring and generation, the champion's re-score), and the candidate's figure is its largest
+stage. Measuring rather than modelling makes the figure the one the
 run's own memory report will show. `predict` gives the same figures without running anything real: the
 same steps traced under fake tensors, for models larger than this machine and devices it does not have.
 
@@ -36,7 +37,7 @@ from model.arch import build_model
 from model.checkpoint import load_lm, load_train_state, load_weights, save_checkpoint
 from model.config import DistributedConfig, TrainConfig
 from model.distributed import Ranks, gather_objects, max_over_ranks, reshard
-from model.evaluate import score_batches
+from model.evaluate import score_batches, with_training_loss
 from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
@@ -234,8 +235,8 @@ def apply_changes(cfg: TrainConfig, changes: dict) -> TrainConfig:
 def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.device,
             meter: str = "tensors", timed: bool = True, ranks: Ranks = Ranks()) -> Measured:
     """A few steps on random tokens, then the run's other stages: a validation batch, a checkpoint's
-    save, and a resume from it into a fresh model and optimizer (as a restarted run does). Without
-    `timed`, only the tracked steps run (no speed; the tensors meter only). Under torchrun (`ranks`), this
+    save, a resume from it into a fresh model and optimizer (as a restarted run does), and the stages
+    after training (_after_training). Without `timed`, the timed steps are left out (no speed). Under torchrun (`ranks`), this
     rank's figures, through the same calls as model/train.py: its slice of each batch, validation on every
     rank, the sharded checkpoint and the full weights gathered to rank 0."""
     from model.train import load_sharded_checkpoint, save_distributed
@@ -278,8 +279,9 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
                                  {"step": len(times)})
             else:
                 save_checkpoint(tmp, model, {"step": len(times), "optimizer": train_step.optimizer.state_dict()})
-        del train_step, model
-        gc.collect()
+        tracker.release()
+        train_step = model = None
+        _collect(device)
         model = build_model(arch_cfg).to(device)
         train_step = TrainStep(model, cfg, device, ranks=ranks)
         resumed = train_step.tracker
@@ -291,8 +293,9 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
                 train_step.optimizer.load_state_dict(load_train_state(tmp)["optimizer"])
         reports = {**tracker.stages, **resumed.stages}
         stages.update({name: _metered(r, meter) for name, r in reports.items()})
+        resumed.release()
         train_step = model = None
-        gc.collect()
+        _collect(device)
         if ranks.is_main:  # the evaluate stage runs once, on the full weights rank 0 saved
             after = _after_training(tmp / "full" if ranks.distributed else tmp, cfg, device, next_batch)
             stages.update({name: _metered(r, meter) for name, r in after.items()})
@@ -302,12 +305,17 @@ def measure(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device: torch.dev
         gather_objects(None, ranks)  # every rank done with the folder (not after a rank failed: it would wait)
         return done
     finally:
-        del train_step, model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        train_step = model = None
+        _collect(device)
         if ranks.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _collect(device: torch.device) -> None:
+    """Free what was dropped (models and trackers refer to each other), and on CUDA the allocator's cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _after_training(checkpoint_dir: Path, cfg: TrainConfig, device: torch.device, next_batch) -> dict:
@@ -317,15 +325,15 @@ def _after_training(checkpoint_dir: Path, cfg: TrainConfig, device: torch.device
     version loaded and scored a micro-batch at a time; here a model of the same shape)."""
     tracker = MemoryTracker(None, None, device)
     with tracker.stage("checkpoint_load"):
-        tracker.model = load_lm(checkpoint_dir, device)
+        tracker.model = with_training_loss(load_lm(checkpoint_dir, device), cfg.memory)
     with tracker.stage("evaluate"):
         score_batches(tracker.model, [next_batch(cfg.batch_size)], cfg.micro_batch_size)
     with tracker.stage("generate"):
         _generation(tracker.model)
-    tracker.model = None
-    gc.collect()
+    tracker.release()
+    _collect(device)
     with tracker.stage("rescore"):
-        champion = load_lm(checkpoint_dir, device)
+        champion = with_training_loss(load_lm(checkpoint_dir, device), cfg.memory)
         score_batches(champion, [next_batch(cfg.micro_batch_size)])
     return tracker.stages
 
@@ -439,7 +447,10 @@ def _cuda_block_size(nbytes: int) -> int:
 PREDICTION_ASSUMES = (
     "the tensors the CPU kernels return (CUDA's attention kernels keep a few small extra ones, such as "
     "log-sum-exp rows); no kernel-internal workspace alive between operators; a checkpoint's save holds the "
-    "weights and the optimizer state, a resume also a loaded copy of the weights (as measured on CPU); for "
+    "weights and the optimizer state, a resume also a loaded copy of the weights (as measured on CPU); the "
+    "evaluate stage loads the saved weights into an fp32 model built on the CPU (beside it on a CPU, before "
+    "moving it on CUDA), generates from a short prompt, and the champion it re-scores has this model's "
+    "shape; for "
     "CUDA, the caching allocator's 512-byte block rounding, i.e. max_memory_allocated: its reserved memory "
     "(2 MiB and 20 MiB segments), the CUDA context (about 0.3-0.5 GiB) and library workspaces come on top; "
     "over N ranks, rank 0's figures, its checkpoint stages as torch 2.13's DCP measured on gloo (save: the "
@@ -499,11 +510,11 @@ def _parameter_blocks(model: torch.nn.Module, round_size) -> list[int]:
     return [round_size(p.numel() * p.element_size()) for p in model.parameters()]
 
 
-def _traced_after_training(arch_cfg: GPTConfig | RNNConfig, batch_size: int, micro_batch_size: int, recorder,
-                           round_size, next_batch) -> dict[str, int]:
+def _traced_after_training(arch_cfg: GPTConfig | RNNConfig, batch_size: int, micro_batch_size: int, memory,
+                           recorder, round_size, next_batch) -> dict[str, int]:
     """The evaluate stage's scoring and generation and the re-score's scoring (see _after_training) traced
     on the fp32 model the evaluate stage loads; `model_bytes` is that model's size."""
-    model = build_model(arch_cfg)
+    model = with_training_loss(build_model(arch_cfg), memory)
     tracker = MemoryTracker(model, None, torch.device("cpu"))
     with tracker.traced(0, recorder, round_size) as evaluation:
         score_batches(model, [next_batch(batch_size)], micro_batch_size)
@@ -575,7 +586,8 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
             full = _parameter_blocks(build_model(arch_cfg), round_size)
             resume_init = _traced_state_init(arch_cfg, cfg, ranks, mesh, recorder, round_size,
                                              sum(trained) if ddp_world > 1 else 0)
-        after = _traced_after_training(arch_cfg, validation_batch, validation_micro, recorder, round_size, next_batch)
+        after = _traced_after_training(arch_cfg, validation_batch, validation_micro, cfg.memory, recorder, round_size,
+                                       next_batch)
     state_bytes = sum(n for n, _ in held)
     weight_bytes = sum(n for n, category in held if category == "parameters")
     train_peak = step_report.peak_bytes
