@@ -114,11 +114,17 @@ class MemoryBudgetError(ValueError):
 
 
 # What to change when a stage goes over the budget (a training step: `memlm plan`'s techniques).
+_SCORING = ("train.memory.micro_batch_size (sequences per evaluation forward) or train.memory."
+            "loss_vocab_chunk_size (the loss's vocabulary in tiles)")
+_WHOLE_MODEL = ("a smaller model (model.n_embd, n_layer): the stage holds the whole fp32 model and a loaded copy of "
+                "its weights, beside no training state (over ranks, not sharded)")
 _STAGE_SETTING = {
-    "validation": "train.memory.micro_batch_size (sequences per evaluation forward)",
-    "evaluate": "train.memory.micro_batch_size (sequences per evaluation forward)",
-    "rescore": "train.memory.micro_batch_size (sequences per evaluation forward)",
-    "generate": "evaluate.max_new_tokens, or a smaller model.block_size (the decoding cache grows with both)",
+    "validation": _SCORING,
+    "evaluate": _SCORING,
+    "rescore": f"{_SCORING}, or {_WHOLE_MODEL}",
+    "checkpoint_load": _WHOLE_MODEL,
+    "generate": "a smaller model.block_size or model (the decoding cache is made for the whole context at its "
+                "first use, beside the whole model)",
 }
 _STATE_SETTING = ("train.memory.optimizer (adafactor or adamw8bit keep less state) or a smaller model "
                   "(model.n_embd, n_layer): the stage holds the weights and the optimizer state")
