@@ -341,12 +341,14 @@ def _after_training(checkpoint_dir: Path, cfg: TrainConfig, device: torch.device
 @torch.inference_mode()
 def _generation(model: torch.nn.Module) -> None:
     """What sample generation holds at most: the weights, the KV cache or recurrent state (made for the
-    whole context at its first use, so the number of tokens generated does not change it) and one
-    token's pass with its logits."""
-    token = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+    whole context at its first use, so the number of tokens generated does not change it), the longest
+    pass (a GPT past its context starts again from the last half block, model/generate.py; a prompt is
+    taken to be no longer) and a token's pass with its logits."""
+    limit = model.context_limit
+    context = torch.zeros((1, limit // 2 if limit else 1), dtype=torch.long, device=next(model.parameters()).device)
     cache = model.new_cache()
-    for _ in range(2):
-        token = next_token_logits(model, token, cache).argmax(-1, keepdim=True)
+    token = next_token_logits(model, context, cache).argmax(-1, keepdim=True)
+    next_token_logits(model, token, cache)
 
 
 @dataclass

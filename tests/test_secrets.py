@@ -73,9 +73,12 @@ def guarded(tmp_path_factory, site_url):
 
     root = tmp_path_factory.mktemp("secrets")
     prefect_port, mlflow_port = free_port(), free_port()
+    # Few steps and log lines: each MLflow request checks the password's hash, and only where secrets go
+    # matters here.
     config = small_config(root, site_url, name="guarded", servers={
         "prefect_port": prefect_port, "mlflow_port": mlflow_port, "state_dir": str(root / ".memlm"),
-        "mlflow_artifacts_dir": str(root / "mlflow" / "artifacts"), "require_auth": True})
+        "mlflow_artifacts_dir": str(root / "mlflow" / "artifacts"), "require_auth": True},
+        train={"max_steps": 10, "eval_interval": 10, "checkpoint_interval": 10, "log_interval": 10})
     data = config.model_dump(mode="json")
     # SQLite ignores URI parameters it does not know: a password in each URL that the servers really use.
     data["servers"].update(
