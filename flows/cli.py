@@ -125,13 +125,25 @@ NodeRankOption = Annotated[Optional[int], typer.Option(
 RdzvOption = Annotated[Optional[str], typer.Option("--rdzv-endpoint", help="HOST:PORT of node 0, where the nodes meet.")]
 
 
-def _load_distributed(config_path: Path | None, strategy, nproc_per_node, nnodes, node_rank, rdzv_endpoint):
-    """The config with the command line's train.distributed settings, its memory techniques checked
-    against them before any rank starts (exit 2, one line)."""
+def _with_distributed(cfg, overrides: dict, option: str):
+    """The config with train.distributed's fields changed, validated again; an invalid combination exits 2
+    with one line that names `option`."""
     from pydantic import ValidationError
 
     from flows.config import MemlmConfig
 
+    data = cfg.model_dump()
+    data["train"]["distributed"].update(overrides)
+    try:
+        return MemlmConfig.model_validate(data)
+    except ValidationError as exc:
+        err.print(f"[red]error:[/] {option}: {exc.errors()[0]['msg']}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _load_distributed(config_path: Path | None, strategy, nproc_per_node, nnodes, node_rank, rdzv_endpoint):
+    """The config with the command line's train.distributed settings, its memory techniques checked
+    against them before any rank starts (exit 2, one line)."""
     cfg = _load(config_path)
     given = {"strategy": strategy, "nproc_per_node": nproc_per_node, "nnodes": nnodes, "node_rank": node_rank,
              "rdzv_endpoint": rdzv_endpoint}
@@ -139,14 +151,7 @@ def _load_distributed(config_path: Path | None, strategy, nproc_per_node, nnodes
     if overrides:
         if "strategy" not in overrides and cfg.train.distributed.strategy == "none":
             overrides["strategy"] = "fsdp"  # asking for ranks or nodes asks for a distributed run
-        data = cfg.model_dump()
-        data["train"]["distributed"].update(overrides)
-        try:
-            cfg = MemlmConfig.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            err.print(f"[red]error:[/] train.distributed: {first['msg']}", highlight=False)
-            raise typer.Exit(2) from None
+        cfg = _with_distributed(cfg, overrides, "train.distributed")
     if cfg.train.distributed.strategy != "none":
         from model.hardware import resolve_device
         from model.techniques import TechniqueError, check
@@ -373,7 +378,6 @@ def plan(
     import os
     import sys
 
-    import pydantic
     import torch
     import yaml
 
@@ -403,13 +407,8 @@ def plan(
     if world_size is not None:
         strategy = "none" if world_size == 1 else \
             "fsdp" if cfg.train.distributed.strategy == "none" else cfg.train.distributed.strategy
-        distributed = {**cfg.train.distributed.model_dump(), "strategy": strategy, "nproc_per_node": world_size,
-                       "nnodes": 1, "node_rank": 0, "rdzv_endpoint": None}
-        try:
-            cfg.train = type(cfg.train).model_validate({**cfg.train.model_dump(), "distributed": distributed})
-        except pydantic.ValidationError as exc:
-            err.print(f"[red]error:[/] --world-size {world_size}: {exc.errors()[0]['msg']}", highlight=False)
-            raise typer.Exit(2) from None
+        cfg = _with_distributed(cfg, {"strategy": strategy, "nproc_per_node": world_size, "nnodes": 1, "node_rank": 0,
+                                      "rdzv_endpoint": None}, f"--world-size {world_size}")
     ranks = cfg.train.distributed
     if budget is None:
         if cfg.train.memory_budget_mib is None:
