@@ -68,9 +68,14 @@ def run_row(name: str, config: str, folder: Path, rerun: bool) -> dict:
 
 
 def plan_row(command: str, arguments: list[str], folder: Path) -> dict:
+    """The command on configs/demo.yaml with an empty run folder: the vocabulary is tokenize.vocab_size's,
+    not whatever a local run's tokenizer left in runs/."""
     out = folder / f"plan-{len(list(folder.glob('plan-*.json')))}.json"
     print(command, flush=True)
-    seconds = timed([MEMLM, "plan", "-c", "configs/demo.yaml", *arguments, "--json", str(out)], out.with_suffix(".log"))
+    plan_folder = folder / out.stem
+    plan_folder.mkdir()
+    config = isolated_config("configs/demo.yaml", plan_folder)
+    seconds = timed([MEMLM, "plan", "-c", str(config), *arguments, "--json", str(out)], out.with_suffix(".log"))
     plan = json.loads(out.read_text())
     chosen = next((t for t in plan["trials"] if t["name"] == plan["chosen"]), None)
     return {"name": command, "command_s": seconds, "tried": len(plan["trials"]),

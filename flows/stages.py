@@ -160,118 +160,25 @@ def train_key(config: MemlmConfig) -> str:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
-    from flows.model_runs import resumable_run
-    from flows.tracking import log_config, log_datasets, run_link, setup_mlflow
+    from flows.model_runs import tracked_training
 
     dirs = stage_dirs(config)
     key = train_key(config)
     if not force and (summary := completed(dirs["train"], key)) is not None:
         return StageOutcome("train", True, summary)
-    import mlflow
-
-    from model.plots import loss_curve, memory_timeline
-    from model.train import train
-
-    experiment_id = setup_mlflow(config)
-    run_id = resumable_run(dirs["train"], key, force)
     started = time.monotonic()
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else config.name) as run:
-        (dirs["train"] / "inputs.json").write_text(json.dumps({"key": key, "mlflow_run_id": run.info.run_id}))
-        if run_id is None:
-            log_config(config)
-            tokens_manifest = json.loads((dirs["tokens"] / "manifest.json").read_text())
-            crawl_manifest = json.loads((dirs["crawl"] / "manifest.json").read_text())
-            log_datasets(tokens_manifest, dirs["tokens"], crawl_manifest.get("start_urls", []))
-            for stage, files in (("crawl", ["manifest.json"]), ("clean", ["report.json"]),
-                                 ("split", ["manifest.json"]), ("tokens", ["manifest.json", "tokenizer.json"])):
-                for name in files:
-                    mlflow.log_artifact(str(dirs[stage] / name), artifact_path=f"data/{stage}")
-            mlflow.set_tags({"memlm.config": config.name, "memlm.run_dir": str(config.run_dir)})
-        if config.train.distributed.strategy != "none":
-            # torchrun's ranks, started from this task; their lines (rank-prefixed) go to the task's log.
-            from prefect import get_run_logger
-
-            from model.launch import launch
-
-            result = launch(config.model, config.train, dirs["tokens"], dirs["train"],
-                            (mlflow.get_tracking_uri(), run.info.run_id), echo=get_run_logger().info)
-        else:
-            with progress_bar("train", config.train.max_steps) as update:
-                result = train(config.model, config.train, dirs["tokens"], dirs["train"],
-                               on_metrics=lambda metrics, step: mlflow.log_metrics(metrics, step=step),
-                               on_progress=update)
-        memory = result.memory
-        if result.warnings:
-            mlflow.set_tag("memlm.warnings", " | ".join(result.warnings))
-        mlflow.log_metrics({"train/final_loss": result.train_loss, "val/final_loss": result.val_loss,
-                            "train/tokens_per_s_final": result.tokens_per_s, "train/mfu_final": result.mfu,
-                            **_stage_metrics(memory)})
-        reports = dirs["train"]
-        mlflow.log_artifact(str(loss_curve(result.history_file, reports / "loss_curve.png")), "plots")
-        mlflow.log_artifact(str(memory_timeline(memory, reports / "memory_timeline.png")), "plots")
-        mlflow.log_dict({k: v for k, v in memory.items() if k != "timeline"}, "memory/report.json")
-        mlflow.log_dict({"modules": memory.get("modules", [])}, "memory/modules.json")
-        snapshot = reports / "cuda_memory_snapshot.pickle"
-        if snapshot.exists():
-            mlflow.log_artifact(str(snapshot), "memory")
-        summary = {
-            "mlflow_run_id": run.info.run_id,
-            "mlflow_run_url": run_link(config, experiment_id, run.info.run_id),
-            "steps": result.steps, "resumed_from": result.resumed_from, "stopped_early": result.stopped_early,
-            "n_params": result.n_params, "train_loss": result.train_loss,
-            "val_loss_start": result.val_loss_start, "val_loss": result.val_loss,
-            "tokens_per_s": result.tokens_per_s, "mfu": result.mfu, "peak_memory_mib": result.peak_memory_mib,
-            "memory_breakdown_mib": {k: round(v / 2**20, 2) for k, v in memory.get("breakdown", {}).items()},
-            "peak_phase": memory.get("peak_phase"), "elapsed_s": result.elapsed_s,
-        }
-        if "ranks" in memory:  # the headline peak is the largest rank's
-            summary["peak_memory_per_rank_mib"] = [r["peak_mib"] for r in memory["ranks"]]
+    summary, memory = tracked_training(config, key, force)
     mark_completed(dirs["train"], key, summary)
     return StageOutcome("train", False, summary, round(time.monotonic() - started, 1), {"memory": memory})
 
 
-def _stage_metrics(memory: dict) -> dict[str, float]:
-    """memory/stage/<stage>/peak_mib (and its breakdown) for each stage a memory report measured."""
-    out = {}
-    for stage, entry in memory.get("stages", {}).items():
-        out[f"memory/stage/{stage}/peak_mib"] = entry["peak_mib"]
-        out.update({f"memory/stage/{stage}/{c}_mib": v for c, v in entry["breakdown_mib"].items()})
-        out.update({f"memory/stage/{stage}/{m}_mib": v for m, v in entry["meters_mib"].items()})
-    return out
-
-
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool = True) -> StageOutcome:
-    import mlflow
-
-    from flows.tracking import setup_mlflow
     from corpus.jsonl import file_sha256
+    from flows.model_runs import tracked_evaluation
     from model.checkpoint import WEIGHTS_FILE
-    from model.evaluate import evaluate
 
     dirs = stage_dirs(config)
-    train_summary = json.loads((dirs["train"] / STAGE_FILE).read_text())["summary"]
     checkpoint = dirs["train"] / "checkpoint"
     key = input_key(file_sha256(checkpoint / WEIGHTS_FILE), config.evaluate.model_dump(), register_model)
-
-    def work() -> dict:
-        setup_mlflow(config)
-        result = evaluate(checkpoint, dirs["tokens"], config.evaluate, dirs["eval"],
-                          batch_size=config.train.batch_size, device=config.train.device,
-                          micro_batch_size=config.train.micro_batch_size, budget_mib=config.train.memory_budget_mib,
-                          memory=config.train.memory)
-        report = result.report
-        with mlflow.start_run(run_id=train_summary["mlflow_run_id"]):
-            mlflow.log_metrics({"eval/val_loss": report["val_loss"], "eval/perplexity": report["perplexity"],
-                                "eval/bits_per_byte": report["bits_per_byte"], **_stage_metrics(result.memory)})
-            mlflow.log_dict(result.memory, "memory/eval_stages.json")
-            mlflow.log_artifact(str(result.report_file), "eval")
-            mlflow.log_artifact(str(result.samples_file), "eval")
-            summary = dict(report)
-            if register_model:
-                from flows.model_runs import register_and_promote
-
-                summary.update(register_and_promote(config, checkpoint, report, train_summary["mlflow_run_id"]))
-        return summary
-
-    return _run("evaluate", dirs["eval"], key, force, work)
+    return _run("evaluate", dirs["eval"], key, force, lambda: tracked_evaluation(config, register_model))

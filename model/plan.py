@@ -344,11 +344,15 @@ def _generation(model: torch.nn.Module) -> None:
     whole context at its first use, so the number of tokens generated does not change it), the longest
     pass (a GPT past its context starts again from the last half block, model/generate.py; a prompt is
     taken to be no longer) and a token's pass with its logits."""
-    limit = model.context_limit
+    limit, was_training = model.context_limit, model.training
     context = torch.zeros((1, limit // 2 if limit else 1), dtype=torch.long, device=next(model.parameters()).device)
     cache = model.new_cache()
-    token = next_token_logits(model, context, cache).argmax(-1, keepdim=True)
-    next_token_logits(model, token, cache)
+    model.eval()  # as generate_tokens: no dropout
+    try:
+        token = next_token_logits(model, context, cache).argmax(-1, keepdim=True)
+        next_token_logits(model, token, cache)
+    finally:
+        model.train(was_training)
 
 
 @dataclass

@@ -272,7 +272,7 @@ def test_plan_command_plans_each_rank(corpus, tmp_path):
 
 
 def test_the_stages_after_training_score_with_the_training_loss():
-    # Evaluation without a training chunk scores 512 tokens at a time (8 MiB of logits over 8192 words);
+    # Evaluation without a training chunk scores 512 tokens at a time (16 MiB of logits over 8192 words);
     # with training's chunk of 64, an eighth; with vocabulary tiles of 512 words, less again.
     arch = GPTConfig(vocab_size=8192, block_size=64, n_layer=1, n_head=2, n_embd=64)
     plain, chunked, tiled = (predict(arch, TrainConfig(batch_size=8, memory=memory)).stages["evaluate"] for memory in (
