@@ -335,9 +335,10 @@ def models(config: ConfigOption = None,
     import mlflow
 
     from flows.registry import list_versions
+    from flows.tracking import use_store
 
     model_name = name or cfg.mlflow.registered_model
-    mlflow.set_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+    use_store(cfg)
     try:
         rows = list_versions(model_name)
     except mlflow.exceptions.MlflowException:
@@ -572,11 +573,10 @@ def _load_generator(reference: str, cfg):
         err.print(f"[red]error:[/] {reference!r} is not a checkpoint folder, a models:/ or runs:/ reference, "
                   "or a run id")
         raise typer.Exit(2)
-    import mlflow
-
+    from flows.tracking import use_store
     from model.pyfunc import load_registered
 
-    mlflow.set_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+    use_store(cfg)
     try:
         return load_registered(uri)
     except Exception as exc:  # MLflow raises several types for a reference it cannot resolve

@@ -2,9 +2,24 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from flows.config import DEFAULT_TRACKING_URI, MemlmConfig
+
+
+def use_store(config: MemlmConfig) -> None:
+    """Point this process's MLflow client at the config's store. mlflow.set_tracking_uri also exports
+    MLFLOW_TRACKING_URI, which memlm reads as the user's override of every config: left there, the first
+    config's store would replace the next config's in the same process (a worker serving several)."""
+    import mlflow
+
+    user = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(config.mlflow.resolved_tracking_uri())
+    if user is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user
 
 
 def setup_mlflow(config: MemlmConfig) -> str:
@@ -14,7 +29,7 @@ def setup_mlflow(config: MemlmConfig) -> str:
     uri = config.mlflow.resolved_tracking_uri()
     if uri == DEFAULT_TRACKING_URI:
         Path("mlflow").mkdir(exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    use_store(config)
     experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
     if experiment is not None:
         mlflow.set_experiment(config.mlflow.experiment)

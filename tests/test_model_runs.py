@@ -85,3 +85,21 @@ def test_registration_tags_the_version_and_the_better_model_holds_champion(run_d
     tags = client.get_model_version("m", "2").tags
     assert tags["bits_per_byte"] == "0.5" and tags["promotion"] == second["promotion"]["decision"]
     assert [a["key"] for a in shown] == ["memlm-t-promotion"] * 2 and "v2 becomes champion" in shown[1]["markdown"]
+
+
+def test_a_config_store_does_not_become_the_next_configs(tmp_path, monkeypatch):
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which memlm reads as the user's override: a
+    # worker that serves two configs must reach each one's own store.
+    import mlflow
+
+    from flows.tracking import setup_mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, second = (MemlmConfig.model_validate({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/{name}.db"}})
+                     for name in ("first", "second"))
+    setup_mlflow(first)
+    setup_mlflow(second)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/second.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/user.db")  # the user's own override wins
+    setup_mlflow(first)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/user.db"
