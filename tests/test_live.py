@@ -59,7 +59,9 @@ def live(tmp_path_factory, site):
         config = small_config(root, url, name="live", schedule={"crawl_cron": CRON},
                               servers={"prefect_port": prefect_port, "mlflow_port": mlflow_port,
                                        "state_dir": str(root / ".memlm"),
-                                       "mlflow_artifacts_dir": str(root / "mlflow" / "artifacts")})
+                                       "mlflow_artifacts_dir": str(root / "mlflow" / "artifacts")},
+                              # what the rebuilds train does not matter here, only that they register
+                              train={"max_steps": 10, "eval_interval": 10, "checkpoint_interval": 10})
         config_file = root / "live.yaml"
         config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
         up = subprocess.run([MEMLM, "up", "-c", str(config_file)], env=env, capture_output=True, text=True,

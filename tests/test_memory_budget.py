@@ -141,7 +141,8 @@ def test_a_planned_run_keeps_every_stage_inside_the_budget(corpus, tmp_path, mic
     as_configured = plan(arch_cfg, train_cfg, 2**40, torch.device("cpu")).trials[0].peak_bytes
     budget = int(0.8 * as_configured)
     planned = plan(arch_cfg, train_cfg, budget, torch.device("cpu"))
-    assert planned.chosen is not None
+    assert planned.trials[0].peak_bytes == as_configured and not planned.trials[0].fits(budget)
+    assert planned.chosen is planned.trials[-1] and planned.chosen.peak_bytes <= budget  # stops at the first fit
     run_cfg = planned.train.model_copy(update={"memory_budget_mib": budget / MiB})
 
     first = train(model_cfg, run_cfg.model_copy(update={"max_steps": 2}), tokens_dir, tmp_path / "run")
