@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flows.config import MIN_PASSWORD_LENGTH, PASSWORD_VARIABLE, MemlmConfig
+from flows.config import MIN_PASSWORD_LENGTH, PASSWORD_VARIABLE, MemlmConfig, redact_url
 
 SERVERS_FILE = "servers.json"
 
@@ -185,9 +185,10 @@ def use_running_servers(config: MemlmConfig) -> dict[str, str]:
         if not url.startswith(("http://", "https://")):
             continue
         if not answers(url.rstrip("/") + health):
+            shown = redact_url(url)  # the variable may carry credentials
             hint = ("start it with `memlm up`" if servers else
-                    f"start it (`memlm up` starts one on {url}) or unset {variable} to work without it")
-            raise ServerError(f"the {what} at {url} did not answer; {hint}")
+                    f"start it (`memlm up` starts one on {shown}) or unset {variable} to work without it")
+            raise ServerError(f"the {what} at {shown} did not answer; {hint}")
         in_use[variable] = url
     return in_use
 

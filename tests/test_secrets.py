@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -171,3 +172,18 @@ def test_planted_passwords_are_nowhere_after_a_run(guarded):
     assert any(p.endswith("servers.json") for p in places) and any(p.endswith("mlflow.db") for p in places)
     leaks = [f"{name} in {place}" for place, text in places.items() for name, pw in PASSWORDS.items() if pw in text]
     assert not leaks, leaks
+
+
+def test_a_server_that_does_not_answer_is_named_without_its_credentials(tmp_path, monkeypatch):
+    from flows.config import MemlmConfig
+    from flows.servers import ServerError, use_running_servers
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://memlm:{PASSWORDS['tracking']}@127.0.0.1:{port}")
+    config = MemlmConfig.model_validate({"servers": {"state_dir": str(tmp_path / "state")}})
+    with pytest.raises(ServerError) as failure:
+        use_running_servers(config)
+    assert PASSWORDS["tracking"] not in str(failure.value) and f"127.0.0.1:{port}" in str(failure.value)
