@@ -35,7 +35,8 @@ def _run(corpus, out_dir, cfg):
         return train(config.model, cfg, tokens, out_dir)
     lines = []
     result = launch(config.model, cfg, tokens, out_dir, echo=lambda line: (lines.append(line), print(line)))
-    assert any(line.startswith("[default1]:") for line in lines) or not lines  # torchrun's rank prefixes
+    # torchrun's rank prefixes on what the ranks print (which rank prints, e.g. a profiler warning, varies)
+    assert any(line.startswith("[default") for line in lines) or not lines
     return result
 
 
