@@ -20,15 +20,17 @@ def expected_failures() -> tuple[type[BaseException], ...]:
     from crawlers.run import CrawlError
     from flows.config import ConfigError
     from flows.servers import ServerError
+    from flows.stages import MissingStageError
     from model.checkpoint import CheckpointError
+    from model.data import ShortTokenFileError
+    from model.launch import LaunchError
     from model.pyfunc import RegisteredModelError
     from model.techniques import TechniqueError
     from model.train import MemoryBudgetError
 
-    # ValueError and FileNotFoundError: memlm raises them with a cause and a fix (a checkpoint of another
-    # shape, a stage run before the one it reads); the traceback is in the run's log either way.
-    return (CleanError, EmptySplitError, CrawlError, ConfigError, ServerError, CheckpointError, RegisteredModelError,
-            TechniqueError, MemoryBudgetError, ValueError, FileNotFoundError)
+    # Only memlm's own: a ValueError or a missing file from anywhere else is a bug and keeps its traceback.
+    return (CleanError, EmptySplitError, CrawlError, ConfigError, ServerError, MissingStageError, CheckpointError,
+            ShortTokenFileError, RegisteredModelError, TechniqueError, MemoryBudgetError, LaunchError)
 
 
 class _NotTheFailure(logging.Filter):

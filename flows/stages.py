@@ -26,9 +26,27 @@ class StageOutcome:
     details: dict = field(default_factory=dict)
 
 
+class MissingStageError(RuntimeError):
+    """A stage's input is not there: the stage before it has not run for this run_dir."""
+
+
 def stage_dirs(config: MemlmConfig) -> dict[str, Path]:
     root = Path(config.run_dir)
     return {name: root / name for name in ("crawl", "clean", "split", "tokens", "train", "eval")}
+
+
+def upstream(config: MemlmConfig, stage: str, file: str) -> Path:
+    """The path of what STAGE wrote, or a MissingStageError that names the command that writes it."""
+    path = stage_dirs(config)[stage] / file
+    if not path.exists():
+        command = {"tokens": "tokenize"}.get(stage, stage)
+        raise MissingStageError(f"{path} does not exist: the {command} stage has not run for run_dir {config.run_dir}; "
+                                f"run `memlm {command}` with this config first (or `memlm run` for every stage)")
+    return path
+
+
+def read_upstream(config: MemlmConfig, stage: str, file: str) -> dict:
+    return json.loads(upstream(config, stage, file).read_text())
 
 
 def input_key(*parts) -> str:
@@ -108,7 +126,7 @@ def clean_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
     from corpus.clean import clean
 
     dirs = stage_dirs(config)
-    crawl_manifest = json.loads((dirs["crawl"] / "manifest.json").read_text())
+    crawl_manifest = read_upstream(config, "crawl", "manifest.json")
     key = input_key(crawl_manifest["content_digest"], config.clean.model_dump())
 
     def work() -> dict:
@@ -134,7 +152,7 @@ def split_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
     from corpus.split import split
 
     dirs = stage_dirs(config)
-    clean_summary = json.loads((dirs["clean"] / STAGE_FILE).read_text())["summary"]
+    clean_summary = read_upstream(config, "clean", STAGE_FILE)["summary"]
     key = input_key(clean_summary["docs_sha256"], config.split.model_dump())
     return _run("split", dirs["split"], key, force,
                 lambda: split(dirs["clean"] / "docs.jsonl", dirs["split"], config.split).manifest)
@@ -145,15 +163,14 @@ def tokenize_task(config: MemlmConfig, force: bool = False) -> StageOutcome:
     from corpus.tokenize import tokenize
 
     dirs = stage_dirs(config)
-    split_manifest = json.loads((dirs["split"] / "manifest.json").read_text())
+    split_manifest = read_upstream(config, "split", "manifest.json")
     key = input_key(split_manifest["sha256"], config.tokenize.model_dump())
     files = {name: dirs["split"] / f"{name}.jsonl" for name in ("train", "val")}
     return _run("tokenize", dirs["tokens"], key, force, lambda: tokenize(files, dirs["tokens"], config.tokenize).manifest)
 
 
 def train_key(config: MemlmConfig) -> str:
-    dirs = stage_dirs(config)
-    tokens_manifest = json.loads((dirs["tokens"] / "manifest.json").read_text())
+    tokens_manifest = read_upstream(config, "tokens", "manifest.json")
     return input_key(tokens_manifest["splits"], tokens_manifest["tokenizer_sha256"],
                      config.model.model_dump(), config.train.model_dump(exclude={"resume", "distributed"}))
 
@@ -179,6 +196,6 @@ def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool
     from model.checkpoint import WEIGHTS_FILE
 
     dirs = stage_dirs(config)
-    checkpoint = dirs["train"] / "checkpoint"
-    key = input_key(file_sha256(checkpoint / WEIGHTS_FILE), config.evaluate.model_dump(), register_model)
+    key = input_key(file_sha256(upstream(config, "train", f"checkpoint/{WEIGHTS_FILE}")), config.evaluate.model_dump(),
+                    register_model)
     return _run("evaluate", dirs["eval"], key, force, lambda: tracked_evaluation(config, register_model))

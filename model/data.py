@@ -8,13 +8,17 @@ import numpy as np
 import torch
 
 
+class ShortTokenFileError(ValueError):
+    """A token file too short for one training window; the message says how to get more tokens."""
+
+
 class TokenFile:
     def __init__(self, path: Path, block_size: int, dtype: str = "uint16"):
         self.path = Path(path)
         self.tokens = np.memmap(self.path, dtype=np.dtype(dtype), mode="r")
         self.block_size = block_size
         if len(self.tokens) < block_size + 1:
-            raise ValueError(
+            raise ShortTokenFileError(
                 f"{self.path.name} holds {len(self.tokens)} tokens, fewer than model.block_size + 1 "
                 f"({block_size + 1}): crawl more pages or lower model.block_size"
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from model.arch import build_model, config_for, config_from_dict
-from model.checkpoint import has_checkpoint, load_model_config, load_train_state, load_weights, save_checkpoint
+from model.checkpoint import CheckpointError, has_checkpoint, load_model_config, load_train_state, load_weights, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
 from model.distributed import Ranks, gather_objects, max_over_ranks, reshard, start, stop
@@ -122,12 +122,12 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
             state = load_sharded_checkpoint(sharded_dir, model, optimizer, arch_cfg)
         _set_rng_state(_tensor_rng_state(state["rng"]), device, data_rng)
     elif cfg.resume and has_checkpoint(ckpt_dir) and ranks.distributed:
-        raise ValueError(
+        raise CheckpointError(
             f"the checkpoint in {ckpt_dir} was written by a single-process run (train.distributed.strategy none): "
             "resume it with strategy none, or set train.resume: false to start over")
     elif cfg.resume and has_checkpoint(ckpt_dir):
         if load_model_config(ckpt_dir) != arch_cfg:
-            raise ValueError(
+            raise CheckpointError(
                 f"the checkpoint in {ckpt_dir} is for another model shape; "
                 "delete it or set train.resume: false to start over"
             )
@@ -271,11 +271,11 @@ def _check_budget(cfg: TrainConfig, metrics: dict[str, float], step: int) -> Non
 
 def load_sharded_checkpoint(directory: Path, model: torch.nn.Module, optimizer, arch_cfg) -> dict:
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(
+        raise CheckpointError(
             f"the checkpoint in {directory} is sharded (a distributed run wrote it); with "
             "train.memory.optimizer_in_backward it cannot be loaded: resume without optimizer_in_backward")
     if config_from_dict(json.loads((directory / SHARDED_STATE_FILE).read_text())["model_config"]) != arch_cfg:
-        raise ValueError(
+        raise CheckpointError(
             f"the checkpoint in {directory} is for another model shape; "
             "delete it or set train.resume: false to start over")
     return load_sharded(directory, model, optimizer)

@@ -81,11 +81,32 @@ def test_a_stage_that_stops_for_a_known_reason_says_so_in_one_line(tmp_path):
 
 
 @pytest.mark.integration
-def test_an_unexpected_error_keeps_its_traceback(tmp_path):
-    config = _stage_inputs(tmp_path, '{"key": "k"}')  # a record this memlm never writes: a bug, not a reason
+def test_a_stage_run_before_its_input_names_the_command_that_makes_it(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nmlflow:\n  tracking_uri: sqlite:///{tmp_path}/mlflow.db\n")
+    result = memlm("tokenize", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'run' / 'split' / 'manifest.json'} does not exist: the split stage has not run "
+                      f"for run_dir {tmp_path / 'run'}; run `memlm split` with this config first (or `memlm run` for "
+                      f"every stage) (details: {tmp_path / 'run' / 'memlm.log'})"]
+
+
+# A record this memlm never writes, and documents that are not JSON (a ValueError memlm did not raise):
+# bugs or damage, not reasons, so the traceback stays.
+@pytest.mark.integration
+@pytest.mark.parametrize("clean_record, docs, error", [
+    ('{"key": "k"}', "", "KeyError: 'summary'"),
+    ('{"key": "k", "summary": {"docs_sha256": "0"}}', "{not json\n", "json.decoder.JSONDecodeError"),
+])
+def test_an_unexpected_error_keeps_its_traceback(tmp_path, clean_record, docs, error):
+    config = _stage_inputs(tmp_path, clean_record)
+    (tmp_path / "run" / "clean" / "docs.jsonl").write_text(docs)
     result = memlm("split", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1
-    assert "Traceback" in result.stderr and "KeyError: 'summary'" in result.stderr
+    assert "Traceback" in result.stderr and error in result.stderr, result.stderr[-2000:]
 
 
 def test_demo_rnn_config_is_the_demo_with_the_recurrent_model():
