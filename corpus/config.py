@@ -31,7 +31,7 @@ class BoilerplateConfig(Strict):
     min_share: float = Field(default=0.3, gt=0, le=1, description="Remove lines found on at least this share of the site's pages.")
     min_pages: int = Field(default=5, ge=2, description="Sites with fewer pages are left alone.")
     max_counts_in_memory: int = Field(
-        default=2_000_000, ge=1, description="Line counts held in memory (about 100 bytes each); past "
+        default=2_000_000, ge=1, description="Line counts held in memory (12 bytes each); past "
         "this they are added into an SQLite table on disk.")
 
 

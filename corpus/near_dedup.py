@@ -2,10 +2,11 @@
 index in the parent, in page order, so that the first of a cluster is kept.
 
 The index is what grows with the corpus here, per kept document: its signature (`num_perm` 32-bit
-values, 512 bytes at the default 128) and one entry per LSH band (9 bands at the defaults, about 100
-bytes each in CPython). datasketch's MinHashLSH kept a MinHash object (with its permutations) and byte
-strings per band, several kilobytes a document; this index finds the same candidates: documents that
-share a band's values exactly, with datasketch's choice of bands and rows for the threshold."""
+values, 512 bytes at the default 128) and one entry per LSH band (9 bands at the defaults, 12 bytes each
+in sorted numpy arrays; a Python dict took about 100). datasketch's MinHashLSH kept a MinHash object
+(with its permutations) and byte strings per band, several kilobytes a document; this index finds the
+same candidates: documents that share a band's values exactly, with datasketch's choice of bands and
+rows for the threshold."""
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,40 @@ from corpus.filters import words_of
 SEED = 1
 SCHEME = "affine32"  # 32-bit values: signatures are kept as uint32
 ROWS_PER_BLOCK = 4096
+MERGE_AT_LEAST = 16_384  # a band's recent entries, in a dict, merged into its sorted arrays
+
+
+class BandBucket:
+    """One LSH band: band value -> documents, as arrays sorted by value (8 + 4 bytes an entry) and a dict
+    of the entries added since the last merge."""
+
+    def __init__(self):
+        self.values = np.empty(0, dtype=np.uint64)
+        self.docs = np.empty(0, dtype=np.int32)
+        self.recent: dict[int, list[int]] = {}
+        self.recent_entries = 0
+
+    def get(self, value: int) -> list[int]:
+        key = np.uint64(value)
+        lo, hi = int(np.searchsorted(self.values, key, "left")), int(np.searchsorted(self.values, key, "right"))
+        return [*self.docs[lo:hi].tolist(), *self.recent.get(value, ())]
+
+    def add(self, value: int, doc: int) -> None:
+        self.recent.setdefault(value, []).append(doc)
+        self.recent_entries += 1
+        if self.recent_entries >= max(MERGE_AT_LEAST, len(self.values) // 4):
+            self._merge()
+
+    def _merge(self) -> None:
+        pairs = [(value, doc) for value, docs in self.recent.items() for doc in docs]
+        values = np.concatenate([self.values, np.fromiter((v for v, _ in pairs), np.uint64, len(pairs))])
+        docs = np.concatenate([self.docs, np.fromiter((d for _, d in pairs), np.int32, len(pairs))])
+        order = np.lexsort((docs, values))  # by value, then document: candidates in page order
+        self.values, self.docs = values[order], docs[order]
+        self.recent, self.recent_entries = {}, 0
+
+    def __len__(self) -> int:
+        return len(self.values) + self.recent_entries
 
 
 def signature(text: str, lang: str, cfg: NearDedupConfig) -> np.ndarray:
@@ -37,7 +72,7 @@ class NearDuplicateIndex:
 
         self.cfg = cfg
         self.bands, self.rows = _optimal_param(cfg.threshold, cfg.num_perm, 0.5, 0.5)
-        self.buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
+        self.buckets = [BandBucket() for _ in range(self.bands)]
         self.keys: list[str] = []
         self._blocks: list[np.ndarray] = []
         self.clusters: dict[str, list[dict]] = {}
@@ -57,9 +92,7 @@ class NearDuplicateIndex:
         band_keys = self._band_keys(values)
         candidates: set[int] = set()
         for bucket, band_key in zip(self.buckets, band_keys):
-            found = bucket.get(band_key)
-            if found is not None:
-                candidates.update(found if isinstance(found, list) else (found,))
+            candidates.update(bucket.get(band_key))
         for other in sorted(candidates):
             similarity = float(np.count_nonzero(self._signature(other) == values)) / len(values)
             if similarity >= self.cfg.threshold:
@@ -72,16 +105,10 @@ class NearDuplicateIndex:
             self._blocks.append(np.empty((ROWS_PER_BLOCK, len(values)), dtype=np.uint32))
         self._blocks[-1][i % ROWS_PER_BLOCK] = values
         for bucket, band_key in zip(self.buckets, band_keys):
-            found = bucket.get(band_key)
-            if found is None:
-                bucket[band_key] = i  # most bands are held by one document: an int, not a list
-            elif isinstance(found, list):
-                found.append(i)
-            else:
-                bucket[band_key] = [found, i]
+            bucket.add(band_key, i)
         return None
 
     def sizes(self) -> dict:
         entries = sum(len(b) for b in self.buckets)
         return {"documents": len(self.keys), "bands": self.bands, "rows_per_band": self.rows,
-                "band_entries": entries, "signature_bytes": len(self._blocks) * ROWS_PER_BLOCK * self.cfg.num_perm * 4}
+                "band_entries": entries, "band_entry_bytes": 12, "signature_bytes": len(self._blocks) * ROWS_PER_BLOCK * self.cfg.num_perm * 4}

@@ -11,6 +11,22 @@ _state: dict = {}
 def start_worker(config: CleanConfig, boilerplate: frozenset[bytes] = frozenset()) -> None:
     _state.clear()
     _state.update(config=config, boilerplate=boilerplate, nlp={})
+    import_spacy(config)
+
+
+def import_spacy(config: CleanConfig) -> None:
+    """Import spaCy without torch when no trained pipeline is configured: thinc imports torch whenever it is
+    installed (about 200 MB of resident memory in each cleaning worker), and blank pipelines never use it.
+    A process that imported torch or spaCy already, or that may load a pipeline needing torch, is left as is."""
+    import sys
+
+    if config.spacy_model or "torch" in sys.modules or "spacy" in sys.modules:
+        return
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which thinc takes as "not installed"
+    try:
+        import spacy  # noqa: F401
+    finally:
+        del sys.modules["torch"]
 
 
 def run_chunk(step, boilerplate: frozenset[bytes], chunk: list) -> list:
