@@ -50,7 +50,8 @@ BIG = {"n_layer": 20, "n_embd": 2048, "n_head": 16, "vocab_size": 32768, "block_
 BIG_BUDGET_GIB = 24
 
 
-def configs(shape: dict, memory: dict):
+def configs(shape: dict, memory: dict, **train):
+    """The model of `shape` and its TrainConfig with `memory` ("split": N micro-batches) and `train`'s fields."""
     from model.config import TrainConfig
     from model.gpt import GPTConfig
 
@@ -60,7 +61,7 @@ def configs(shape: dict, memory: dict):
         memory["micro_batch_size"] = shape["batch_size"] // split
     arch = GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"], n_layer=shape["n_layer"],
                      n_head=shape["n_head"], n_embd=shape["n_embd"])
-    return arch, TrainConfig(batch_size=shape["batch_size"], lr=1e-3, threads=2, memory=memory)
+    return arch, TrainConfig(batch_size=shape["batch_size"], lr=1e-3, memory=memory, **train)
 
 
 def grid_row(model: str, name: str) -> dict:
@@ -68,7 +69,7 @@ def grid_row(model: str, name: str) -> dict:
 
     from model.plan import MiB, measure, predict
 
-    arch, cfg = configs(MODELS[model], GRID[name])
+    arch, cfg = configs(MODELS[model], GRID[name], threads=2)
     started = time.perf_counter()
     predicted = predict(arch, cfg)
     predict_s = time.perf_counter() - started

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.plan import BIG, MODELS  # noqa: E402
+from bench.plan import configs as plan_configs  # noqa: E402
 
 MEMORY = {
     "plain loss, AdamW": {"loss_chunk_size": 0},
@@ -38,13 +39,7 @@ PREDICTED_WORLDS = (2, 4, 8)
 
 
 def configs(shape: dict, memory: dict, strategy: str, world: int, device: str = "cpu"):
-    from model.config import TrainConfig
-    from model.gpt import GPTConfig
-
-    arch = GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"], n_layer=shape["n_layer"],
-                     n_head=shape["n_head"], n_embd=shape["n_embd"])
-    return arch, TrainConfig(batch_size=shape["batch_size"], lr=1e-3, device=device, memory=memory,
-                             distributed={"strategy": strategy, "nproc_per_node": world})
+    return plan_configs(shape, memory, device=device, distributed={"strategy": strategy, "nproc_per_node": world})
 
 
 def row(strategy: str, name: str) -> dict:

@@ -93,6 +93,12 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, dev
     return model
 
 
+def ddp_bucket_bytes(model: nn.Module) -> int:
+    """What DDP's all-reduce buckets hold: every trainable parameter's gradient, allocated when it wraps the
+    model and kept for the whole run (the gradients become views into them)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
 def reshard(model: nn.Module, strategy: str) -> None:
     """After validation: free the root's gathered weights, which only a backward pass frees otherwise."""
     if strategy == "fsdp":

@@ -350,7 +350,7 @@ class MemoryTracker:
 
     def __init__(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None, device: torch.device,
                  sample_steps: list[int] | tuple[int, ...] = (1,), sample_every: int = 100,
-                 snapshot_path: Path | None = None, budget_mib: float | None = None):
+                 snapshot_path: Path | None = None, budget_mib: float | None = None, grad_bucket_bytes: int = 0):
         self.model = model
         self.optimizer = optimizer
         self.device = torch.device(device)
@@ -365,7 +365,7 @@ class MemoryTracker:
         self.budget_mib = budget_mib
         # Gradient storage the model's parameters may not point at yet: DDP allocates its all-reduce buckets
         # when it wraps the model, and its gradients become views into them only in the first backward.
-        self.grad_bucket_bytes = 0
+        self.grad_bucket_bytes = grad_bucket_bytes
         self._active = False
         self._recording = False  # a step traced under fake tensors (traced) is running
         self._module_hooks: list = []

@@ -36,7 +36,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from model.arch import build_model
 from model.checkpoint import load_lm, load_train_state, load_weights, save_checkpoint
 from model.config import DistributedConfig, TrainConfig
-from model.distributed import Ranks, gather_objects, max_over_ranks, reshard
+from model.distributed import Ranks, ddp_bucket_bytes, gather_objects, max_over_ranks, reshard
 from model.evaluate import score_batches, with_training_loss
 from model.gpt import GPTConfig
 from model.rnn import RNNConfig
@@ -500,12 +500,13 @@ def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str 
 def _traced_state_init(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, ranks: Ranks, mesh, recorder,
                        round_size, bucket_bytes: int) -> int:
     """The peak of a resumed rank's first act: DCP's get_state_dict makes the fresh optimizer's state by
-    stepping once on zero gradients (with DDP's `bucket_bytes` of buckets already held)."""
+    stepping once on zero gradients (with DDP's `bucket_bytes` of buckets already held, no gradient in
+    them yet)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model = build_model(arch_cfg)
     train_step = TrainStep(model, cfg, torch.device("cpu"), ranks=ranks, mesh=mesh)
-    train_step.tracker.grad_bucket_bytes = bucket_bytes
+    train_step.tracker.grad_bucket_bytes = bucket_bytes  # cfg is one process's: TrainStep does not set it
     with train_step.tracker.traced(0, recorder, round_size) as init:
         get_state_dict(model, train_step.optimizer)
     return init[0].peak_bytes
@@ -569,18 +570,24 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
             tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1))
             return tokens[:, :-1], tokens[:, 1:]
 
-        def ddp_buckets() -> None:
-            if ddp_world > 1:
+        # DDP's all-reduce buckets, in the three states of their life: allocated at wrap, before any gradient
+        # points into them (a resume's optimizer-state creation); every gradient a view into them from the
+        # first backward on (gradients allocated once and kept, below); and, in step 2, rebuilt in the order
+        # backward made the gradients beside the first ones.
+        buckets = round_size(ddp_bucket_bytes(model)) if ddp_world > 1 else 0
+
+        def gradients_in_buckets() -> None:
+            if buckets:
                 for p in model.parameters():
                     if p.requires_grad and p.grad is None:
                         p.grad = torch.zeros_like(p)
 
         for step in TRACKED_STEPS:
-            ddp_buckets()
+            gradients_in_buckets()
             with tracker.traced(step, recorder, round_size):
                 train_step(step, next_batch)
         step_report = max(tracker.reports, key=lambda r: r.peak_bytes)
-        ddp_buckets()
+        gradients_in_buckets()
         with tracker.traced(0, recorder, round_size) as validation:
             score_batches(model, [next_batch(validation_batch)], validation_micro)
         reshard(model, ranks.strategy)
@@ -590,8 +597,7 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         trained = _parameter_blocks(model, round_size)
         if ranks.distributed or ddp_world > 1:
             full = _parameter_blocks(build_model(arch_cfg), round_size)
-            resume_init = _traced_state_init(arch_cfg, cfg, ranks, mesh, recorder, round_size,
-                                             sum(trained) if ddp_world > 1 else 0)
+            resume_init = _traced_state_init(arch_cfg, cfg, ranks, mesh, recorder, round_size, buckets)
         after = _traced_after_training(arch_cfg, validation_batch, validation_micro, cfg.memory, recorder, round_size,
                                        next_batch)
     state_bytes = sum(n for n, _ in held)
@@ -609,10 +615,7 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         checkpointed = sum(n for n, category in held if category != "gradients") // ddp_world
         stages = {"checkpoint_save": state_bytes + whole + gathered,
                   "resume": max(resume_init, state_bytes + checkpointed)}
-        if ddp_world > 1:
-            # DDP rebuilds its buckets in the second step, in the order backward made the gradients, beside
-            # the first ones.
-            train_peak += sum(trained)
+        train_peak += buckets  # the rebuild in step 2
     else:
         # A resume loads the weights beside the model's before copying them in, then the optimizer state.
         stages = {"checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from model.config import TrainConfig
-from model.distributed import Ranks, full_tensor, gradient_sync, mean_over_ranks, parallelize
+from model.distributed import Ranks, ddp_bucket_bytes, full_tensor, gradient_sync, mean_over_ranks, parallelize
 from model.gpt import GPT
 from model.memory import MemoryTracker
 from model.techniques import apply_to_model, build_optimizer, check, forward_context, grad_scaler
@@ -32,10 +32,8 @@ class TrainStep:
         # The tracker before the optimizer: its gradient hooks must run before those of an optimizer
         # that steps in backward and frees each gradient.
         self.tracker = MemoryTracker(model, None, device, cfg.memory_sample_steps, cfg.memory_sample_every,
-                                     snapshot_path)
-        if cfg.distributed.strategy == "ddp":
-            self.tracker.grad_bucket_bytes = sum(p.numel() * p.element_size() for p in model.parameters()
-                                                 if p.requires_grad)
+                                     snapshot_path, grad_bucket_bytes=ddp_bucket_bytes(model)
+                                     if cfg.distributed.strategy == "ddp" else 0)
         self.optimizer = self.tracker.optimizer = build_optimizer(model, cfg, device)
         self.scaler = grad_scaler(device, cfg.memory)
         self.forward = torch.compile(self.trained) if cfg.memory.compile else self.trained

@@ -15,6 +15,7 @@ import torch
 
 from model.arch import config_for
 from model.evaluate import evaluate
+from model.distributed import ddp_bucket_bytes
 from model.gpt import GPT, GPTConfig
 from model.memory import PROCESS_METER_ENV, MemoryTracker
 from model.plan import MiB, plan
@@ -76,9 +77,9 @@ def test_buffers_an_optimizer_keeps_between_steps_are_optimizer_state():
 def test_gradient_buckets_count_before_the_gradients_point_into_them():
     model = GPT(GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=1, n_embd=32))
     params = [p for p in model.parameters() if p.requires_grad]
-    bucket_bytes = sum(p.numel() * p.element_size() for p in params)
-    tracker = MemoryTracker(model, None, torch.device("cpu"))
-    tracker.grad_bucket_bytes = bucket_bytes  # as TrainStep sets it under ddp
+    bucket_bytes = ddp_bucket_bytes(model)
+    assert bucket_bytes == sum(p.numel() * 4 for p in params)
+    tracker = MemoryTracker(model, None, torch.device("cpu"), grad_bucket_bytes=bucket_bytes)
     assert sum(n for n, category in tracker._baseline().values() if category == "gradients") == bucket_bytes
     # After the first backward every gradient is a view into the bucket: the bucket counts once.
     bucket, offset = torch.zeros(bucket_bytes // 4), 0
