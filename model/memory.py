@@ -198,6 +198,7 @@ class AllocationRecorder(TorchDispatchMode):
         self.events: list[tuple] = []
         self._clock = itertools.count()
         self._ids: dict[int, int] = {}  # a live storage's id -> its allocation's id in the events
+        self._watched: set[int] = set()  # storages with a finalizer (FSDP2 regrows one storage every step)
         self._next_id = itertools.count(1)  # small numbers: no real storage has such an address
         self._phase = "other"
         self._summed: tuple[int, int, int, set[int]] | None = None  # (event index, key, bytes, input keys)
@@ -225,7 +226,17 @@ class AllocationRecorder(TorchDispatchMode):
         if nbytes:
             self._ids[key] = alloc_id = next(self._next_id)
             self.events.append(("alloc", next(self._clock), alloc_id, nbytes, "resize_storage"))
-            weakref.finalize(storage, self._free, key)
+            self._watch(storage, key)
+
+    def _watch(self, storage: torch.UntypedStorage, key: int) -> None:
+        """Free the storage's allocation when the storage dies (once, however often it was regrown)."""
+        if key not in self._watched:
+            self._watched.add(key)
+            weakref.finalize(storage, self._storage_died, key)
+
+    def _storage_died(self, key: int) -> None:
+        self._watched.discard(key)
+        self._free(key)
 
     def mark(self, text: str) -> None:
         self._summed = None
@@ -267,7 +278,7 @@ class AllocationRecorder(TorchDispatchMode):
             if key not in self._ids and key not in inputs and storage.nbytes() > 0:
                 self._ids[key] = alloc_id = next(self._next_id)
                 self.events.append(("alloc", next(self._clock), alloc_id, storage.nbytes(), func.name()))
-                weakref.finalize(storage, self._free, key)
+                self._watch(storage, key)
                 if func is torch.ops.aten.add.Tensor and self._phase == "backward":
                     self._summed = (len(self.events) - 1, key, storage.nbytes(), inputs)
         return out
