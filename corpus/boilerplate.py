@@ -30,6 +30,10 @@ def line_key(host: str, line: str) -> bytes:
     return hashlib.blake2b(f"{host}\0{normalized}".encode(), digest_size=8).digest()
 
 
+def _key_bytes(key: np.uint64) -> bytes:
+    return int(key).to_bytes(KEY_DTYPE.itemsize, "little")  # line_key's bytes, whatever this machine's order
+
+
 class _SiteCounts:
     """One site's counts as two arrays sorted by key (8 + 4 bytes an entry), and the keys of the pages
     added since they were last merged in."""
@@ -75,16 +79,22 @@ class LineCounts:
     def add_page(self, host: str, keys: Iterable[bytes]) -> None:
         """Count one page of `host` whose distinct line keys are `keys`."""
         self.site_pages[host] += 1
-        site = self._sites.setdefault(host, _SiteCounts())
+        added = np.frombuffer(b"".join(keys), dtype=KEY_DTYPE)
+        if not len(added):
+            return
+        if host not in self._sites:
+            self._sites[host] = _SiteCounts()
+        site = self._sites[host]
         before = len(site)
-        site.add(np.frombuffer(b"".join(keys), dtype=KEY_DTYPE))
+        site.add(added)
         self._in_memory += len(site) - before
-        self.peak_in_memory = max(self.peak_in_memory, self._in_memory)
+        self.peak_in_memory = max(self.peak_in_memory, self._in_memory)  # a page's keys before they merge included
         if self._in_memory > self.max_in_memory:
             for other in self._sites.values():
                 other.merge()
             self._in_memory = sum(len(other) for other in self._sites.values())
-            if self._in_memory > self.max_in_memory:
+            # Spilled past 90% of the limit, so that merging again waits for a tenth of it in new keys.
+            if self._in_memory > 0.9 * self.max_in_memory:
                 self._spill()
 
     def _spill(self) -> None:
@@ -99,7 +109,7 @@ class LineCounts:
                 site.merge()
                 self._db.executemany(
                     "INSERT INTO counts VALUES (?, ?, ?) ON CONFLICT (host, key) DO UPDATE SET n = n + excluded.n",
-                    ((host, key.tobytes(), int(n)) for key, n in zip(site.keys, site.counts)))
+                    ((host, _key_bytes(key), int(n)) for key, n in zip(site.keys, site.counts)))
         self._sites = {}
         self._in_memory = 0
         self.spills += 1
@@ -113,12 +123,12 @@ class LineCounts:
         elif site := self._sites.get(host):
             site.merge()
             several = site.counts >= 2
-            yield from ((key.tobytes(), int(n)) for key, n in zip(site.keys[several], site.counts[several]))
+            yield from ((_key_bytes(key), int(n)) for key, n in zip(site.keys[several], site.counts[several]))
 
     def sizes(self) -> dict:
         """What the counts took: entries in memory at most, and the table on disk when they spilled."""
         return {"max_entries_in_memory": self.max_in_memory, "peak_entries_in_memory": self.peak_in_memory,
-                "bytes_per_entry": KEY_DTYPE.itemsize + 4, "spills": self.spills,
+                "spills": self.spills,
                 "disk_bytes": self.spill_file.stat().st_size if self.spill_file.exists() else 0}
 
     def close(self) -> None:

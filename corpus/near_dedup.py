@@ -19,7 +19,7 @@ from corpus.filters import words_of
 SEED = 1
 SCHEME = "affine32"  # 32-bit values: signatures are kept as uint32
 ROWS_PER_BLOCK = 4096
-MERGE_AT_LEAST = 16_384  # a band's recent entries, in a dict, merged into its sorted arrays
+MERGE_AT_LEAST = 1024  # a band's recent entries, in a dict, merged into its sorted arrays
 
 
 class BandBucket:
@@ -40,7 +40,7 @@ class BandBucket:
     def add(self, value: int, doc: int) -> None:
         self.recent.setdefault(value, []).append(doc)
         self.recent_entries += 1
-        if self.recent_entries >= max(MERGE_AT_LEAST, len(self.values) // 4):
+        if self.recent_entries >= max(MERGE_AT_LEAST, len(self.values) // 16):  # O(n log n) in all
             self._merge()
 
     def _merge(self) -> None:
@@ -111,4 +111,4 @@ class NearDuplicateIndex:
     def sizes(self) -> dict:
         entries = sum(len(b) for b in self.buckets)
         return {"documents": len(self.keys), "bands": self.bands, "rows_per_band": self.rows,
-                "band_entries": entries, "band_entry_bytes": 12, "signature_bytes": len(self._blocks) * ROWS_PER_BLOCK * self.cfg.num_perm * 4}
+                "band_entries": entries, "signature_bytes": len(self._blocks) * ROWS_PER_BLOCK * self.cfg.num_perm * 4}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 from corpus.config import CleanConfig
-from corpus.workers import ensure_worker, run_chunk, start_worker
+from corpus.workers import ensure_worker, run_chunk, start_pool_worker, start_worker
 
 Chunk = list
 # run(step, chunks, boilerplate): the step's results per chunk, in the order of the chunks.
@@ -39,7 +39,7 @@ def pass_runner(config: CleanConfig) -> Iterator[RunPass]:
         with _dask_runner(config) as run:
             yield run
     elif workers_of(config) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers_of(config), start_worker, (config,)) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers_of(config), start_pool_worker, (config,)) as pool:
             yield lambda step, chunks, boilerplate=frozenset(): pool.imap(partial(run_chunk, step, boilerplate), chunks)
     else:
         start_worker(config)

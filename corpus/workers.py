@@ -11,13 +11,19 @@ _state: dict = {}
 def start_worker(config: CleanConfig, boilerplate: frozenset[bytes] = frozenset()) -> None:
     _state.clear()
     _state.update(config=config, boilerplate=boilerplate, nlp={})
-    import_spacy(config)
 
 
-def import_spacy(config: CleanConfig) -> None:
+def start_pool_worker(config: CleanConfig) -> None:
+    """A worker process of the processes runner, which lives for one clean with one config."""
+    _import_spacy_without_torch(config)
+    start_worker(config)
+
+
+def _import_spacy_without_torch(config: CleanConfig) -> None:
     """Import spaCy without torch when no trained pipeline is configured: thinc imports torch whenever it is
     installed (about 200 MB of resident memory in each cleaning worker), and blank pipelines never use it.
-    A process that imported torch or spaCy already, or that may load a pipeline needing torch, is left as is."""
+    Only in a pool's fresh process: thinc then believes torch absent for the life of the process, which a
+    Dask worker or memlm's own process (a later config's pipeline may need torch) must not."""
     import sys
 
     if config.spacy_model or "torch" in sys.modules or "spacy" in sys.modules:
@@ -26,7 +32,7 @@ def import_spacy(config: CleanConfig) -> None:
     try:
         import spacy  # noqa: F401
     finally:
-        del sys.modules["torch"]
+        sys.modules.pop("torch", None)
 
 
 def run_chunk(step, boilerplate: frozenset[bytes], chunk: list) -> list:

@@ -14,15 +14,19 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class SiteServerError(OSError):
+    """A folder that cannot be served: missing, or its port taken; the message says what to do."""
+
+
 def make_server(site_dir: Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
-        raise FileNotFoundError(f"site folder {site_dir} does not exist")
+        raise SiteServerError(f"site folder {site_dir} does not exist")
     handler = functools.partial(_QuietHandler, directory=str(site_dir))
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
-        raise OSError(
+        raise SiteServerError(
             f"cannot serve {site_dir} on {host}:{port} ({exc.strerror}); "
             "free the port or set crawl.serve_port (0 picks a free one)"
         ) from exc

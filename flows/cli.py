@@ -153,12 +153,12 @@ def _load_distributed(config_path: Path | None, strategy, nproc_per_node, nnodes
             overrides["strategy"] = "fsdp"  # asking for ranks or nodes asks for a distributed run
         cfg = _with_distributed(cfg, overrides, "train.distributed")
     if cfg.train.distributed.strategy != "none":
-        from model.hardware import resolve_device
+        from model.hardware import DeviceError, resolve_device
         from model.techniques import TechniqueError, check
 
         try:
             check(cfg.train, resolve_device(cfg.train.device))
-        except TechniqueError as exc:
+        except (TechniqueError, DeviceError) as exc:
             err.print(f"[red]error:[/] {exc}", highlight=False)
             raise typer.Exit(2) from None
     return cfg
@@ -229,11 +229,11 @@ _stage_command("evaluate", "evaluate_flow", "Evaluate the trained model and regi
 @app.command("serve-site")
 def serve_site(directory: Path, port: int = typer.Option(8731, help="Port on 127.0.0.1 (0: any free port).")):
     """Serve a folder of HTML on 127.0.0.1, as the crawl does for `crawl.site_dir`."""
-    from crawlers.site_server import make_server
+    from crawlers.site_server import SiteServerError, make_server
 
     try:
         server = make_server(directory, port=port)
-    except (FileNotFoundError, OSError) as exc:
+    except SiteServerError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"serving {directory} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")

@@ -18,19 +18,22 @@ def expected_failures() -> tuple[type[BaseException], ...]:
     from corpus.clean import CleanError
     from corpus.split import EmptySplitError
     from crawlers.run import CrawlError
+    from crawlers.site_server import SiteServerError
     from flows.config import ConfigError
     from flows.servers import ServerError
     from flows.stages import MissingStageError
     from model.checkpoint import CheckpointError
     from model.data import ShortTokenFileError
+    from model.hardware import DeviceError
     from model.launch import LaunchError
     from model.pyfunc import RegisteredModelError
     from model.techniques import TechniqueError
     from model.train import MemoryBudgetError
 
     # Only memlm's own: a ValueError or a missing file from anywhere else is a bug and keeps its traceback.
-    return (CleanError, EmptySplitError, CrawlError, ConfigError, ServerError, MissingStageError, CheckpointError,
-            ShortTokenFileError, RegisteredModelError, TechniqueError, MemoryBudgetError, LaunchError)
+    return (CleanError, EmptySplitError, CrawlError, SiteServerError, ConfigError, ServerError, MissingStageError,
+            CheckpointError, ShortTokenFileError, DeviceError, RegisteredModelError, TechniqueError, MemoryBudgetError,
+            LaunchError)
 
 
 class _NotTheFailure(logging.Filter):

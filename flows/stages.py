@@ -40,8 +40,9 @@ def upstream(config: MemlmConfig, stage: str, file: str) -> Path:
     path = stage_dirs(config)[stage] / file
     if not path.exists():
         command = {"tokens": "tokenize"}.get(stage, stage)
-        raise MissingStageError(f"{path} does not exist: the {command} stage has not run for run_dir {config.run_dir}; "
-                                f"run `memlm {command}` with this config first (or `memlm run` for every stage)")
+        raise MissingStageError(f"{path} does not exist: the {command} stage has not run to its end for run_dir "
+                                f"{config.run_dir}; run `memlm {command}` with this config first (or `memlm run` "
+                                "for every stage)")
     return path
 
 
@@ -196,6 +197,7 @@ def evaluate_task(config: MemlmConfig, force: bool = False, register_model: bool
     from model.checkpoint import WEIGHTS_FILE
 
     dirs = stage_dirs(config)
+    read_upstream(config, "train", STAGE_FILE)  # a finished training, not the checkpoint of one cut short
     key = input_key(file_sha256(upstream(config, "train", f"checkpoint/{WEIGHTS_FILE}")), config.evaluate.model_dump(),
                     register_model)
     return _run("evaluate", dirs["eval"], key, force, lambda: tracked_evaluation(config, register_model))

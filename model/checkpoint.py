@@ -47,7 +47,11 @@ def save_checkpoint(directory: Path, model: TiedHeadLM, train_state: dict | None
 
 
 def load_model_config(directory: Path) -> GPTConfig | RNNConfig:
-    return config_from_dict(json.loads((Path(directory) / CONFIG_FILE).read_text()))
+    path = Path(directory) / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing: {directory} is not a whole checkpoint; delete it or set "
+                              "train.resume: false to start over")
+    return config_from_dict(json.loads(path.read_text()))
 
 
 def load_lm(directory: Path, device: torch.device | str = "cpu") -> TiedHeadLM:

@@ -95,7 +95,8 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, dev
 
 def ddp_bucket_bytes(model: nn.Module) -> int:
     """What DDP's all-reduce buckets hold: every trainable parameter's gradient, allocated when it wraps the
-    model and kept for the whole run (the gradients become views into them)."""
+    model (the gradients become views into them in the first backward; DDP makes them again, in the order
+    backward made the gradients, in the second step)."""
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 

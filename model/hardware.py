@@ -6,11 +6,15 @@ import time
 import torch
 
 
+class DeviceError(RuntimeError):
+    """The configured device is not on this machine; the message says what to set instead."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but PyTorch sees no CUDA device; use 'cpu' or 'auto'")
+        raise DeviceError("train.device is 'cuda' but PyTorch sees no CUDA device; use 'cpu' or 'auto'")
     return torch.device(name)
 
 

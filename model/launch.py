@@ -100,7 +100,7 @@ def launch(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
     if code != 0:
         raise LaunchError(
             f"training ranks failed (torchrun exit {code}); their logs are above and in {log_dir}. "
-            "Running the same command again resumes from the last checkpoint")
+            "Once what they report is fixed, the same command resumes from the last checkpoint")
     if cfg.distributed.node_rank != 0:
         return None
     data = json.loads(result_file.read_text())

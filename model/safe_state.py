@@ -38,6 +38,8 @@ def load_state(tensors_file: Path, structure_file: Path):
         raise StateFileError(f"{tensors_file} is not a safetensors file ({exc})") from None
     try:
         structure = json.loads(Path(structure_file).read_text())
+    except OSError as exc:
+        raise StateFileError(f"{structure_file} cannot be read ({exc.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateFileError(f"{structure_file} is not JSON ({exc})") from None
     try:

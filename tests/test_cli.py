@@ -81,17 +81,26 @@ def test_a_stage_that_stops_for_a_known_reason_says_so_in_one_line(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_stage_run_before_its_input_names_the_command_that_makes_it(tmp_path):
+@pytest.mark.parametrize("command, left_behind, missing, stage", [
+    ("tokenize", [], "split/manifest.json", "split"),
+    # A training cut short leaves its periodic checkpoint, not a finished stage.
+    ("evaluate", ["train/checkpoint/model.safetensors"], "train/stage.json", "train"),
+])
+def test_a_stage_run_before_its_input_names_the_command_that_makes_it(tmp_path, command, left_behind, missing, stage):
+    run = tmp_path / "run"
+    for path in left_behind:
+        (run / path).parent.mkdir(parents=True, exist_ok=True)
+        (run / path).write_bytes(b"")
     config = tmp_path / "c.yaml"
-    config.write_text(f"run_dir: {tmp_path / 'run'}\nmlflow:\n  tracking_uri: sqlite:///{tmp_path}/mlflow.db\n")
-    result = memlm("tokenize", "--config", str(config), cwd=tmp_path)
+    config.write_text(f"run_dir: {run}\nmlflow:\n  tracking_uri: sqlite:///{tmp_path}/mlflow.db\n")
+    result = memlm(command, "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {tmp_path / 'run' / 'split' / 'manifest.json'} does not exist: the split stage has not run "
-                      f"for run_dir {tmp_path / 'run'}; run `memlm split` with this config first (or `memlm run` for "
-                      f"every stage) (details: {tmp_path / 'run' / 'memlm.log'})"]
+    assert errors == [f"error: {run / missing} does not exist: the {stage} stage has not run to its end for run_dir "
+                      f"{run}; run `memlm {stage}` with this config first (or `memlm run` for every stage) "
+                      f"(details: {run / 'memlm.log'})"]
 
 
 # A record this memlm never writes, and documents that are not JSON (a ValueError memlm did not raise):
