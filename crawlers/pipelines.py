@@ -1,21 +1,13 @@
 """Item pipeline: pages go to the spider's page store; the crawl manifest is written at the end."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 from scrapy.exceptions import DropItem
 
-from crawlers.store import FAILURES_FILE, MANIFEST_FILE
-
-
-def content_digest(pages: list[tuple[str, str]]) -> str:
-    """Digest of (url, body sha256) pairs: equal when the same pages have the same bytes."""
-    h = hashlib.sha256()
-    for url, sha in sorted(pages):
-        h.update(f"{url}\t{sha}\n".encode())
-    return h.hexdigest()
+from crawlers.store import FAILURES_FILE, MANIFEST_FILE, PAGE_DIGESTS_FILE, content_digest
 
 
 class PageStorePipeline:
@@ -59,8 +51,9 @@ class PageStorePipeline:
             "failures_file": FAILURES_FILE,
             "retries": stats.get("retry/count", 0),
             "not_modified": stats.get("httpcache/revalidate", 0),
-            "content_digest": content_digest(list(page_digests.items())),
-            "page_digests": page_digests,
+            "content_digest": content_digest(page_digests),
+            "page_digests_file": PAGE_DIGESTS_FILE,
         }
         store.close()
+        np.save(Path(store.out_dir) / PAGE_DIGESTS_FILE, page_digests, allow_pickle=False)
         (Path(store.out_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -87,8 +88,7 @@ def crawl_task(config: MemlmConfig) -> StageOutcome:
         with progress_bar("crawl", config.crawl.max_pages) as update:
             result = crawl(config.crawl, out_dir, update)
         manifest = dict(result.manifest)
-        pages = manifest.pop("page_digests")
-        manifest["changes"] = announce_changes(config, out_dir, pages, manifest)
+        manifest["changes"] = announce_changes(config, out_dir, manifest)
         return manifest
 
     # A site can change at any time, so the crawl always runs; its content digest tells later
@@ -97,28 +97,29 @@ def crawl_task(config: MemlmConfig) -> StageOutcome:
 
 
 CORPUS_UPDATED = "memlm.corpus.updated"
-PUBLISHED_FILE = "published.json"
+PUBLISHED_FILE = "published.npy"
 
 
 def corpus_resource_id(config: MemlmConfig) -> str:
     return f"memlm.corpus.{config.name}"
 
 
-def announce_changes(config: MemlmConfig, crawl_dir: Path, pages: dict[str, str], manifest: dict) -> dict:
+def announce_changes(config: MemlmConfig, crawl_dir: Path, manifest: dict) -> dict:
     """Compare the crawl with the corpus last announced; when pages were added, changed or removed, emit
     `memlm.corpus.updated` (what the rebuild deployment waits for) with those counts."""
     from prefect.events import emit_event
 
-    from crawlers.store import corpus_changes
+    from crawlers.store import PAGE_DIGEST, corpus_changes
 
     published = crawl_dir / PUBLISHED_FILE
-    before = json.loads(published.read_text()) if published.exists() else {}
+    pages = np.load(crawl_dir / manifest["page_digests_file"], allow_pickle=False)
+    before = np.load(published, allow_pickle=False) if published.exists() else np.empty(0, PAGE_DIGEST)
     changes = corpus_changes(before, pages)
     if any(changes.values()):
         emit_event(event=CORPUS_UPDATED,
                    resource={"prefect.resource.id": corpus_resource_id(config), "prefect.resource.name": config.name},
                    payload={**changes, "pages": manifest["pages"], "content_digest": manifest["content_digest"]})
-        published.write_text(json.dumps(pages))
+        np.save(published, pages, allow_pickle=False)
     return {**changes, "event": CORPUS_UPDATED if any(changes.values()) else None}
 
 

@@ -2,11 +2,12 @@
 for servers that do not answer."""
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
 
-from crawlers.store import corpus_changes
+from crawlers.store import corpus_changes, digest_table
 
 
 @pytest.fixture
@@ -40,10 +41,14 @@ def test_the_better_version_holds_champion(registry):
 
 
 def test_corpus_changes_count_added_changed_and_removed():
-    assert corpus_changes({}, {"a": "1"}) == {"added": 1, "changed": 0, "removed": 0}
-    assert corpus_changes({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "4"}) == {"added": 1, "changed": 1, "removed": 0}
-    assert corpus_changes({"a": "1", "b": "2"}, {"a": "1"}) == {"added": 0, "changed": 0, "removed": 1}
-    assert corpus_changes({"a": "1"}, {"a": "1"}) == {"added": 0, "changed": 0, "removed": 0}
+    def changes(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
+        return corpus_changes(digest_table(before.items()), digest_table(after.items()))
+
+    sha = {n: hashlib.sha256(str(n).encode()).hexdigest() for n in range(5)}
+    assert changes({}, {"a": sha[1]}) == {"added": 1, "changed": 0, "removed": 0}
+    assert changes({"a": sha[1], "b": sha[2]}, {"a": sha[1], "b": sha[3], "c": sha[4]}) == {"added": 1, "changed": 1, "removed": 0}
+    assert changes({"a": sha[1], "b": sha[2]}, {"a": sha[1]}) == {"added": 0, "changed": 0, "removed": 1}
+    assert changes({"a": sha[1]}, {"a": sha[1]}) == {"added": 0, "changed": 0, "removed": 0}
 
 
 def test_a_server_that_does_not_answer_fails_in_seconds_naming_its_url(tmp_path, monkeypatch):
