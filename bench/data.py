@@ -17,7 +17,12 @@ processes), sampled every 0.1 s. The smallest site's crawl is also killed with S
 resumed; the first pages of that crawl (`--sample-pages`) are cleaned by both runners (processes, and
 Dask on a local cluster of as many workers), and timed step by step on one core.
 
-    python bench/data.py --scale 2000 6000 --json bench/results/data-scale-cpu.json
+    python bench/data.py --scale 10000 100000 --json bench/results/data-scale-cpu.json
+
+`--entry-sizes N` measures, with tracemalloc, the bytes per entry of what cleaning keeps as the corpus
+grows (boilerplate line counts, near-duplicate index, exact-duplicate hashes), built from N entries.
+
+    python bench/data.py --entry-sizes 50000 --json bench/results/data-entry-sizes-cpu.json
 """
 from __future__ import annotations
 
@@ -281,6 +286,66 @@ def step_times(pages_file: Path, n_pages: int) -> dict:
                       for name, s in sorted(times.items(), key=lambda kv: -kv[1])}}
 
 
+def entry_sizes(entries: int) -> dict:
+    """Bytes per entry of what cleaning keeps per line or per document, measured with tracemalloc: the
+    boilerplate line counts (one site, distinct lines added 20 a page), the near-duplicate index (distinct
+    random signatures with URL-like keys) and the exact-duplicate hashes."""
+    import gc
+    import hashlib
+    import tracemalloc
+
+    import numpy as np
+
+    from corpus.boilerplate import LineCounts
+    from corpus.config import NearDedupConfig
+    from corpus.near_dedup import HashIndex, NearDuplicateIndex
+
+    NearDuplicateIndex(NearDedupConfig())  # imports (datasketch, scipy) before anything is measured
+
+    def measured(build) -> dict:
+        gc.collect()
+        tracemalloc.start()
+        held = build()
+        gc.collect()
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        del held
+        return {"bytes_per_entry": round(current / entries, 1), "peak_bytes_per_entry": round(peak / entries, 1)}
+
+    def line_counts():
+        counts = LineCounts(Path(tempfile.mkdtemp(prefix="memlm-bench-entries-")) / "spill.sqlite", 10 * entries)
+        for page in range(0, entries, 20):
+            counts.add_page("docs.example.org", (hashlib.blake2b(str(i).encode(), digest_size=8).digest()
+                                                 for i in range(page, min(page + 20, entries))))
+        list(counts.repeated("docs.example.org"))  # merges what is pending
+        return counts
+
+    def near_duplicates():
+        cfg = NearDedupConfig()
+        index = NearDuplicateIndex(cfg)
+        rng = np.random.default_rng(0)
+        for i in range(entries):
+            index.add(f"https://docs.example.org/chapter-{i // 100}/page-{i}.html",
+                      rng.integers(0, 2**32, cfg.num_perm, dtype=np.uint32))
+        for bucket in index.buckets:
+            bucket.merge()
+        return index
+
+    def exact_hashes():
+        exact = HashIndex()
+        for i in range(entries):
+            exact.add(int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:8], "little"), i)
+        exact.merge()
+        return exact
+
+    result = {"entries": entries, "boilerplate_line_counts": measured(line_counts),
+              "near_duplicate_index": measured(near_duplicates), "exact_duplicate_hashes": measured(exact_hashes)}
+    result["note"] = ("tracemalloc over the structure built from `entries` distinct lines or documents, after it "
+                      "was built (current) and while building (peak); a URL key of the near-duplicate index "
+                      "is about 60 characters")
+    return result
+
+
 def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pages: int) -> None:
     from tests.big_site import build_big_site
 
@@ -341,6 +406,24 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
                                             **step_times(tmp / "crawl-python-docs" / "pages.jsonl", 300)}
     print(json.dumps(result, indent=2))
     save()
+    print_scale_table(result)
+
+
+def print_scale_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"generated sites on 127.0.0.1, {result['workers']} cleaning workers")
+    for col in ("site files", "stage", "pages", "seconds", "pages/s", "peak RSS (MiB)"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for size in result["sizes"].values():
+        for stage in ("crawl", "clean"):
+            row = size[stage]
+            table.add_row(f"{size['files']:,}", stage, f"{row['pages']:,}", f"{row['seconds']:.1f}",
+                          f"{row['pages_per_s']:.1f}", f"{row['peak_rss_mb']:.1f}")
+    Console(width=120).print(table)
+    for stage, ratio in result["ratios_largest_over_smallest"].items():
+        print(f"{stage}: largest over smallest site: peak RSS {ratio['peak_rss']}x, pages/s {ratio['pages_per_s']}x")
 
 
 def main() -> None:
@@ -362,7 +445,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="cleaning workers at --scale")
     parser.add_argument("--sample-pages", type=int, default=1000,
                         help="pages of the smallest site cleaned by both runners and timed step by step")
+    parser.add_argument("--entry-sizes", type=int, metavar="ENTRIES",
+                        help="instead: bytes per entry of cleaning's line counts and duplicate indexes")
     args = parser.parse_args()
+    if args.entry_sizes:
+        sizes = entry_sizes(args.entry_sizes)
+        table = Table(title=f"what cleaning keeps per entry ({args.entry_sizes:,} entries, tracemalloc)")
+        for col in ("structure", "bytes an entry", "peak while built"):
+            table.add_column(col, justify="left" if col == "structure" else "right")
+        for name, row in sizes.items():
+            if isinstance(row, dict):
+                table.add_row(name, f"{row['bytes_per_entry']:.1f}", f"{row['peak_bytes_per_entry']:.1f}")
+        Console(width=120).print(table)
+        print(json.dumps(sizes, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(sizes, indent=2))
+        return
     if args.scale:
         return scale_main(args.scale, args.json, args.workers, args.sample_pages)
     if not args.site_dir.is_dir():

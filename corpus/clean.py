@@ -29,7 +29,7 @@ from corpus.clean_report import Report, nothing_kept_message, report_rows
 from corpus.config import CleanConfig
 from corpus.extract_pass import extract_chunk, extract_key
 from corpus.filter_pass import Cleaned, clean_page, filter_chunk, filter_keys, spacy_pipeline_name
-from corpus.near_dedup import NearDuplicateIndex
+from corpus.near_dedup import HashIndex, NearDuplicateIndex
 from corpus.reuse import previous_extractions, previous_filtered
 from corpus.runners import chunk_size, pass_runner, workers_of
 from corpus.split import document_url
@@ -156,7 +156,7 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
                 keys.append(key)
                 yield {"reuse_key": key} if key in previous_results else record
 
-        seen: set[int] = set()  # the first 8 bytes of each kept document's normalized-text sha256
+        seen = HashIndex()  # the first 8 bytes of each kept document's normalized-text sha256
         near = NearDuplicateIndex(config.near_dedup) if config.near_dedup.enabled else None
         totals: Counter[str] = Counter()
         done = refiltered = 0
@@ -184,7 +184,7 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
                     if dedup_key in seen:
                         report.drop("duplicate", item.url)
                         continue
-                    seen.add(dedup_key)
+                    seen.add(dedup_key, done)
                     if near is not None and (kept := near.add(item.url, item.signature)):
                         report.drop("near_duplicate", item.url, f"like {kept}")
                         continue
@@ -211,7 +211,7 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
         "languages_out": dict(report.languages_out),
         "pii_replaced": dict(report.pii),
         "near_duplicates": {"dropped": report.dropped.get("near_duplicate", 0),
-                            "clusters": [{"kept": k, "duplicates": v} for k, v in (near.clusters if near else {}).items()][:50]},
+                            "clusters": [{"kept": k, "duplicates": v} for k, v in (near.clusters if near else {}).items()]},
         "boilerplate": {"sites": site_lines.sites(), "distinct_lines": len(boilerplate),
                         "top": site_lines.top_lines()},
         "leakage": {"before": leakage_before.value(), "after": leakage_after.value(),

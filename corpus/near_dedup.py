@@ -19,12 +19,14 @@ from corpus.filters import words_of
 SEED = 1
 SCHEME = "affine32"  # 32-bit values: signatures are kept as uint32
 ROWS_PER_BLOCK = 4096
-MERGE_AT_LEAST = 1024  # a band's recent entries, in a dict, merged into its sorted arrays
+MERGE_AT_LEAST = 1024  # recent entries, in a dict, merged into the sorted arrays
+CLUSTERS_KEPT = 50  # near-duplicate clusters listed in the report, with up to
+DUPLICATES_LISTED = 20  # of each cluster's pages: the counts are in the report's drops
 
 
-class BandBucket:
-    """One LSH band: band value -> documents, as arrays sorted by value (8 + 4 bytes an entry) and a dict
-    of the entries added since the last merge."""
+class HashIndex:
+    """64-bit hash -> documents, as arrays sorted by hash (8 + 4 bytes an entry) and a dict of the
+    entries added since the last merge: one LSH band, or the exact-duplicate text hashes."""
 
     def __init__(self):
         self.values = np.empty(0, dtype=np.uint64)
@@ -37,13 +39,16 @@ class BandBucket:
         lo, hi = int(np.searchsorted(self.values, key, "left")), int(np.searchsorted(self.values, key, "right"))
         return [*self.docs[lo:hi].tolist(), *self.recent.get(value, ())]
 
+    def __contains__(self, value: int) -> bool:
+        return bool(self.get(value))
+
     def add(self, value: int, doc: int) -> None:
         self.recent.setdefault(value, []).append(doc)
         self.recent_entries += 1
         if self.recent_entries >= max(MERGE_AT_LEAST, len(self.values) // 16):  # O(n log n) in all
-            self._merge()
+            self.merge()
 
-    def _merge(self) -> None:
+    def merge(self) -> None:
         pairs = [(value, doc) for value, docs in self.recent.items() for doc in docs]
         values = np.concatenate([self.values, np.fromiter((v for v, _ in pairs), np.uint64, len(pairs))])
         docs = np.concatenate([self.docs, np.fromiter((d for _, d in pairs), np.int32, len(pairs))])
@@ -72,7 +77,7 @@ class NearDuplicateIndex:
 
         self.cfg = cfg
         self.bands, self.rows = _optimal_param(cfg.threshold, cfg.num_perm, 0.5, 0.5)
-        self.buckets = [BandBucket() for _ in range(self.bands)]
+        self.buckets = [HashIndex() for _ in range(self.bands)]
         self.keys: list[str] = []
         self._blocks: list[np.ndarray] = []
         self.clusters: dict[str, list[dict]] = {}
@@ -97,7 +102,10 @@ class NearDuplicateIndex:
             similarity = float(np.count_nonzero(self._signature(other) == values)) / len(values)
             if similarity >= self.cfg.threshold:
                 kept = self.keys[other]
-                self.clusters.setdefault(kept, []).append({"url": key, "similarity": round(similarity, 3)})
+                if kept in self.clusters or len(self.clusters) < CLUSTERS_KEPT:
+                    listed = self.clusters.setdefault(kept, [])
+                    if len(listed) < DUPLICATES_LISTED:
+                        listed.append({"url": key, "similarity": round(similarity, 3)})
                 return kept
         i = len(self.keys)
         self.keys.append(key)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from scrapy.exceptions import DropItem
 
-from crawlers.store import FAILURES_FILE, MANIFEST_FILE, PAGE_DIGESTS_FILE, content_digest
+from crawlers.store import FAILURES_FILE, MANIFEST_FILE
 
 
 class PageStorePipeline:
@@ -41,7 +40,6 @@ class PageStorePipeline:
                      if key.startswith(("memlm/not_followed/", "memlm/not_stored/"))}
         responses = {key.rsplit("/", 1)[1]: value for key, value in stats.items()
                      if key.startswith("downloader/response_status_count/")}
-        page_digests = store.page_digests()
         manifest = {
             "pages": store.pages,
             "resumed_with_pages": store.resumed_pages,
@@ -51,9 +49,6 @@ class PageStorePipeline:
             "failures_file": FAILURES_FILE,
             "retries": stats.get("retry/count", 0),
             "not_modified": stats.get("httpcache/revalidate", 0),
-            "content_digest": content_digest(page_digests),
-            "page_digests_file": PAGE_DIGESTS_FILE,
         }
         store.close()
-        np.save(Path(store.out_dir) / PAGE_DIGESTS_FILE, page_digests, allow_pickle=False)
         (Path(store.out_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
+
 from crawlers.config import LOCAL_HOSTS, CrawlConfig
+from crawlers.digests import PAGE_DIGESTS_FILE, content_digest, stored_page_digests
 from crawlers.store import MANIFEST_FILE, PAGES_FILE, count_complete_records
 from crawlers.site_server import serve_site
 
@@ -149,6 +152,10 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
         tail = "\n".join(last_lines)
         raise CrawlError(f"scrapy exited with code {proc.returncode}; log: {log_file}\n{tail}")
     manifest = json.loads(manifest_file.read_text())
+    digests = stored_page_digests(pages_file)
+    np.save(out_dir / PAGE_DIGESTS_FILE, digests, allow_pickle=False)
+    manifest["content_digest"] = content_digest(digests)
+    manifest["page_digests_file"] = PAGE_DIGESTS_FILE
     manifest["start_urls"] = start_urls[:MANIFEST_START_URLS]
     manifest["start_url_count"] = len(start_urls)
     manifest["resumed"] = resume

@@ -4,8 +4,7 @@ no page and why. Both are append-only, one flushed line per record, so a crawl k
 what is stored, one record at a time, and fetches only the rest.
 
 Memory does not hold pages: what the store keeps per page is an 8-byte hash of its URL (two when it was
-redirected) in a set, about 70 bytes a page in CPython, and per failed URL the same. The digest of what
-was stored (`page_digests.npy`) is 16 bytes a page."""
+redirected) in a set, about 70 bytes a page in CPython, and per failed URL the same."""
 from __future__ import annotations
 
 import hashlib
@@ -15,17 +14,11 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from crawlers.urls import canonical_url
 
 PAGES_FILE = "pages.jsonl"
 FAILURES_FILE = "failures.jsonl"
 MANIFEST_FILE = "manifest.json"
-PAGE_DIGESTS_FILE = "page_digests.npy"
-# A page's URL hash and the first 64 bits of its body's sha256, rows sorted: the set of pages and their
-# bytes in 16 bytes a page, where a {URL: sha256} dict would take about 350.
-PAGE_DIGEST = np.dtype([("url", "<u8"), ("body", "<u8")])
 TAIL_BLOCK = 1 << 16
 HTML_KEY = b', "html": '
 
@@ -155,11 +148,6 @@ class PageStore:
         self._pages_out.flush()
         yield from complete_records(self.pages_path)
 
-    def page_digests(self) -> np.ndarray:
-        """Every stored page's (URL hash, body hash), read from the store (for the manifest)."""
-        self._pages_out.flush()
-        return digest_table((record["final_url"], record["sha256"]) for record in record_heads(self.pages_path))
-
     def failure_counts(self) -> dict[str, int]:
         return dict(self.failures)
 
@@ -172,23 +160,3 @@ def _append(out, record: dict) -> None:
     # One write call per whole line, then flush: what reaches the OS survives SIGKILL of this process.
     out.write(json.dumps(record, ensure_ascii=False) + "\n")
     out.flush()
-
-
-def digest_table(pages) -> np.ndarray:
-    """The sorted PAGE_DIGEST rows of (final URL, body sha256 hex) pairs."""
-    rows = np.fromiter(((url_hash(url), int(sha[:16], 16)) for url, sha in pages), dtype=PAGE_DIGEST)
-    rows.sort(order=("url", "body"))
-    return rows
-
-
-def content_digest(table: np.ndarray) -> str:
-    """Equal when the same pages have the same bytes, in whatever order they were crawled."""
-    return hashlib.sha256(table.tobytes()).hexdigest()
-
-
-def corpus_changes(before: np.ndarray, after: np.ndarray) -> dict[str, int]:
-    """Pages added, changed (same URL, other bytes) and removed between two digest tables."""
-    common, in_before, in_after = np.intersect1d(before["url"], after["url"], return_indices=True)
-    return {"added": int(len(np.unique(after["url"])) - len(common)),
-            "changed": int(np.count_nonzero(before["body"][in_before] != after["body"][in_after])),
-            "removed": int(len(np.unique(before["url"])) - len(common))}

@@ -109,7 +109,7 @@ def announce_changes(config: MemlmConfig, crawl_dir: Path, manifest: dict) -> di
     `memlm.corpus.updated` (what the rebuild deployment waits for) with those counts."""
     from prefect.events import emit_event
 
-    from crawlers.store import PAGE_DIGEST, corpus_changes
+    from crawlers.digests import PAGE_DIGEST, corpus_changes
 
     published = crawl_dir / PUBLISHED_FILE
     pages = np.load(crawl_dir / manifest["page_digests_file"], allow_pickle=False)

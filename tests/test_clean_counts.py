@@ -68,3 +68,15 @@ def test_near_duplicate_index_finds_the_same_pages_across_merges(monkeypatch):
     kept = {url for (url, _), found in zip(pages, with_dicts) if found is None}
     assert len(kept) == 80 + 10 and all(found in kept for found in with_dicts if found is not None)
     assert with_dicts.count(None) == 90
+
+
+def test_hash_index_finds_every_hash_across_merges(monkeypatch):
+    monkeypatch.setattr(near_dedup, "MERGE_AT_LEAST", 5)
+    rng = random.Random(0)
+    hashes = [rng.getrandbits(64) for _ in range(200)]
+    index = near_dedup.HashIndex()
+    for doc, value in enumerate(hashes):
+        index.add(value, doc)
+    assert len(index) == 200 and index.recent_entries < 200  # most of it merged into the sorted arrays
+    assert all(value in index for value in hashes) and index.get(hashes[7]) == [7]
+    assert not any(rng.getrandbits(64) in index for _ in range(200))

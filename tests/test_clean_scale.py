@@ -10,6 +10,7 @@ import pytest
 
 from corpus.clean import clean
 from corpus.config import CleanConfig
+from crawlers.digests import stored_page_digests
 from crawlers.store import PageStore
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def test_a_resumed_page_store_holds_no_pages_in_memory(tmp_path):
         f.write('{"url": "http://h/torn", "html": "<p>half')  # a crawl killed mid-write
     tracemalloc.start()
     store = PageStore(tmp_path, resume=True)
-    digests = store.page_digests()
+    digests = stored_page_digests(tmp_path / "pages.jsonl")
     biggest = max(len(r["html"]) for r in store.stored_records())
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

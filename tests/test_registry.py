@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from crawlers.store import corpus_changes, digest_table
+from crawlers.digests import corpus_changes, digest_table
 
 
 @pytest.fixture
