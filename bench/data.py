@@ -17,7 +17,7 @@ processes), sampled every 0.1 s. The smallest site's crawl is also killed with S
 resumed; the first pages of that crawl (`--sample-pages`) are cleaned by both runners (processes, and
 Dask on a local cluster of as many workers), and timed step by step on one core.
 
-    python bench/data.py --scale 10000 100000 --json bench/results/data-scale-cpu.json
+    python bench/data.py --scale 10000 100000 --sample-pages 10000 --json bench/results/data-scale-cpu.json
 
 `--entry-sizes N` measures, with tracemalloc, the bytes per entry of what cleaning keeps as the corpus
 grows (boilerplate line counts, near-duplicate index, exact-duplicate hashes), built from N entries.

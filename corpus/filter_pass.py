@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Cleaned:
                    Counter(data["pii"]))
 
 
+NLP_LOCK = threading.Lock()  # one spaCy memory zone at a time in a process (see filter_chunk)
 # Settings that change how the work is done, not what it gives.
 EXECUTION_FIELDS = {"workers", "batch_size", "runner", "dask_address", "shard_pages"}
 
@@ -176,10 +178,11 @@ def filter_chunk(records: list[dict]) -> list[Cleaned | str]:
         texts = [doc.text for doc, _ in items]
         nlp = worker_nlp(lang)
         # Without the zone, every new word a page brings stays in the worker's vocabulary for good: about
-        # 4 kB a page, so memory grows with the corpus. The record keeps only Python strings.
-        with nlp.memory_zone():
+        # 4 kB a page, so memory grows with the corpus. The record keeps only Python strings. One zone at
+        # a time: a Dask worker's threads share the pipeline, and a zone's end frees its strings for all.
+        with NLP_LOCK, nlp.memory_zone():
             parsed_docs = nlp.pipe(texts, batch_size=config.batch_size)
-            for (doc, result), parsed in zip(items, parsed_docs):
+            for (doc, result), parsed in zip(items, parsed_docs, strict=True):
                 n_words = sum(1 for t in parsed if not (t.is_space or t.is_punct))
                 result.record = {
                     "id": hashlib.sha256(doc.url.encode()).hexdigest()[:16],

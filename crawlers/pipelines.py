@@ -6,7 +6,7 @@ from pathlib import Path
 
 from scrapy.exceptions import DropItem
 
-from crawlers.store import FAILURES_FILE, MANIFEST_FILE
+from crawlers.store import FAILURES_FILE, SCRAPY_MANIFEST_FILE
 
 
 class PageStorePipeline:
@@ -51,4 +51,4 @@ class PageStorePipeline:
             "not_modified": stats.get("httpcache/revalidate", 0),
         }
         store.close()
-        (Path(store.out_dir) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        (Path(store.out_dir) / SCRAPY_MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
-
 from crawlers.config import LOCAL_HOSTS, CrawlConfig
-from crawlers.digests import PAGE_DIGESTS_FILE, content_digest, stored_page_digests
-from crawlers.store import MANIFEST_FILE, PAGES_FILE, count_complete_records
+from crawlers.store import MANIFEST_FILE, PAGES_FILE, SCRAPY_MANIFEST_FILE, count_complete_records, write_atomically
 from crawlers.site_server import serve_site
 
 ProgressCallback = Callable[[int, int], None]
@@ -44,7 +41,8 @@ class CrawlError(RuntimeError):
 
 
 def crawl(config: CrawlConfig, out_dir: Path, on_progress: ProgressCallback | None = None) -> CrawlResult:
-    """Crawl the configured site into `out_dir/pages.jsonl` and `out_dir/manifest.json`.
+    """Crawl the configured site into `out_dir/pages.jsonl`, `out_dir/page_digests.npy` and, last,
+    `out_dir/manifest.json`.
 
     A page store without a manifest is a crawl that was stopped (even by SIGKILL): it is resumed, keeping
     its pages and fetching only what they link to that is not stored yet."""
@@ -109,9 +107,11 @@ def scrapy_settings(config: CrawlConfig, out_dir: Path, stored: int) -> dict:
 def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
                 on_progress: ProgressCallback | None) -> CrawlResult:
     pages_file, manifest_file, log_file = out_dir / PAGES_FILE, out_dir / MANIFEST_FILE, out_dir / "scrapy.log"
+    scrapy_manifest = out_dir / SCRAPY_MANIFEST_FILE
     resume = pages_file.exists() and not manifest_file.exists()
     stored = count_complete_records(pages_file) if resume else 0
     manifest_file.unlink(missing_ok=True)
+    scrapy_manifest.unlink(missing_ok=True)
     # A frontier left by a killed crawl is not trusted (Scrapy loses it on SIGKILL): the spider rebuilds
     # it from the stored pages' links.
     shutil.rmtree(out_dir / FRONTIER_DIR, ignore_errors=True)
@@ -148,19 +148,23 @@ def _run_scrapy(config: CrawlConfig, start_urls: list[str], out_dir: Path,
             on_progress(counter.count(), config.max_pages)
         time.sleep(0.5)
     copier.join()
-    if proc.returncode != 0 or not manifest_file.exists():
+    if proc.returncode != 0 or not scrapy_manifest.exists():
         tail = "\n".join(last_lines)
         raise CrawlError(f"scrapy exited with code {proc.returncode}; log: {log_file}\n{tail}")
-    manifest = json.loads(manifest_file.read_text())
+    # Imported once Scrapy has exited, so that numpy (about 17 MB) is not held while the crawl runs.
+    from crawlers.digests import PAGE_DIGESTS_FILE, content_digest, save_table, stored_page_digests
+
+    manifest = json.loads(scrapy_manifest.read_text())
     digests = stored_page_digests(pages_file)
-    np.save(out_dir / PAGE_DIGESTS_FILE, digests, allow_pickle=False)
+    save_table(out_dir / PAGE_DIGESTS_FILE, digests)
     manifest["content_digest"] = content_digest(digests)
     manifest["page_digests_file"] = PAGE_DIGESTS_FILE
     manifest["start_urls"] = start_urls[:MANIFEST_START_URLS]
     manifest["start_url_count"] = len(start_urls)
     manifest["resumed"] = resume
     manifest["elapsed_s"] = round(time.monotonic() - started, 1)
-    manifest_file.write_text(json.dumps(manifest, indent=2))
+    write_atomically(manifest_file, json.dumps(manifest, indent=2).encode())
+    scrapy_manifest.unlink()
     if on_progress:
         on_progress(manifest["pages"], config.max_pages)
     if manifest["pages"] == 0:

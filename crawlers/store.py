@@ -18,7 +18,8 @@ from crawlers.urls import canonical_url
 
 PAGES_FILE = "pages.jsonl"
 FAILURES_FILE = "failures.jsonl"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = "manifest.json"  # written last, by the crawl's parent: its presence means the crawl finished
+SCRAPY_MANIFEST_FILE = "manifest.scrapy.json"  # the Scrapy process's counts, which the parent completes
 TAIL_BLOCK = 1 << 16
 HTML_KEY = b', "html": '
 
@@ -154,6 +155,13 @@ class PageStore:
     def close(self) -> None:
         self._pages_out.close()
         self._failures_out.close()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` whole: a process killed meanwhile leaves the old file or the new one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def _append(out, record: dict) -> None:

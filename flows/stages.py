@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -109,17 +108,17 @@ def announce_changes(config: MemlmConfig, crawl_dir: Path, manifest: dict) -> di
     `memlm.corpus.updated` (what the rebuild deployment waits for) with those counts."""
     from prefect.events import emit_event
 
-    from crawlers.digests import PAGE_DIGEST, corpus_changes
+    from crawlers.digests import corpus_changes, load_table, save_table
 
     published = crawl_dir / PUBLISHED_FILE
-    pages = np.load(crawl_dir / manifest["page_digests_file"], allow_pickle=False)
-    before = np.load(published, allow_pickle=False) if published.exists() else np.empty(0, PAGE_DIGEST)
-    changes = corpus_changes(before, pages)
+    pages = load_table(crawl_dir / manifest["page_digests_file"])
+    changes = corpus_changes(load_table(published), pages)
     if any(changes.values()):
         emit_event(event=CORPUS_UPDATED,
                    resource={"prefect.resource.id": corpus_resource_id(config), "prefect.resource.name": config.name},
                    payload={**changes, "pages": manifest["pages"], "content_digest": manifest["content_digest"]})
-        np.save(published, pages, allow_pickle=False)
+        save_table(published, pages)
+        published.with_suffix(".json").unlink(missing_ok=True)  # what memlm before 16-byte rows wrote
     return {**changes, "event": CORPUS_UPDATED if any(changes.values()) else None}
 
 

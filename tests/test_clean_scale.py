@@ -60,7 +60,7 @@ def test_a_resumed_page_store_holds_no_pages_in_memory(tmp_path):
     with open(tmp_path / "pages.jsonl", "w") as f:
         for i in range(400):
             record = {"url": f"http://h/{i}", "final_url": f"http://h/{i}", "status": 200, "fetched_at": "",
-                      "content_type": "text/html", "encoding": "utf-8", "sha256": f"{i:064x}", "depth": 1,
+                      "content_type": "text/html", "encoding": "utf-8", "sha256": f"{i:016x}" * 4, "depth": 1,
                       "html": html}
             f.write(json.dumps(record) + "\n")
         f.write('{"url": "http://h/torn", "html": "<p>half')  # a crawl killed mid-write

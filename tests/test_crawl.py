@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
 from crawlers.config import CrawlConfig
+from crawlers.digests import PAGE_DIGESTS_FILE, content_digest
 from crawlers.run import CrawlError, crawl
+from crawlers.store import SCRAPY_MANIFEST_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +32,9 @@ def test_crawl_manifest_counts_what_was_skipped_and_why(crawled):
     assert m["skipped"]["http_404"] == 1
     assert m["skipped"]["not_html"] == 1
     assert m["skipped"]["offsite"] >= 2
-    assert len(m["content_digest"]) == 64
+    table = np.load(crawled.manifest_file.parent / m["page_digests_file"], allow_pickle=False)
+    assert len(table) == m["pages"] and content_digest(table) == m["content_digest"]
+    assert not (crawled.manifest_file.parent / SCRAPY_MANIFEST_FILE).exists()
 
 
 def test_page_records_hold_the_raw_page_and_its_digest(crawled):
@@ -67,6 +72,17 @@ def test_a_recrawl_revalidates_instead_of_downloading_again(site_url, tmp_path):
     assert first.manifest["not_modified"] == 0
     # Every page came back as 304 Not Modified and was taken from the HTTP cache.
     assert second.manifest["not_modified"] >= second.manifest["pages"] == first.manifest["pages"]
+    assert second.manifest["content_digest"] == first.manifest["content_digest"]
+
+
+def test_a_crawl_stopped_before_its_manifest_resumes_and_fetches_nothing_twice(site_url, tmp_path):
+    config = CrawlConfig(start_urls=[site_url + "index.html"], max_pages=50, site_dir=None)
+    first = crawl(config, tmp_path)
+    # Killed after Scrapy wrote its counts, before the parent wrote the digests and the manifest.
+    first.manifest_file.unlink()
+    (tmp_path / PAGE_DIGESTS_FILE).unlink()
+    second = crawl(config, tmp_path)
+    assert second.manifest["resumed_with_pages"] == first.manifest["pages"] == second.manifest["pages"]
     assert second.manifest["content_digest"] == first.manifest["content_digest"]
 
 

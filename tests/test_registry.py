@@ -3,11 +3,12 @@ for servers that do not answer."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 import pytest
 
-from crawlers.digests import corpus_changes, digest_table
+from crawlers.digests import corpus_changes, digest_table, load_table, save_table
 
 
 @pytest.fixture
@@ -49,6 +50,17 @@ def test_corpus_changes_count_added_changed_and_removed():
     assert changes({"a": sha[1], "b": sha[2]}, {"a": sha[1], "b": sha[3], "c": sha[4]}) == {"added": 1, "changed": 1, "removed": 0}
     assert changes({"a": sha[1], "b": sha[2]}, {"a": sha[1]}) == {"added": 0, "changed": 0, "removed": 1}
     assert changes({"a": sha[1]}, {"a": sha[1]}) == {"added": 0, "changed": 0, "removed": 0}
+
+
+def test_the_published_corpus_is_read_back_and_a_map_from_before_digest_tables_is_converted(tmp_path):
+    pages = {"http://h/a": hashlib.sha256(b"a").hexdigest(), "http://h/b": hashlib.sha256(b"b").hexdigest()}
+    unchanged = {"added": 0, "changed": 0, "removed": 0}
+    assert len(load_table(tmp_path / "published.npy")) == 0
+    (tmp_path / "published.json").write_text(json.dumps(pages))
+    assert corpus_changes(load_table(tmp_path / "published.npy"), digest_table(pages.items())) == unchanged
+    save_table(tmp_path / "published.npy", digest_table(pages.items()))
+    assert corpus_changes(load_table(tmp_path / "published.npy"), digest_table(pages.items())) == unchanged
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_a_server_that_does_not_answer_fails_in_seconds_naming_its_url(tmp_path, monkeypatch):
