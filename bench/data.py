@@ -22,7 +22,7 @@ Dask on a local cluster of as many workers), and timed step by step on one core.
 `--entry-sizes N` measures, with tracemalloc, the bytes per entry of what cleaning keeps as the corpus
 grows (boilerplate line counts, near-duplicate index, exact-duplicate hashes), built from N entries.
 
-    python bench/data.py --entry-sizes 50000 --json bench/results/data-entry-sizes-cpu.json
+    python bench/data.py --entry-sizes 200000 --json bench/results/data-entry-sizes-cpu.json
 """
 from __future__ import annotations
 
