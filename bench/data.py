@@ -341,7 +341,7 @@ def entry_sizes(entries: int) -> dict:
     result = {"entries": entries, "boilerplate_line_counts": measured(line_counts),
               "near_duplicate_index": measured(near_duplicates), "exact_duplicate_hashes": measured(exact_hashes)}
     result["note"] = ("tracemalloc over the structure built from `entries` distinct lines or documents, after it "
-                      "was built (current) and while building (peak); a URL key of the near-duplicate index "
+                      "was built and merged (current) and while building (peak); a URL key of the near-duplicate index "
                       "is about 60 characters")
     return result
 

@@ -1,4 +1,5 @@
-"""Item pipeline: pages go to the spider's page store; the crawl manifest is written at the end."""
+"""Item pipeline: pages go to the spider's page store; Scrapy's counts (`manifest.scrapy.json`), which the crawl's
+parent completes into the manifest, are written at the end."""
 from __future__ import annotations
 
 import json

@@ -117,6 +117,7 @@ def announce_changes(config: MemlmConfig, crawl_dir: Path, manifest: dict) -> di
         emit_event(event=CORPUS_UPDATED,
                    resource={"prefect.resource.id": corpus_resource_id(config), "prefect.resource.name": config.name},
                    payload={**changes, "pages": manifest["pages"], "content_digest": manifest["content_digest"]})
+    if any(changes.values()) or not published.exists():
         save_table(published, pages)
         published.with_suffix(".json").unlink(missing_ok=True)  # what memlm before 16-byte rows wrote
     return {**changes, "event": CORPUS_UPDATED if any(changes.values()) else None}

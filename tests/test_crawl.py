@@ -78,11 +78,12 @@ def test_a_recrawl_revalidates_instead_of_downloading_again(site_url, tmp_path):
 def test_a_crawl_stopped_before_its_manifest_resumes_and_fetches_nothing_twice(site_url, tmp_path):
     config = CrawlConfig(start_urls=[site_url + "index.html"], max_pages=50, site_dir=None)
     first = crawl(config, tmp_path)
-    # Killed after Scrapy wrote its counts, before the parent wrote the digests and the manifest.
+    # As if killed after Scrapy had stored every page, before the parent wrote the digests and the manifest.
     first.manifest_file.unlink()
     (tmp_path / PAGE_DIGESTS_FILE).unlink()
     second = crawl(config, tmp_path)
     assert second.manifest["resumed_with_pages"] == first.manifest["pages"] == second.manifest["pages"]
+    assert "duplicate_url" not in second.manifest["skipped"]  # no stored page was fetched again
     assert second.manifest["content_digest"] == first.manifest["content_digest"]
 
 
