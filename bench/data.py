@@ -215,14 +215,23 @@ def stage_main(args: list[str]) -> None:
         from corpus.config import CleanConfig
         from corpus.jsonl import file_sha256
 
+        from corpus.runners import prefect_api_url
+
         pages_file, out, runner, workers = Path(args[1]), Path(args[2]), args[3], int(args[4])
         mb = pages_file.stat().st_size / 1e6
+        # The Dask runner is timed as in a flow run, whose Prefect API is up before its tasks run (a
+        # temporary server, a child of this process, took 11 s to start here).
+        if runner == "dask":
+            prefect_api_url()
+        prefect_api_s = time.monotonic() - started
+        started = time.monotonic()
         report = clean(pages_file, out, CleanConfig(runner=runner, workers=workers)).report
         elapsed = time.monotonic() - started
         result = {"runner": runner, "workers": workers, "pages": report["pages_in"], "docs_out": report["docs_out"],
                   "store_mb": round(mb, 2), "seconds": round(elapsed, 1), "pages_per_s": round(report["pages_in"] / elapsed, 1),
                   "mb_per_s": round(mb / elapsed, 3), "mb_per_s_per_core": round(mb / elapsed / workers, 3),
-                  "extract_s": report["extract_s"], "memory": report["memory"],
+                  "extract_s": report["extract_s"], "prefect_api_start_s": round(prefect_api_s, 1),
+                  "memory": report["memory"],
                   "docs_sha256": file_sha256(out / "docs.jsonl")}
     print(json.dumps(result))
 
@@ -299,6 +308,7 @@ def entry_sizes(entries: int) -> dict:
     from corpus.boilerplate import LineCounts
     from corpus.config import NearDedupConfig
     from corpus.near_dedup import HashIndex, NearDuplicateIndex
+    from crawlers.hashset import HashSet
 
     NearDuplicateIndex(NearDedupConfig())  # imports (datasketch, scipy) before anything is measured
 
@@ -332,9 +342,9 @@ def entry_sizes(entries: int) -> dict:
         return index
 
     def exact_hashes():
-        exact = HashIndex()
+        exact = HashSet()
         for i in range(entries):
-            exact.add(int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:8], "little"), i)
+            exact.add(int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:8], "little"))
         exact.merge()
         return exact
 

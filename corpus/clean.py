@@ -29,10 +29,11 @@ from corpus.clean_report import Report, nothing_kept_message, report_rows
 from corpus.config import CleanConfig
 from corpus.extract_pass import extract_chunk, extract_key
 from corpus.filter_pass import Cleaned, clean_page, filter_chunk, filter_keys, spacy_pipeline_name
-from corpus.near_dedup import HashIndex, NearDuplicateIndex
+from corpus.near_dedup import NearDuplicateIndex
 from corpus.reuse import previous_extractions, previous_filtered
-from corpus.runners import chunk_size, pass_runner, workers_of
+from corpus.runners import pass_runner, workers_of
 from corpus.split import document_url
+from crawlers.hashset import HashSet
 from crawlers.urls import host_of
 
 __all__ = ["CleanError", "CleanResult", "clean", "clean_page", "report_rows"]
@@ -55,17 +56,6 @@ class CleanResult:
 
 class CleanError(RuntimeError):
     pass
-
-
-def _chunks(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    chunk: list[dict] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _pages_in(pages_file: Path) -> int:
@@ -105,12 +95,12 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
             else:
                 yield page
 
-    with pass_runner(config) as run:  # the workers start once, for both passes
+    with pass_runner(config, total) as run:  # the workers start once, for both passes
         counts = LineCounts(out_dir / LINE_COUNTS_FILE, config.boilerplate.max_counts_in_memory)
         pages_in = reused = 0
         tmp_extracted = out_dir / (EXTRACTED_FILE + ".tmp")
         with open(tmp_extracted, "w", encoding="utf-8") as out:
-            for chunk in run(extract_chunk, _chunks(pages(), chunk_size(config))):
+            for chunk in run(extract_chunk, pages()):
                 for record in chunk:
                     pages_in += 1
                     if record.get("reuse"):
@@ -156,14 +146,14 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
                 keys.append(key)
                 yield {"reuse_key": key} if key in previous_results else record
 
-        seen = HashIndex()  # the first 8 bytes of each kept document's normalized-text sha256
+        seen = HashSet()  # the first 8 bytes of each kept document's normalized-text sha256
         near = NearDuplicateIndex(config.near_dedup) if config.near_dedup.enabled else None
         totals: Counter[str] = Counter()
         done = refiltered = 0
         tmp_file = out_dir / (DOCS_FILE + ".tmp")
         tmp_filtered = out_dir / (FILTERED_FILE + ".tmp")
         with open(tmp_file, "w", encoding="utf-8") as out, open(tmp_filtered, "w", encoding="utf-8") as filtered_out:
-            for chunk in run(filter_chunk, _chunks(records(), chunk_size(config)), boilerplate):
+            for chunk in run(filter_chunk, records(), boilerplate):
                 for item in chunk:
                     key = keys.popleft()
                     done += 1
@@ -184,7 +174,7 @@ def clean(pages_file: Path, out_dir: Path, config: CleanConfig,
                     if dedup_key in seen:
                         report.drop("duplicate", item.url)
                         continue
-                    seen.add(dedup_key, done)
+                    seen.add(dedup_key)
                     if near is not None and (kept := near.add(item.url, item.signature)):
                         report.drop("near_duplicate", item.url, f"like {kept}")
                         continue

@@ -26,7 +26,7 @@ DUPLICATES_LISTED = 20  # of each cluster's pages: the counts are in the report'
 
 class HashIndex:
     """64-bit hash -> documents, as arrays sorted by hash (8 + 4 bytes an entry) and a dict of the
-    entries added since the last merge: one LSH band, or the exact-duplicate text hashes."""
+    entries added since the last merge: one LSH band."""
 
     def __init__(self):
         self.values = np.empty(0, dtype=np.uint64)

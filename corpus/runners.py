@@ -4,12 +4,17 @@ or a local one. Either way a pass is a function over chunks of records, and the 
 the order of the chunks, so that the parent settles duplicates in page order and the documents are the
 same whatever ran them.
 
-On Dask each chunk is a shard of `clean.shard_pages` pages and one Prefect task (Prefect keeps every task
-run's state for the whole run: tasks per shard, not per page), and at most two shards per Dask worker
-are in flight, so that the parent holds a bounded number of pages."""
+The runner cuts the pages into chunks. The processes runner sends `clean.batch_size` pages at a time (a
+chunk costs a pickle there). On Dask each chunk is a shard and one Prefect task, and a Prefect task run
+costs about half a second of calls to the Prefect API (0.45 s measured on this 2-core machine), so shards
+are large: `clean.shard_pages` pages, or by default the pass's pages over four shards per Dask worker
+(four, so that the workers end a pass together), and never more than `clean.shard_mib` of HTML or text
+(what the parent, the scheduler and a worker hold of a shard). At most two shards per Dask worker are in
+flight, so that the parent holds a bounded number of pages."""
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 from collections import deque
@@ -17,33 +22,56 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 from corpus.config import CleanConfig
-from corpus.workers import ensure_worker, run_chunk, start_pool_worker, start_worker
+from corpus.workers import ensure_worker, run_chunk, start_dedicated_worker, start_worker
 
 Chunk = list
-# run(step, chunks, boilerplate): the step's results per chunk, in the order of the chunks.
-RunPass = Callable[[Callable[[Chunk], list], Iterable[Chunk], frozenset], Iterator[list]]
+# run(step, items, boilerplate): the step's results per chunk of the items, in the order of the items.
+RunPass = Callable[[Callable[[Chunk], list], Iterable[dict], frozenset], Iterator[list]]
+SHARDS_PER_WORKER = 4
 
 
 def workers_of(config: CleanConfig) -> int:
     return config.workers or os.cpu_count() or 1
 
 
-def chunk_size(config: CleanConfig) -> int:
-    return config.shard_pages if config.runner == "dask" else config.batch_size
+def shard_pages(config: CleanConfig, pages: int, workers: int) -> int:
+    """Pages per Dask shard: `clean.shard_pages`, or four shards per worker for a pass over `pages`."""
+    return config.shard_pages or max(config.batch_size, math.ceil(pages / (workers * SHARDS_PER_WORKER)))
+
+
+def chunks(items: Iterable[dict], pages: int, max_chars: float = math.inf) -> Iterator[Chunk]:
+    """`items` in chunks of `pages`, a chunk cut early when its HTML and text pass `max_chars`."""
+    chunk: Chunk = []
+    chars = 0
+    for item in items:
+        chunk.append(item)
+        chars += _chars_of(item)
+        if len(chunk) == pages or chars >= max_chars:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def _chars_of(item: dict) -> int:
+    """A page's HTML (pass 1) or an extracted record's text (pass 2)."""
+    return len(item.get("html") or "") + sum(len(block[1]) for block in item.get("blocks") or ())
 
 
 @contextlib.contextmanager
-def pass_runner(config: CleanConfig) -> Iterator[RunPass]:
-    """A function that maps a pass over chunks; the workers start once, for both passes."""
+def pass_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
+    """A function that maps a pass over the `pages` items, in chunks; the workers start once, for both passes."""
     if config.runner == "dask":
-        with _dask_runner(config) as run:
+        with _dask_runner(config, pages) as run:
             yield run
     elif workers_of(config) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers_of(config), start_pool_worker, (config,)) as pool:
-            yield lambda step, chunks, boilerplate=frozenset(): pool.imap(partial(run_chunk, step, boilerplate), chunks)
+        with multiprocessing.get_context("spawn").Pool(workers_of(config), start_dedicated_worker, (config,)) as pool:
+            yield lambda step, items, boilerplate=frozenset(): pool.imap(partial(run_chunk, step, boilerplate),
+                                                                         chunks(items, config.batch_size))
     else:
         start_worker(config)
-        yield lambda step, chunks, boilerplate=frozenset(): map(partial(run_chunk, step, boilerplate), chunks)
+        yield lambda step, items, boilerplate=frozenset(): map(partial(run_chunk, step, boilerplate),
+                                                               chunks(items, config.batch_size))
 
 
 def clean_shard(step: Callable[[Chunk], list], shard: Chunk, config: CleanConfig,
@@ -54,7 +82,7 @@ def clean_shard(step: Callable[[Chunk], list], shard: Chunk, config: CleanConfig
 
 
 @contextlib.contextmanager
-def _dask_runner(config: CleanConfig) -> Iterator[RunPass]:
+def _dask_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
     from distributed import Client, LocalCluster
     from prefect import task
     from prefect.cache_policies import NO_CACHE
@@ -71,16 +99,19 @@ def _dask_runner(config: CleanConfig) -> Iterator[RunPass]:
                                                        env={"PREFECT_API_URL": prefect_api_url()}))
             address = cluster.scheduler_address
         with Client(address) as client:
-            in_flight = 2 * max(len(client.scheduler_info()["workers"]), 1)
+            workers = max(len(client.scheduler_info()["workers"]), 1)
+            if config.dask_address is None:  # workers of our own: spaCy without torch, as the processes runner's
+                client.run(start_dedicated_worker, config)
         runner = stack.enter_context(DaskTaskRunner(address=address))
+        per_shard = shard_pages(config, pages, workers)
 
-        def run(step: Callable[[Chunk], list], shards: Iterable[Chunk],
+        def run(step: Callable[[Chunk], list], items: Iterable[dict],
                 boilerplate: frozenset[bytes] = frozenset()) -> Iterator[list]:
             futures: deque = deque()
-            for shard in shards:
+            for shard in chunks(items, per_shard, config.shard_mib * 2**20):
                 futures.append(runner.submit(shard_task, parameters={
                     "step": step, "shard": shard, "config": config, "boilerplate": boilerplate}))
-                if len(futures) >= in_flight:
+                if len(futures) >= 2 * workers:
                     yield futures.popleft().result()
             while futures:
                 yield futures.popleft().result()

@@ -13,8 +13,9 @@ def start_worker(config: CleanConfig, boilerplate: frozenset[bytes] = frozenset(
     _state.update(config=config, boilerplate=boilerplate, nlp={})
 
 
-def start_pool_worker(config: CleanConfig) -> None:
-    """A worker process of the processes runner, which lives for one clean with one config."""
+def start_dedicated_worker(config: CleanConfig) -> None:
+    """A worker process that lives for one clean with one config: the processes runner's, or a worker of
+    the local Dask cluster that the Dask runner started."""
     _import_spacy_without_torch(config)
     start_worker(config)
 
@@ -22,8 +23,9 @@ def start_pool_worker(config: CleanConfig) -> None:
 def _import_spacy_without_torch(config: CleanConfig) -> None:
     """Import spaCy without torch when no trained pipeline is configured: thinc imports torch whenever it is
     installed (about 200 MB of resident memory in each cleaning worker), and blank pipelines never use it.
-    Only in a pool's fresh process: thinc then believes torch absent for the life of the process, which a
-    Dask worker or memlm's own process (a later config's pipeline may need torch) must not."""
+    Only in a dedicated worker's fresh process: thinc then believes torch absent for the life of the
+    process, which a worker of a cluster memlm did not start or memlm's own process (a later config's
+    pipeline may need torch) must not."""
     import sys
 
     if config.spacy_model or "torch" in sys.modules or "spacy" in sys.modules:

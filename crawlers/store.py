@@ -4,7 +4,7 @@ no page and why. Both are append-only, one flushed line per record, so a crawl k
 what is stored, one record at a time, and fetches only the rest.
 
 Memory does not hold pages: what the store keeps per page is an 8-byte hash of its URL (two when it was
-redirected) in a set, about 70 bytes a page in CPython, and per failed URL the same."""
+redirected), about 8 bytes each in a `HashSet`, and per failed URL the same."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from crawlers.hashset import HashSet
 from crawlers.urls import canonical_url
 
 PAGES_FILE = "pages.jsonl"
@@ -93,8 +94,8 @@ class PageStore:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.pages_path = self.out_dir / PAGES_FILE
         self.failures_path = self.out_dir / FAILURES_FILE
-        self.url_hashes: set[int] = set()  # canonical request and final URLs of stored pages
-        self.failed_hashes: set[int] = set()
+        self.url_hashes = HashSet()  # canonical request and final URLs of stored pages
+        self.failed_hashes = HashSet()
         self.pages = 0
         self.by_status: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()  # reason -> URLs

@@ -1,5 +1,6 @@
 """What grows with the corpus while cleaning, kept compact: the boilerplate line counts and the
-near-duplicate index answer as plain Python dicts would, across the merges of their sorted arrays."""
+near-duplicate index answer as plain Python dicts would, and the hash sets as Python sets, across the
+merges of their sorted arrays; the Dask runner cuts few shards of bounded size."""
 from __future__ import annotations
 
 import random
@@ -10,6 +11,7 @@ import pytest
 
 import corpus.boilerplate as boilerplate
 import corpus.near_dedup as near_dedup
+import crawlers.hashset as hashset
 from corpus.boilerplate import LineCounts, line_key
 from corpus.config import NearDedupConfig
 
@@ -80,3 +82,28 @@ def test_hash_index_finds_every_hash_across_merges(monkeypatch):
     assert len(index) == 200 and index.recent_entries < 20  # most of it merged into the sorted arrays
     assert all(value in index for value in hashes) and index.get(hashes[7]) == [7]
     assert not any(rng.getrandbits(64) in index for _ in range(200))
+
+
+def test_hash_set_answers_as_a_python_set_across_merges(monkeypatch):
+    monkeypatch.setattr(hashset, "MERGE_AT_LEAST", 5)
+    rng = random.Random(1)
+    hashes = [rng.getrandbits(64) for _ in range(300)] + [0, 2**64 - 1]
+    held = hashset.HashSet()
+    for value in hashes + hashes[:50]:  # added twice: still once
+        held.add(value)
+    assert len(held) == len(set(hashes)) and len(held.recent) < 40  # most of it in the sorted array
+    assert list(held.sorted) == sorted(held.sorted)
+    assert all(value in held for value in hashes)
+    assert not any(rng.getrandbits(64) in held for _ in range(300))
+
+
+def test_dask_shards_are_few_and_bounded_in_size():
+    from corpus.config import CleanConfig
+    from corpus.runners import chunks, shard_pages
+
+    assert shard_pages(CleanConfig(), pages=10_000, workers=2) == 1250  # four shards per worker
+    assert shard_pages(CleanConfig(), pages=30, workers=2) == 16  # never below a batch
+    assert shard_pages(CleanConfig(shard_pages=100), pages=10_000, workers=2) == 100
+    pages = [{"html": "x" * 1000}] * 10 + [{"blocks": [["p", "y" * 3000]]}] * 3
+    assert [len(c) for c in chunks(pages, 4)] == [4, 4, 4, 1]
+    assert [len(c) for c in chunks(pages, 100, max_chars=2500)] == [3, 3, 3, 2, 1, 1]

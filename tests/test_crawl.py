@@ -9,7 +9,7 @@ import pytest
 
 from crawlers.config import CrawlConfig
 from crawlers.digests import PAGE_DIGESTS_FILE, content_digest
-from crawlers.run import CrawlError, crawl
+from crawlers.run import CrawlError, _html_files, crawl
 from crawlers.store import SCRAPY_MANIFEST_FILE
 
 pytestmark = pytest.mark.integration
@@ -96,3 +96,11 @@ def test_a_file_dropped_into_a_served_folder_is_crawled_unlinked(site, tmp_path)
     result = crawl(CrawlConfig(site_dir=folder, serve_port=0, max_pages=50), tmp_path / "crawl")
     assert "unlinked.html" in stored_paths(result.pages_file)
     assert "private/secret.html" not in stored_paths(result.pages_file)  # robots.txt still rules
+
+
+def test_a_folders_files_are_listed_in_path_order(tmp_path):
+    for name in ("a.html", "a/b.html", "a-b.html", "a/c/d.htm", "b.html", "notes.txt", "z/y.xhtml.html", "ab.html"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("<p>x</p>")
+    expected = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.htm*") if p.is_file())
+    assert list(_html_files(tmp_path)) == expected and len(expected) == 7

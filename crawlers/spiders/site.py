@@ -17,6 +17,7 @@ from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TCPTi
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 
 from crawlers.decode import NotText, decode_html
+from crawlers.hashset import HashSet
 from crawlers.store import PageStore, url_hash
 from crawlers.urls import canonical_url, host_of, on_domains, page_links
 
@@ -62,7 +63,7 @@ class SiteSpider(Spider):
         self.deny = [re.compile(p) for p in _list_arg(deny)]
         self.max_depth = int(max_depth)
         self.resume = str(resume) in ("1", "true", "True")
-        self.enqueued: set[int] = set()  # hashes of the canonical URLs requested or recorded
+        self.enqueued = HashSet()  # hashes of the canonical URLs requested or recorded
 
     @classmethod
     def from_crawler(cls, crawler, *args, **kwargs):
