@@ -24,6 +24,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from model.distributed import Ranks
+from model.optim import OptimizerInBackward
 
 STATE_FILE = "train_state.json"
 
@@ -61,6 +62,12 @@ def _barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
+def _optimizers(optimizer) -> torch.optim.Optimizer | list[torch.optim.Optimizer]:
+    """What DCP's state-dict functions take: one optimizer, or a list of them (an optimizer stepped in
+    backward is one per parameter, each keyed by its parameter's name)."""
+    return list(optimizer.optimizers.values()) if isinstance(optimizer, OptimizerInBackward) else optimizer
+
+
 def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,
                  ranks: Ranks) -> None:
     """Every rank calls this; `train_state` (JSON-able) is rank 0's."""
@@ -70,7 +77,7 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier(ranks)
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, _optimizers(optimizer))
     tensors = _tensors(model, model_state, optim_state)
     dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp), save_distributed=ranks.distributed))
     _barrier(ranks)
@@ -91,7 +98,7 @@ def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text())
     # Creates the optimizer's state (zeros) when it has none yet, so that DCP has tensors to load into.
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, _optimizers(optimizer))
     with warnings.catch_warnings():
         # Without a process group DCP warns that it loads in one process: that is the intent (2 -> 1).
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -100,5 +107,5 @@ def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
     # JSON has no tuples; the optimizers want their betas as one.
     optim_state["param_groups"] = [{k: tuple(v) if k == "betas" else v for k, v in group.items()}
                                    for group in state["param_groups"]]
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+    set_state_dict(model, _optimizers(optimizer), model_state_dict=model_state, optim_state_dict=optim_state)
     return state
