@@ -115,9 +115,17 @@ def sliced_low_bit_adamw(name: str) -> type[torch.optim.Optimizer]:
     class Sliced(base):
         @torch.no_grad()
         def step(self, closure: Callable | None = None):
-            loss = closure() if closure is not None else None
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
             with torch._dynamo.utils.disable_cache_limit():  # one compiled step per slice shape, as torchao
                 for group in self.param_groups:
+                    if group["amsgrad"]:
+                        raise NotImplementedError("sliced low-bit AdamW has no amsgrad")
+                    if not isinstance(group["lr"], torch.Tensor):  # a float would recompile the step per value
+                        raise RuntimeError("the low-bit AdamW's lr must stay a tensor: set it with "
+                                           "param_groups[i]['lr'].fill_(lr)")
                     for p in group["params"]:
                         if p.grad is None:
                             continue
@@ -144,13 +152,15 @@ def sliced_low_bit_adamw(name: str) -> type[torch.optim.Optimizer]:
 
 def _rows_per_slice(p: torch.Tensor, state: torch.Tensor, block_size: int) -> int | None:
     """Rows of `p` per slice: None (the whole weight at once) for a small weight or a plain (unquantized)
-    state, else the most rows that divide the weight evenly (one compiled shape), hold whole quantization
-    blocks and stay within SLICE elements."""
+    state, else the most rows within SLICE elements that hold whole quantization blocks (the last slice,
+    shorter, ends where the weight does: a whole block too). At most two compiled shapes a weight."""
     if p.numel() <= SLICE or p.dim() < 2 or type(state) is torch.Tensor:
         return None
     row = p[0].numel()
-    fitting = [r for r in range(1, p.size(0)) if p.size(0) % r == 0 and r * row <= SLICE and (r * row) % block_size == 0]
-    return max(fitting, default=None)
+    rows = max(SLICE // row, 1)
+    while rows > 1 and (rows * row) % block_size:
+        rows -= 1
+    return rows if (rows * row) % block_size == 0 and rows < p.size(0) else None
 
 
 def store_matrices_in_bf16(model: nn.Module) -> None:

@@ -506,11 +506,13 @@ def _traced_state_init(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, ranks:
     them yet)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    from model.sharded_checkpoint import state_dict_optimizers
+
     model = build_model(arch_cfg)
     train_step = TrainStep(model, cfg, torch.device("cpu"), ranks=ranks, mesh=mesh)
     train_step.tracker.grad_bucket_bytes = bucket_bytes  # cfg is one process's: TrainStep does not set it
     with train_step.tracker.traced(0, recorder, round_size) as init:
-        get_state_dict(model, train_step.optimizer)
+        get_state_dict(model, state_dict_optimizers(train_step.optimizer))
     return init[0].peak_bytes
 
 
