@@ -214,13 +214,13 @@ def stage_main(args: list[str]) -> None:
         from corpus.clean import clean
         from corpus.config import CleanConfig
         from corpus.jsonl import file_sha256
-
         from corpus.runners import prefect_api_url
 
         pages_file, out, runner, workers = Path(args[1]), Path(args[2]), args[3], int(args[4])
         mb = pages_file.stat().st_size / 1e6
         # The Dask runner is timed as in a flow run, whose Prefect API is up before its tasks run (a
-        # temporary server, a child of this process, took 11 s to start here).
+        # temporary server, a child of this process, took 11 s to start here); the imports are not timed.
+        started = time.monotonic()
         if runner == "dask":
             prefect_api_url()
         prefect_api_s = time.monotonic() - started
@@ -307,7 +307,7 @@ def entry_sizes(entries: int) -> dict:
 
     from corpus.boilerplate import LineCounts
     from corpus.config import NearDedupConfig
-    from corpus.near_dedup import HashIndex, NearDuplicateIndex
+    from corpus.near_dedup import NearDuplicateIndex
     from crawlers.hashset import HashSet
 
     NearDuplicateIndex(NearDedupConfig())  # imports (datasketch, scipy) before anything is measured

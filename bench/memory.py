@@ -47,8 +47,8 @@ BEST_ANY = {"activation_checkpointing": "selective", "checkpoint_every": 2, "mlp
 LOWEST = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128, "late_head_grad": True,
           "optimizer_in_backward": True, "optimizer": "adafactor"}
 
-# The best AdamW combination that composes with DDP and FSDP (optimizer_in_backward and split_head_step
-# need each gradient whole on its rank before the step; see model/techniques.py).
+# The best AdamW combination that composes with DDP and FSDP (split_head_step, and optimizer_in_backward
+# under DDP, step a gradient before the ranks average it; see model/techniques.py).
 BEST_ADAMW_SHARDED = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128}
 # Below the fp32 AdamW floor (issue 13): bf16 weights computed in fp32 and stepped with stochastic rounding,
 # low-bit AdamW states, the loss's vocabulary in tiles. split_head_step needs fp32 AdamW, so the head's
@@ -96,6 +96,9 @@ ROWS: dict[str, dict] = {
     "fsdp-baseline": {"impl": "memlm", "memory": PLAIN, "strategy": "fsdp"},
     "fsdp-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW_SHARDED, "strategy": "fsdp"},
     "ddp-best-adamw": {"impl": "memlm", "memory": BEST_ADAMW_SHARDED, "strategy": "ddp"},
+    # FSDP2 runs each shard's post-accumulate-grad hook after its reduce-scatter: stepped and freed there.
+    "fsdp-best-adamw-in-backward": {"impl": "memlm", "memory": {**BEST_ADAMW_SHARDED, "optimizer_in_backward": True},
+                                    "strategy": "fsdp"},
     "memlm-best-adamw-composable": {"impl": "memlm", "memory": BEST_ADAMW_SHARDED, "world": True},
     "hf-gpt2": {"impl": "hf", "checkpointing": False},
     "hf-gpt2-ckpt": {"impl": "hf", "checkpointing": True},
@@ -147,7 +150,7 @@ def hf_model(checkpointing: bool):
 
 
 WORLD_ROWS = ["memlm-baseline", "ddp-baseline", "fsdp-baseline", "memlm-best-adamw", "memlm-best-adamw-composable",
-              "ddp-best-adamw", "fsdp-best-adamw"]
+              "ddp-best-adamw", "fsdp-best-adamw", "fsdp-best-adamw-in-backward"]
 STATE = ("parameters", "gradients", "optimizer_state")
 
 

@@ -148,8 +148,8 @@ class CleanConfig(Strict):
     shard_pages: int = Field(
         default=0, ge=0, description="Pages per Dask task (runner dask); 0: a pass's pages over four tasks per "
         "Dask worker (a Prefect task run costs about half a second, so a few large tasks beat many small ones).")
-    shard_mib: float = Field(default=8.0, gt=0, description="Most HTML (pass 1) or text (pass 2) in one Dask task, "
-                             "in MiB: what the parent, the scheduler and a worker hold of one task.")
+    shard_chars: int = Field(default=8_000_000, ge=1, description="Most characters of HTML (pass 1) or text "
+                             "(pass 2) in one Dask task: what the parent, the scheduler and a worker hold of one task.")
 
     @model_validator(mode="after")
     def _overrides_are_valid(self) -> "CleanConfig":

@@ -56,7 +56,7 @@ class Cleaned:
 
 NLP_LOCK = threading.Lock()  # one spaCy memory zone at a time in a process (see filter_chunk)
 # Settings that change how the work is done, not what it gives.
-EXECUTION_FIELDS = {"workers", "batch_size", "runner", "dask_address", "shard_pages", "shard_mib"}
+EXECUTION_FIELDS = {"workers", "batch_size", "runner", "dask_address", "shard_pages", "shard_chars"}
 
 
 def filter_keys(config: CleanConfig, boilerplate: frozenset[bytes]) -> Callable[[dict, set[bytes]], str]:

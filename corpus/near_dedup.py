@@ -39,9 +39,6 @@ class HashIndex:
         lo, hi = int(np.searchsorted(self.values, key, "left")), int(np.searchsorted(self.values, key, "right"))
         return [*self.docs[lo:hi].tolist(), *self.recent.get(value, ())]
 
-    def __contains__(self, value: int) -> bool:
-        return bool(self.get(value))
-
     def add(self, value: int, doc: int) -> None:
         self.recent.setdefault(value, []).append(doc)
         self.recent_entries += 1

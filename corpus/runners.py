@@ -8,9 +8,9 @@ The runner cuts the pages into chunks. The processes runner sends `clean.batch_s
 chunk costs a pickle there). On Dask each chunk is a shard and one Prefect task, and a Prefect task run
 costs about half a second of calls to the Prefect API (0.45 s measured on this 2-core machine), so shards
 are large: `clean.shard_pages` pages, or by default the pass's pages over four shards per Dask worker
-(four, so that the workers end a pass together), and never more than `clean.shard_mib` of HTML or text
-(what the parent, the scheduler and a worker hold of a shard). At most two shards per Dask worker are in
-flight, so that the parent holds a bounded number of pages."""
+(four, so that the workers end a pass together), and never more than `clean.shard_chars` characters of
+HTML or text (what the parent, the scheduler and a worker hold of a shard). At most two shards per Dask
+worker are in flight, so that the parent holds a bounded number of pages."""
 from __future__ import annotations
 
 import contextlib
@@ -99,16 +99,20 @@ def _dask_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
                                                        env={"PREFECT_API_URL": prefect_api_url()}))
             address = cluster.scheduler_address
         with Client(address) as client:
-            workers = max(len(client.scheduler_info()["workers"]), 1)
-            if config.dask_address is None:  # workers of our own: spaCy without torch, as the processes runner's
-                client.run(start_dedicated_worker, config)
+            addresses = list(client.scheduler_info()["workers"])
+            if config.dask_address is None:
+                # Workers of our own: spaCy without torch, as the processes runner's. A task on each (not
+                # client.run, which would hold the worker's event loop for the import).
+                client.gather([client.submit(start_dedicated_worker, config, workers=[address], pure=False)
+                               for address in addresses])
+        workers = max(len(addresses), 1)
         runner = stack.enter_context(DaskTaskRunner(address=address))
         per_shard = shard_pages(config, pages, workers)
 
         def run(step: Callable[[Chunk], list], items: Iterable[dict],
                 boilerplate: frozenset[bytes] = frozenset()) -> Iterator[list]:
             futures: deque = deque()
-            for shard in chunks(items, per_shard, config.shard_mib * 2**20):
+            for shard in chunks(items, per_shard, config.shard_chars):
                 futures.append(runner.submit(shard_task, parameters={
                     "step": step, "shard": shard, "config": config, "boilerplate": boilerplate}))
                 if len(futures) >= 2 * workers:

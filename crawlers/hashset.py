@@ -1,6 +1,8 @@
-"""A set of 64-bit hashes at about 8 bytes an entry, without numpy: a sorted `array('Q')` and a Python set
-of the hashes added since the last merge. A Python set of ints takes about 70 bytes an entry, which at a
-million URLs is 70 MB in the crawler; Scrapy's process never imports numpy (17 MB), and neither does this."""
+"""A set of 64-bit hashes without numpy: a sorted `array('Q')` (8 bytes an entry) and a Python set of the
+hashes added since the last merge, at most an eighth as many (so 8 to about 15 bytes an entry, more for
+the instant of a merge; `python bench/data.py --entry-sizes` measures it). A Python set of ints takes
+about 70 bytes an entry, 70 MB at a million URLs in the crawler; Scrapy's process never imports numpy
+(17 MB), and neither does this."""
 from __future__ import annotations
 
 import heapq
@@ -9,7 +11,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 
 MERGE_AT_LEAST = 4096
-MERGE_SHARE = 8  # merge when the recent hashes reach an eighth of the sorted ones: O(n) amortized per add
+MERGE_SHARE = 8  # merge when the recent hashes reach an eighth of the sorted ones: O(1) amortized per add
 
 
 class HashSet:

@@ -78,9 +78,14 @@ def _html_files(folder: Path, prefix: str = "") -> Iterator[str]:
     """The `*.htm*` files under `folder` as relative paths, in sorted order, holding one folder's names
     at a time (a site of 100,000 files as one sorted list was 10 MB held through the crawl). A folder
     sorts as its name and a slash, as its files' paths do."""
-    with os.scandir(folder) as scan:
-        names = sorted(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name for e in scan
-                       if e.is_dir(follow_symlinks=False) or (e.is_file() and fnmatch.fnmatchcase(e.name, "*.htm*")))
+    try:
+        with os.scandir(folder) as scan:
+            names = sorted(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name for e in scan
+                           if e.is_dir(follow_symlinks=False)
+                           or (e.is_file() and fnmatch.fnmatchcase(e.name, "*.htm*")))
+    except OSError as exc:  # skipped, as pathlib's rglob skips it, but said
+        log.warning("not crawled: %s cannot be listed (%s)", folder, exc.strerror or exc)
+        return
     for name in names:
         if name.endswith("/"):
             yield from _html_files(folder / name, prefix + name)
@@ -125,16 +130,17 @@ def _run_scrapy(config: CrawlConfig, start_urls: Iterable[str], out_dir: Path,
     pages_file, manifest_file, log_file = out_dir / PAGES_FILE, out_dir / MANIFEST_FILE, out_dir / "scrapy.log"
     scrapy_manifest = out_dir / SCRAPY_MANIFEST_FILE
     resume = pages_file.exists() and not manifest_file.exists()
+    # One URL a line in a file: a served folder of 100,000 pages has as many start URLs, far more than
+    # a command-line argument may hold. Written before the last crawl's manifest is removed, so that a
+    # folder that cannot be listed leaves a finished crawl finished.
+    start_file = out_dir / START_URLS_FILE
+    first_urls, start_url_count = _write_start_urls(start_file, start_urls)
     stored = count_complete_records(pages_file) if resume else 0
     manifest_file.unlink(missing_ok=True)
     scrapy_manifest.unlink(missing_ok=True)
     # A frontier left by a killed crawl is not trusted (Scrapy loses it on SIGKILL): the spider rebuilds
     # it from the stored pages' links.
     shutil.rmtree(out_dir / FRONTIER_DIR, ignore_errors=True)
-    # One URL a line in a file: a served folder of 100,000 pages has as many start URLs, far more than
-    # a command-line argument may hold.
-    start_file = out_dir / START_URLS_FILE
-    first_urls, start_url_count = _write_start_urls(start_file, start_urls)
     args = {
         "start_urls_file": str(start_file.resolve()),
         "allowed_domains": json.dumps(config.allowed_domains),

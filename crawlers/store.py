@@ -4,7 +4,7 @@ no page and why. Both are append-only, one flushed line per record, so a crawl k
 what is stored, one record at a time, and fetches only the rest.
 
 Memory does not hold pages: what the store keeps per page is an 8-byte hash of its URL (two when it was
-redirected), about 8 bytes each in a `HashSet`, and per failed URL the same."""
+redirected) in a `HashSet` (8 to about 15 bytes a hash), and per failed URL the same."""
 from __future__ import annotations
 
 import hashlib

@@ -13,9 +13,11 @@ Two remedies, both with fp32 math inside the step:
 its fp32 temporaries are a few MiB whatever a weight's size. `store_matrices_in_bf16` keeps a GPT's
 matrices in bf16 and its vectors in fp32; each Linear casts its weight to fp32 as it runs (model/linear.py),
 so that a block's fp32 weights exist only while the block computes (or is saved for backward).
+`sliced_low_bit_adamw` is torchao's 8- or 4-bit AdamW with the same slicing of its fp32 temporaries.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -94,6 +96,71 @@ class AdamWBF16(torch.optim.Optimizer):
                         new = update.add_(w.float(), alpha=decay)
                         w.copy_(stochastic_round_to_bf16(new) if self.rounding == "stochastic" else new)
         return loss
+
+
+@functools.cache
+def sliced_low_bit_adamw(name: str) -> type[torch.optim.Optimizer]:
+    """torchao's `AdamW8bit` or `AdamW4bit` (`name`), each large weight stepped a slice of rows at a time.
+
+    torchao's step (compiled) dequantizes a weight's two moments and computes in fp32 over the whole weight:
+    for the reference config's 16384 x 384 embedding that made 156 MiB of temporaries on CPU, the row's
+    peak. A slice of whole quantization blocks is a view of the state's codes and scales (torchao's
+    `aten.slice` on its subclasses), so stepping slice by slice is the same step, block for block, with
+    temporaries of about SLICE elements."""
+    import torchao.optim
+    from torchao.optim.adam import single_param_adam
+
+    base = getattr(torchao.optim, name)
+
+    class Sliced(base):
+        @torch.no_grad()
+        def step(self, closure: Callable | None = None):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            with torch._dynamo.utils.disable_cache_limit():  # one compiled step per slice shape, as torchao
+                for group in self.param_groups:
+                    if group["amsgrad"]:
+                        raise NotImplementedError("sliced low-bit AdamW has no amsgrad")
+                    if not isinstance(group["lr"], torch.Tensor):  # a float would recompile the step per value
+                        raise RuntimeError("the low-bit AdamW's lr must stay a tensor: set it with "
+                                           "param_groups[i]['lr'].fill_(lr)")
+                    for p in group["params"]:
+                        if p.grad is None:
+                            continue
+                        state = self.state[p]
+                        if not state:
+                            state["step"] = torch.tensor(0.0)
+                            state["exp_avg"] = self._new_buffer(p, True)
+                            state["exp_avg_sq"] = self._new_buffer(p, False)
+                        state["step"] += 1
+                        tensors = (p.detach(), p.grad, state["exp_avg"], state["exp_avg_sq"])
+                        rows = _rows_per_slice(p, state["exp_avg"], self.block_size)
+                        parts = [tensors] if rows is None else [
+                            [t[start:start + rows] for t in tensors] for start in range(0, p.size(0), rows)]
+                        for weight, grad, exp_avg, exp_avg_sq in parts:
+                            torch.compile(single_param_adam, fullgraph=True, dynamic=False)(
+                                weight, grad, state["step"], exp_avg, exp_avg_sq, None, group["lr"],
+                                group["betas"][0], group["betas"][1], group["weight_decay"], group["eps"],
+                                self.is_adamw, self.bf16_stochastic_round and p.dtype is torch.bfloat16)
+            return loss
+
+    Sliced.__name__ = Sliced.__qualname__ = f"Sliced{name}"
+    return Sliced
+
+
+def _rows_per_slice(p: torch.Tensor, state: torch.Tensor, block_size: int) -> int | None:
+    """Rows of `p` per slice: None (the whole weight at once) for a small weight or a plain (unquantized)
+    state, else the most rows within SLICE elements that hold whole quantization blocks (the last slice,
+    shorter, ends where the weight does: a whole block too). At most two compiled shapes a weight."""
+    if p.numel() <= SLICE or p.dim() < 2 or type(state) is torch.Tensor:
+        return None
+    row = p[0].numel()
+    rows = max(SLICE // row, 1)
+    while rows > 1 and (rows * row) % block_size:
+        rows -= 1
+    return rows if (rows * row) % block_size == 0 and rows < p.size(0) else None
 
 
 def store_matrices_in_bf16(model: nn.Module) -> None:

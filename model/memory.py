@@ -398,8 +398,8 @@ class MemoryTracker:
                 _mark(f"note::gradients::{storage_id(t.untyped_storage())}")
 
     def note_gradients(self) -> None:
-        """After backward: gradients that no post-accumulate-grad hook saw (FSDP assigns each rank's
-        reduce-scattered shard instead of accumulating it)."""
+        """After backward: gradients that no post-accumulate-grad hook saw (a fallback; FSDP2 runs the
+        sharded parameters' hooks itself after each reduce-scatter)."""
         if self._active and self.model is not None:
             for p in dict.fromkeys(self.model.parameters()):
                 if p.grad is not None:

@@ -139,8 +139,9 @@ class Plan:
 def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[str, dict, bool]]:
     """(name, changes to the train section as dotted keys, lossy) from the fastest to the most frugal."""
     gpt = arch == "gpt"
-    # Over several ranks, no optimizer step in backward, no bf16 weights, and no optimizers other than AdamW
-    # (and Adafactor under ddp): train.distributed refuses them (model/techniques.py).
+    # Over several ranks, no head stepped in backward (and no optimizer step in backward under ddp), no bf16
+    # weights, and no optimizers other than AdamW (and Adafactor under ddp): train.distributed refuses them
+    # (model/techniques.py).
     ranks = cfg.distributed.strategy != "none"
     adamw = cfg.memory.optimizer == "adamw" and cfg.memory.precision not in BF16_WEIGHTS and not ranks
     chunk = cfg.memory.loss_chunk_size or 256
@@ -154,7 +155,8 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
     def ladder(in_backward: bool, split: bool, extra: dict) -> list[tuple[str, dict]]:
         base = {**head(in_backward, split), **extra}
         if in_backward:
-            first = "head stepped in backward" if split else "stepped in backward, head gradient late"
+            late = "" if ranks else ", head gradient late"
+            first = "head stepped in backward" if split else f"stepped in backward{late}"
         else:
             first = "chunked loss" if ranks else "head gradient late"
         rungs = [(first, base)]
@@ -168,7 +170,7 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         rungs.append(("+ loss vocabulary in tiles", {**rungs[-1][1], "memory.loss_vocab_chunk_size": VOCAB_TILE}))
         return rungs
 
-    exact_in_backward = cfg.grad_clip == 0 and cfg.grad_accum_steps == 1 and not ranks
+    exact_in_backward = cfg.grad_clip == 0 and cfg.grad_accum_steps == 1 and cfg.distributed.strategy != "ddp"
     out: list[tuple[str, dict, bool]] = [("as configured", {}, False)]
     out += [(name, changes, False) for name, changes in ladder(exact_in_backward, adamw, {})]
     # Smaller micro-batches, the gradients accumulated: activations shrink with them.
@@ -504,11 +506,13 @@ def _traced_state_init(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, ranks:
     them yet)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    from model.sharded_checkpoint import state_dict_optimizers
+
     model = build_model(arch_cfg)
     train_step = TrainStep(model, cfg, torch.device("cpu"), ranks=ranks, mesh=mesh)
     train_step.tracker.grad_bucket_bytes = bucket_bytes  # cfg is one process's: TrainStep does not set it
     with train_step.tracker.traced(0, recorder, round_size) as init:
-        get_state_dict(model, train_step.optimizer)
+        get_state_dict(model, state_dict_optimizers(train_step.optimizer))
     return init[0].peak_bytes
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from model.distributed import Ranks
+from model.optim import OptimizerInBackward
 
 STATE_FILE = "train_state.json"
 
@@ -61,6 +62,12 @@ def _barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
+def state_dict_optimizers(optimizer) -> torch.optim.Optimizer | list[torch.optim.Optimizer]:
+    """What DCP's state-dict functions take: one optimizer, or a list of them (an optimizer stepped in
+    backward is one per parameter, each keyed by its parameter's name)."""
+    return list(optimizer.optimizers.values()) if isinstance(optimizer, OptimizerInBackward) else optimizer
+
+
 def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,
                  ranks: Ranks) -> None:
     """Every rank calls this; `train_state` (JSON-able) is rank 0's."""
@@ -70,12 +77,15 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier(ranks)
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, state_dict_optimizers(optimizer))
     tensors = _tensors(model, model_state, optim_state)
     dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp), save_distributed=ranks.distributed))
     _barrier(ranks)
     if ranks.is_main:
-        state = {**train_state, "param_groups": optim_state["param_groups"], "world_size": ranks.world_size}
+        # torchao's low-bit AdamW keeps its learning rate as a tensor: JSON gets its value.
+        groups = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+                  for group in optim_state["param_groups"]]
+        state = {**train_state, "param_groups": groups, "world_size": ranks.world_size}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         old = directory.with_name(directory.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -91,14 +101,23 @@ def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text())
     # Creates the optimizer's state (zeros) when it has none yet, so that DCP has tensors to load into.
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, state_dict_optimizers(optimizer))
     with warnings.catch_warnings():
         # Without a process group DCP warns that it loads in one process: that is the intent (2 -> 1).
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(_tensors(model, model_state, optim_state),
                  storage_reader=dcp.HuggingFaceStorageReader(str(directory)))
-    # JSON has no tuples; the optimizers want their betas as one.
-    optim_state["param_groups"] = [{k: tuple(v) if k == "betas" else v for k, v in group.items()}
-                                   for group in state["param_groups"]]
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+    # JSON has no tuples or tensors: the optimizers want their betas as a tuple, and a value the live group
+    # holds as a tensor (torchao's learning rate) as a tensor again.
+    live = {name: group for group in optim_state["param_groups"] for name in group["params"]}
+
+    def restored(key: str, value, like: dict):
+        if key == "betas":
+            return tuple(value)
+        return torch.tensor(value) if isinstance(like.get(key), torch.Tensor) else value
+
+    optim_state["param_groups"] = [
+        {k: restored(k, v, live.get(next(iter(group["params"]), None), {})) for k, v in group.items()}
+        for group in state["param_groups"]]
+    set_state_dict(model, state_dict_optimizers(optimizer), model_state_dict=model_state, optim_state_dict=optim_state)
     return state

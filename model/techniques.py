@@ -24,9 +24,11 @@ Under train.distributed (ddp or fsdp) everything else composes: checkpointing, t
 loss (under FSDP its head gradient, made in forward, lands on the tied weight's gathered copy and so
 reaches the reduce-scatter), accumulation (gradients reduced on the last micro-batch only), bf16 modes,
 AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_distributed`):
-- optimizer_in_backward (and split_head_step, which needs it): a parameter's hook sees the gradient before
-  it is averaged over the ranks (DDP all-reduces whole buckets afterwards; FSDP2 reduce-scatters into new
-  shards that no post-accumulate-grad hook sees).
+- optimizer_in_backward under ddp: a parameter's hook sees the gradient before DDP all-reduces its bucket.
+  Under fsdp it composes: FSDP2 runs the sharded parameters' post-accumulate-grad hooks itself, right after
+  the reduce-scatter, so each shard is stepped with the averaged gradient and freed.
+- split_head_step (both strategies): it steps the head's rows with the gradient the chunked loss makes in
+  forward, before the ranks' gradients are averaged.
 - late_head_grad: it adds the head's gradient after autograd accumulated the tied weight's, which is after
   DDP's all-reduce of it, and FSDP2 replaces the parameter its hook was registered on.
 - fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed), with
@@ -48,7 +50,7 @@ from torch import nn
 from model.config import MemoryConfig, TrainConfig
 from model.gpt import GPT, TiedHeadLM
 from model.losses import LateHeadGrad
-from model.lowbit import AdamWBF16, store_matrices_in_bf16
+from model.lowbit import AdamWBF16, sliced_low_bit_adamw, store_matrices_in_bf16
 from model.optim import OptimizerInBackward
 from model.optimizers import AdamMini, MuonWithAdamW
 from model.rnn import RNNAttentionLM
@@ -64,12 +66,17 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
     if strategy == "none":
         return
     where = f"train.distributed.strategy {strategy}"
-    if mem.optimizer_in_backward:
+    if mem.optimizer_in_backward and strategy == "ddp":
         switches = "optimizer_in_backward" + (" and split_head_step" if mem.split_head_step else "")
         raise TechniqueError(
             f"train.memory.{switches} cannot run with {where}: each parameter would be stepped with its own rank's "
-            "gradient, before the gradients are averaged over the ranks; turn them off (fsdp already shards the "
-            "gradients and optimizer state)")
+            "gradient, before DDP all-reduces its bucket; turn them off, or use strategy fsdp (which steps each "
+            "shard once its gradient is reduce-scattered)")
+    if mem.split_head_step:
+        raise TechniqueError(
+            f"train.memory.split_head_step cannot run with {where}: it steps the head's rows with the gradient the "
+            "chunked loss makes in forward, before FSDP reduce-scatters it over the ranks; turn it off "
+            "(optimizer_in_backward alone composes with fsdp)")
     if mem.late_head_grad:
         raise TechniqueError(
             f"train.memory.late_head_grad cannot run with {where}: it adds the head's gradient after the tied "
@@ -239,9 +246,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
         if mem.optimizer == "adafactor":
             return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=not mem.optimizer_in_backward)
         if mem.optimizer in LOW_BIT:
-            import torchao.optim
-
-            return getattr(torchao.optim, LOW_BIT[mem.optimizer])(
+            return sliced_low_bit_adamw(LOW_BIT[mem.optimizer])(
                 groups, lr=cfg.lr, betas=cfg.betas,
                 bf16_stochastic_round=bf16_weights and mem.bf16_rounding == "stochastic")
         if mem.optimizer == "adam-mini":

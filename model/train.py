@@ -270,10 +270,6 @@ def _check_budget(cfg: TrainConfig, metrics: dict[str, float], step: int) -> Non
 
 
 def load_sharded_checkpoint(directory: Path, model: torch.nn.Module, optimizer, arch_cfg) -> dict:
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise CheckpointError(
-            f"the checkpoint in {directory} is sharded (a distributed run wrote it); with "
-            "train.memory.optimizer_in_backward it cannot be loaded: resume without optimizer_in_backward")
     if config_from_dict(json.loads((directory / SHARDED_STATE_FILE).read_text())["model_config"]) != arch_cfg:
         raise CheckpointError(
             f"the checkpoint in {directory} is for another model shape; "

@@ -56,6 +56,7 @@ def test_the_dask_runner_gives_the_processes_runners_documents(crawled, tmp_path
     # Without an address memlm starts a local cluster of its own, with large shards (a few per worker).
     own = clean(crawled.pages_file, tmp_path / "own", CleanConfig(runner="dask", workers=2, **SETTINGS))
     assert own.docs_file.read_bytes() == processes.docs_file.read_bytes()
+    same_report(own.report, processes.report)
 
 
 def test_a_resumed_page_store_holds_no_pages_in_memory(tmp_path):

@@ -99,8 +99,9 @@ def test_a_file_dropped_into_a_served_folder_is_crawled_unlinked(site, tmp_path)
 
 
 def test_a_folders_files_are_listed_in_path_order(tmp_path):
-    for name in ("a.html", "a/b.html", "a-b.html", "a/c/d.htm", "b.html", "notes.txt", "z/y.xhtml.html", "ab.html"):
+    for name in ("a.html", "a/b.html", "a-b.html", "a/c/d.htm", "b.html", "notes.txt", "z/y.xhtml.html", "ab.html",
+                 "x.html/in.html"):  # a folder named like a page is a folder
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("<p>x</p>")
     expected = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.htm*") if p.is_file())
-    assert list(_html_files(tmp_path)) == expected and len(expected) == 7
+    assert list(_html_files(tmp_path)) == expected and len(expected) == 8

@@ -15,9 +15,12 @@ from model.train import train
 pytestmark = pytest.mark.integration
 
 STEPS = 5
-# The best-memory combination that composes with both strategies (optimizer_in_backward and split_head_step
-# are refused there), with accumulation over 2 micro-batches per rank.
+# The best-memory combination that composes with both strategies (optimizer_in_backward is refused under
+# ddp, split_head_step under both), with accumulation over 2 micro-batches per rank.
 FRUGAL = {"activation_checkpointing": "full", "mlp_chunks": 2, "loss_chunk_size": 64, "micro_batch_size": 2}
+# Under fsdp: each shard stepped in backward, right after its reduce-scatter (no accumulation, no clipping).
+IN_BACKWARD = {"activation_checkpointing": "full", "mlp_chunks": 2, "loss_chunk_size": 64,
+               "optimizer_in_backward": True}
 
 
 def _config(corpus, memory: dict | None = None, strategy: str = "none", nproc: int = 2, **train):
@@ -140,6 +143,28 @@ def test_a_killed_rank_ends_the_job_and_the_same_command_resumes(corpus, tmp_pat
     assert resumed.resumed_from == 8 and resumed.steps == 12
     reference = _run(corpus, tmp_path / "reference", _config(corpus, max_steps=12, checkpoint_interval=4))
     assert _train_losses(resumed) == pytest.approx(_train_losses(reference), rel=LOSS_RTOL)
+
+
+def test_fsdp_steps_each_shard_in_backward_as_one_process_does(corpus, tmp_path):
+    """FSDP2 runs a sharded parameter's post-accumulate-grad hooks after the reduce-scatter: stepped there,
+    each shard sees the gradient averaged over the ranks. The run matches one process stepping in
+    backward, and a run stopped after step 1 resumes from its sharded checkpoint (every parameter's
+    optimizer state) in one process, on the same curve."""
+    single = _run(corpus, tmp_path / "single", _config(corpus, IN_BACKWARD, grad_clip=0.0))
+    sharded = _run(corpus, tmp_path / "fsdp", _config(corpus, IN_BACKWARD, "fsdp", grad_clip=0.0))
+    assert _losses(sharded) == pytest.approx(_losses(single), rel=LOSS_RTOL)
+    for name, weight in _weights(single).items():
+        torch.testing.assert_close(_weights(sharded)[name], weight, atol=WEIGHT_ATOL, rtol=0, msg=name)
+    # Every gradient shard was applied and freed in backward: none is left for the optimizer phase.
+    at_optimizer = [rank["phases"]["optimizer"]["breakdown"] for rank in sharded.memory["ranks"]]
+    assert len(at_optimizer) == 2 and all(r["gradients"] == 0 and r["optimizer_state"] > 0 for r in at_optimizer)
+
+    stopped = _run(corpus, tmp_path / "resumed", _config(corpus, IN_BACKWARD, "fsdp", grad_clip=0.0,
+                                                         max_minutes=1e-6))
+    assert stopped.stopped_early and stopped.steps == 1
+    resumed = _run(corpus, tmp_path / "resumed", _config(corpus, IN_BACKWARD, grad_clip=0.0))
+    assert resumed.resumed_from == 1
+    assert _train_losses(resumed) == pytest.approx(_train_losses(single), rel=LOSS_RTOL)
 
 
 def test_a_refused_combination_exits_2_before_any_rank_starts(tmp_path):

@@ -185,6 +185,34 @@ def test_low_bit_adamw_states_stay_within_their_quantization_error_of_adamw():
         assert (weight - ref_weight).abs().max().item() <= 4e-3 * (rel * 10)
 
 
+@pytest.mark.parametrize("name", ["AdamW8bit", "AdamW4bit"])
+def test_a_low_bit_step_in_slices_is_torchaos_whole_step(name, monkeypatch):
+    """Slices of whole quantization blocks: the same codes, scales and weights as torchao's own step over
+    the whole weight."""
+    import model.lowbit as lowbit
+
+    torchao_optim = pytest.importorskip("torchao.optim")
+    monkeypatch.setattr(lowbit, "SLICE", 16 * 256)  # 4 slices of 16 rows for a 64 x 256 weight
+    torch.manual_seed(0)
+    start = torch.randn(64, 256) * 0.02
+    grads = [torch.randn(64, 256) * (i + 1) * 1e-2 for i in range(3)]
+
+    def run(optimizer_class) -> tuple[torch.Tensor, dict]:
+        p = torch.nn.Parameter(start.clone())
+        opt = optimizer_class([p], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+        for grad in grads:
+            p.grad = grad.clone()
+            opt.step()
+        return p.detach(), opt.state[p]
+
+    whole = getattr(torchao_optim, name)([torch.nn.Parameter(start)])
+    assert lowbit._rows_per_slice(start, whole._new_buffer(start, True), whole.block_size) == 16
+    (weight, state), (ref_weight, ref_state) = run(lowbit.sliced_low_bit_adamw(name)), run(getattr(torchao_optim, name))
+    assert torch.equal(weight, ref_weight)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key].codes, ref_state[key].codes) and torch.equal(state[key].scale, ref_state[key].scale)
+
+
 @pytest.mark.parametrize("memory", [{"precision": "bf16-true"}, {"precision": "bf16-weights"},
                                     {"optimizer": "adamw8bit"}, {"optimizer": "muon"}, {"optimizer": "adafactor"}])
 def test_switches_not_written_for_sharded_weights_are_refused_under_fsdp(memory):
@@ -196,3 +224,30 @@ def test_switches_not_written_for_sharded_weights_are_refused_under_fsdp(memory)
         check_distributed(cfg, torch.device("cpu"))
     check_distributed(cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"strategy": "ddp"})}),
                       torch.device("cpu"))
+
+
+def test_a_low_bit_optimizer_round_trips_through_a_sharded_checkpoint(tmp_path):
+    """torchao keeps its learning rate as a tensor and its moments as quantized subclasses: both come back."""
+    pytest.importorskip("torchao.optim")
+    from model.distributed import Ranks
+    from model.lowbit import sliced_low_bit_adamw
+    from model.sharded_checkpoint import load_sharded, save_sharded
+
+    def trained(steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(64, 64)  # 4096 weights: quantized moments; the bias's stay plain
+        opt = sliced_low_bit_adamw("AdamW8bit")(model.parameters(), lr=1e-3)
+        for _ in range(steps):
+            model(torch.randn(4, 64)).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return model, opt
+
+    model, opt = trained(2)
+    save_sharded(tmp_path / "ckpt", model, opt, {"step": 2}, Ranks())
+    fresh_model, fresh = trained(0)
+    load_sharded(tmp_path / "ckpt", fresh_model, fresh)
+    assert isinstance(fresh.param_groups[0]["lr"], torch.Tensor) and fresh.param_groups[0]["lr"].item() == pytest.approx(1e-3)
+    assert torch.equal(fresh_model.weight, model.weight)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(fresh.state[fresh_model.weight][key].dequantize(), opt.state[model.weight][key].dequantize())

@@ -295,3 +295,19 @@ def test_techniques_cut_the_memory_they_target():
     head_grad_bytes = 2048 * 64 * 4
     assert split_head.phases["backward"]["peak_bytes"] < \
         in_backward_chunked.phases["backward"]["peak_bytes"] - 0.6 * head_grad_bytes
+
+
+def test_in_backward_composes_with_fsdp_only():
+    """FSDP2 runs a shard's post-accumulate-grad hooks after its reduce-scatter; DDP all-reduces buckets after
+    the hooks ran; a split head step uses the loss's gradient from before either."""
+    from model.techniques import check_distributed
+
+    def cfg(strategy: str, **memory) -> TrainConfig:
+        return TrainConfig.model_validate({"grad_clip": 0.0, "distributed": {"strategy": strategy, "nproc_per_node": 2},
+                                           "memory": {"loss_chunk_size": 64, "optimizer_in_backward": True, **memory}})
+
+    check_distributed(cfg("fsdp"), torch.device("cpu"))
+    with pytest.raises(TechniqueError, match="before DDP all-reduces its bucket"):
+        check_distributed(cfg("ddp"), torch.device("cpu"))
+    with pytest.raises(TechniqueError, match="split_head_step cannot run with train.distributed.strategy fsdp"):
+        check_distributed(cfg("fsdp", split_head_step=True), torch.device("cpu"))
