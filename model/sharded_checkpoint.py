@@ -82,10 +82,7 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
     dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp), save_distributed=ranks.distributed))
     _barrier(ranks)
     if ranks.is_main:
-        # torchao's low-bit AdamW keeps its learning rate as a tensor: JSON gets its value.
-        groups = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in group.items()}
-                  for group in optim_state["param_groups"]]
-        state = {**train_state, "param_groups": groups, "world_size": ranks.world_size}
+        state = {**train_state, "param_groups": optim_state["param_groups"], "world_size": ranks.world_size}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         old = directory.with_name(directory.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -107,17 +104,8 @@ def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(_tensors(model, model_state, optim_state),
                  storage_reader=dcp.HuggingFaceStorageReader(str(directory)))
-    # JSON has no tuples or tensors: the optimizers want their betas as a tuple, and a value the live group
-    # holds as a tensor (torchao's learning rate) as a tensor again.
-    live = {name: group for group in optim_state["param_groups"] for name in group["params"]}
-
-    def restored(key: str, value, like: dict):
-        if key == "betas":
-            return tuple(value)
-        return torch.tensor(value) if isinstance(like.get(key), torch.Tensor) else value
-
-    optim_state["param_groups"] = [
-        {k: restored(k, v, live.get(next(iter(group["params"]), None), {})) for k, v in group.items()}
-        for group in state["param_groups"]]
+    # JSON has no tuples; the optimizers want their betas as one.
+    optim_state["param_groups"] = [{k: tuple(v) if k == "betas" else v for k, v in group.items()}
+                                   for group in state["param_groups"]]
     set_state_dict(model, state_dict_optimizers(optimizer), model_state_dict=model_state, optim_state_dict=optim_state)
     return state

@@ -36,6 +36,8 @@ AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_d
   sharded parameter's DTensor refuses: those statistics span the shards), and with
   adamw8bit/adamw4bit/adam-mini/muon (not verified over sharded parameters) and bf16-true/bf16-weights (the
   rounding step is not written for sharded weights); cpu_offload off CUDA.
+- adamw8bit/adamw4bit under ddp too: the sharded checkpoint (DCP's safetensors writer) cannot write
+  torchao's quantized moments, which are tensor subclasses.
 - compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
   before sharding it).
 """
@@ -91,6 +93,10 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
                              "torch.optim.Adafactor updates its column statistics in place, and over a sharded "
                              "parameter they span the shards (PyTorch's DTensor refuses the in-place step); "
                              "use adamw, or strategy ddp")
+    if mem.optimizer in LOW_BIT and strategy == "ddp":
+        raise TechniqueError(f"train.memory.optimizer {mem.optimizer} cannot run with {where}: torchao's quantized "
+                             "moments are tensor subclasses that the sharded checkpoint (DCP's safetensors writer) "
+                             "cannot write; use adamw, or run in one process")
     if strategy == "fsdp" and mem.optimizer in ("adamw8bit", "adamw4bit", "adam-mini", "muon"):
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} is not verified with train.distributed.strategy "
                              "fsdp (its state or update over sharded parameters; Muon needs each matrix whole); "

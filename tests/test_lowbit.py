@@ -222,32 +222,10 @@ def test_switches_not_written_for_sharded_weights_are_refused_under_fsdp(memory)
                       grad_clip=0.0)
     with pytest.raises(TechniqueError, match="strategy fsdp"):
         check_distributed(cfg, torch.device("cpu"))
-    check_distributed(cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"strategy": "ddp"})}),
-                      torch.device("cpu"))
+    ddp = cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"strategy": "ddp"})})
+    if memory.get("optimizer") == "adamw8bit":  # its quantized moments: no sharded checkpoint for them
+        with pytest.raises(TechniqueError, match="strategy ddp"):
+            check_distributed(ddp, torch.device("cpu"))
+    else:
+        check_distributed(ddp, torch.device("cpu"))
 
-
-def test_a_low_bit_optimizer_round_trips_through_a_sharded_checkpoint(tmp_path):
-    """torchao keeps its learning rate as a tensor and its moments as quantized subclasses: both come back."""
-    pytest.importorskip("torchao.optim")
-    from model.distributed import Ranks
-    from model.lowbit import sliced_low_bit_adamw
-    from model.sharded_checkpoint import load_sharded, save_sharded
-
-    def trained(steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        torch.manual_seed(0)
-        model = torch.nn.Linear(64, 64)  # 4096 weights: quantized moments; the bias's stay plain
-        opt = sliced_low_bit_adamw("AdamW8bit")(model.parameters(), lr=1e-3)
-        for _ in range(steps):
-            model(torch.randn(4, 64)).square().sum().backward()
-            opt.step()
-            opt.zero_grad()
-        return model, opt
-
-    model, opt = trained(2)
-    save_sharded(tmp_path / "ckpt", model, opt, {"step": 2}, Ranks())
-    fresh_model, fresh = trained(0)
-    load_sharded(tmp_path / "ckpt", fresh_model, fresh)
-    assert isinstance(fresh.param_groups[0]["lr"], torch.Tensor) and fresh.param_groups[0]["lr"].item() == pytest.approx(1e-3)
-    assert torch.equal(fresh_model.weight, model.weight)
-    for key in ("exp_avg", "exp_avg_sq"):
-        assert torch.equal(fresh.state[fresh_model.weight][key].dequantize(), opt.state[model.weight][key].dequantize())
