@@ -138,7 +138,7 @@ def sliced_low_bit_adamw(name: str) -> type[torch.optim.Optimizer]:
                         tensors = (p.detach(), p.grad, state["exp_avg"], state["exp_avg_sq"])
                         rows = _rows_per_slice(p, state["exp_avg"], self.block_size)
                         parts = [tensors] if rows is None else [
-                            [t[start:start + rows] for t in tensors] for start in range(0, p.size(0), rows)]
+                            [_rows(t, start, start + rows) for t in tensors] for start in range(0, p.size(0), rows)]
                         for weight, grad, exp_avg, exp_avg_sq in parts:
                             torch.compile(single_param_adam, fullgraph=True, dynamic=False)(
                                 weight, grad, state["step"], exp_avg, exp_avg_sq, None, group["lr"],
@@ -148,6 +148,16 @@ def sliced_low_bit_adamw(name: str) -> type[torch.optim.Optimizer]:
 
     Sliced.__name__ = Sliced.__qualname__ = f"Sliced{name}"
     return Sliced
+
+
+def _rows(t: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows of a weight, gradient or state as a view. torchao's slice of its quantized states drops their
+    (appearance) dtype, the last of their flattened attributes: put back, or a bf16 weight's step fails."""
+    part = t[start:end]
+    if part.dtype == t.dtype:
+        return part
+    names, attributes = part.__tensor_flatten__()
+    return type(part).__tensor_unflatten__({name: getattr(part, name) for name in names}, [*attributes[:-1], t.dtype])
 
 
 def _rows_per_slice(p: torch.Tensor, state: torch.Tensor, block_size: int) -> int | None:

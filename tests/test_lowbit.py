@@ -186,7 +186,8 @@ def test_low_bit_adamw_states_stay_within_their_quantization_error_of_adamw():
 
 
 @pytest.mark.parametrize("name", ["AdamW8bit", "AdamW4bit"])
-def test_a_low_bit_step_in_slices_is_torchaos_whole_step(name, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_low_bit_step_in_slices_is_torchaos_whole_step(name, dtype, monkeypatch):
     """Slices of whole quantization blocks: the same codes, scales and weights as torchao's own step over
     the whole weight."""
     import model.lowbit as lowbit
@@ -194,8 +195,8 @@ def test_a_low_bit_step_in_slices_is_torchaos_whole_step(name, monkeypatch):
     torchao_optim = pytest.importorskip("torchao.optim")
     monkeypatch.setattr(lowbit, "SLICE", 16 * 256)  # 4 slices of 16 rows for a 64 x 256 weight
     torch.manual_seed(0)
-    start = torch.randn(64, 256) * 0.02
-    grads = [torch.randn(64, 256) * (i + 1) * 1e-2 for i in range(3)]
+    start = (torch.randn(64, 256) * 0.02).to(dtype)  # bf16: torchao's states take the weight's dtype
+    grads = [(torch.randn(64, 256) * (i + 1) * 1e-2).to(dtype) for i in range(3)]
 
     def run(optimizer_class) -> tuple[torch.Tensor, dict]:
         p = torch.nn.Parameter(start.clone())
