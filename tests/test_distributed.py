@@ -61,11 +61,21 @@ def single(corpus, tmp_path_factory):
 
 # fp32, but the sum over the batch is taken in another order: each rank sums its half, then the all-reduce
 # (DDP) or reduce-scatter (FSDP) adds the halves, where one process sums all 8 sequences in its matrix
-# multiplies. The two differ in the last bits of a gradient (about 1e-7 relative), and AdamW, which divides
-# each gradient by its own running magnitude, keeps such differences at that relative size rather than
-# damping them. Over 5 steps we saw at most 2.4e-7 absolute on the weights (magnitudes 0.02-1) and 8e-8
-# relative on the loss; the bounds leave a factor of about 10.
-WEIGHT_ATOL, LOSS_RTOL = 2e-6, 1e-6
+# multiplies. The two differ in the last bits of a gradient (about 1e-7 relative). AdamW divides each
+# gradient by its own running magnitude, so where a gradient element is a near-cancelling sum its rounding
+# is amplified up to the whole step (lr, 1e-4 to 5e-4 in warm-up): one element of a 5-step run moved
+# 2.7e-6 apart while the tensor's mean difference was 1e-8, so no element-wise bound holds on every
+# machine. The whole tensor's difference as a share of its norm stays small: at most 2.0e-7 over these
+# tests' 15 tensors; the bound leaves a factor of 10. A rank stepping on its own half batch alone would
+# be off by about the steps' own size (up to 1.5e-3 against weights of 0.02; an estimate, not measured).
+WEIGHT_RTOL, LOSS_RTOL = 2e-6, 1e-6
+
+
+def _assert_same_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    assert ours.keys() == theirs.keys()
+    for name, weight in theirs.items():
+        off = float(torch.linalg.vector_norm(ours[name] - weight) / torch.linalg.vector_norm(weight))
+        assert off <= WEIGHT_RTOL, f"{name}: {off:.2e} of its norm apart"
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -74,10 +84,7 @@ def test_two_ranks_match_one_process(corpus, single, tmp_path, strategy, setting
     reference = single[setting]
     result = _run(corpus, tmp_path, _config(corpus, FRUGAL if setting == "frugal" else {}, strategy))
     assert _losses(result) == pytest.approx(_losses(reference), rel=LOSS_RTOL)
-    ours, theirs = _weights(result), _weights(reference)
-    assert ours.keys() == theirs.keys()
-    for name in theirs:
-        torch.testing.assert_close(ours[name], theirs[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+    _assert_same_weights(_weights(result), _weights(reference))
 
 
 def _train_losses(result) -> dict[int, float]:
@@ -103,8 +110,7 @@ def test_sharded_checkpoint_resumes_at_another_world_size(corpus, uninterrupted,
                                              checkpoint_interval=3))
     assert resumed.resumed_from == 1
     assert _train_losses(resumed) == pytest.approx(_train_losses(uninterrupted), rel=LOSS_RTOL)
-    for name, weight in _weights(uninterrupted).items():
-        torch.testing.assert_close(_weights(resumed)[name], weight, atol=WEIGHT_ATOL, rtol=0, msg=name)
+    _assert_same_weights(_weights(resumed), _weights(uninterrupted))
 
 
 def test_a_killed_rank_ends_the_job_and_the_same_command_resumes(corpus, tmp_path):
@@ -153,8 +159,7 @@ def test_fsdp_steps_each_shard_in_backward_as_one_process_does(corpus, tmp_path)
     single = _run(corpus, tmp_path / "single", _config(corpus, IN_BACKWARD, grad_clip=0.0))
     sharded = _run(corpus, tmp_path / "fsdp", _config(corpus, IN_BACKWARD, "fsdp", grad_clip=0.0))
     assert _losses(sharded) == pytest.approx(_losses(single), rel=LOSS_RTOL)
-    for name, weight in _weights(single).items():
-        torch.testing.assert_close(_weights(sharded)[name], weight, atol=WEIGHT_ATOL, rtol=0, msg=name)
+    _assert_same_weights(_weights(sharded), _weights(single))
     # Every gradient shard was applied and freed in backward: none is left for the optimizer phase.
     at_optimizer = [rank["phases"]["optimizer"]["breakdown"] for rank in sharded.memory["ranks"]]
     assert len(at_optimizer) == 2 and all(r["gradients"] == 0 and r["optimizer_state"] > 0 for r in at_optimizer)
