@@ -9,7 +9,9 @@ MKL's strided batch GEMM and reads them at about 50 GB/s with 2 threads (about 3
 the plain path is kept. Training is unchanged: with gradients on, this is `nn.Linear`.
 
 A weight stored in a narrower float than its input (bf16 weights computed in fp32, model/lowbit.py) is cast
-to the input's dtype as the layer runs.
+to the input's dtype as the layer runs, and cast again in backward: autograd would keep the fp32 copy from
+forward to backward, 4 bytes a weight for every layer whose backward is still to come (within a recomputed
+block, all of its layers at once), where the bf16 weight itself costs nothing more.
 """
 from __future__ import annotations
 
@@ -21,10 +23,33 @@ SPLIT = 2
 MAX_ROWS = 256
 
 
+class WidenedWeightLinear(torch.autograd.Function):
+    """`F.linear(x, weight.float(), bias)` that saves the narrow weight, not its fp32 copy. The same
+    products as autograd's: the input's gradient from the fp32 weight, the weight's made in fp32 and
+    rounded to its dtype once."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return F.linear(x, weight.to(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.size(-1))
+        grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (rows.T @ x.reshape(-1, x.size(-1))).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = rows.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if weight.dtype is torch.bfloat16 and x.dtype is torch.float32:
+            if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
+                return WidenedWeightLinear.apply(x, weight, self.bias)
             return F.linear(x, weight.float(), self.bias)
         out_features, in_features = weight.shape
         rows = x.numel() // in_features

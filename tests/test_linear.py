@@ -51,3 +51,29 @@ def test_training_is_plain_linear_with_gradients():
     reference(x2).square().sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
     torch.testing.assert_close(layer.weight.grad, reference.weight.grad)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5, 48), (7, 48)])
+def test_a_bf16_weight_keeps_no_fp32_copy_for_backward_and_gets_autograds_gradients(shape, bias):
+    """bf16 weights computed in fp32: between forward and backward only the bf16 weight is kept, and
+    every gradient is bit for bit what autograd gives through `weight.float()`."""
+    torch.manual_seed(0)
+    layer = Linear(48, 96, bias=bias)
+    layer.weight.data = layer.weight.data.bfloat16()
+    x = torch.randn(shape, requires_grad=True)
+    grad = torch.randn(*shape[:-1], 96)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t), t)[1], lambda t: t):
+        layer(x).backward(grad)
+    assert not any(t.dtype is torch.float32 and t.shape == layer.weight.shape for t in saved)
+    assert any(t.dtype is torch.bfloat16 and t.shape == layer.weight.shape for t in saved)
+
+    weight = layer.weight.detach().clone().requires_grad_()
+    reference_bias = None if layer.bias is None else layer.bias.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    F.linear(x2, weight.float(), reference_bias).backward(grad)
+    assert torch.equal(x.grad, x2.grad) and torch.equal(layer.weight.grad, weight.grad)
+    assert layer.weight.grad.dtype is torch.bfloat16
+    if bias:
+        assert torch.equal(layer.bias.grad, reference_bias.grad)
