@@ -5,6 +5,13 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    # Each pytest-xdist worker its own Prefect home: the temporary servers its flows start then keep
+    # their SQLite database apart from the other worker's.
+    import tempfile
+
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"memlm-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -14,7 +21,7 @@ from crawlers.site_server import serve_site  # noqa: E402
 from flows.config import MemlmConfig  # noqa: E402
 from tests.site import build_site  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // WORKERS))
 
 
 @pytest.fixture(scope="session")
