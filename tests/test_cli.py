@@ -1,7 +1,9 @@
 """The memlm command line: a bad config gives one line naming the field, exit code 2, before any work."""
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,37 @@ MEMLM = [str(Path(sys.executable).parent / "memlm")] if shutil.which("memlm", pa
     else [sys.executable, "-m", "flows.cli"]
 
 
-def memlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*MEMLM, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+def memlm(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*MEMLM, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env=None if env is None else {**os.environ, **env})
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """One Prefect server for this file's flows: each `memlm` command that runs a flow would otherwise
+    start and stop a temporary server of its own (about 13 s of the 18 s such a command takes here)."""
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path_factory.mktemp("prefect")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env={**os.environ, "PREFECT_HOME": str(home)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5):
+                break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "the Prefect server did not start"
+            time.sleep(0.5)
+    yield {"PREFECT_API_URL": url}
+    server.terminate()
+    server.wait(30)
 
 
 @pytest.mark.parametrize("yaml_text, expected", [
@@ -66,9 +97,9 @@ def _stage_inputs(tmp_path: Path, clean_record: str) -> Path:
 
 
 @pytest.mark.integration
-def test_a_stage_that_stops_for_a_known_reason_says_so_in_one_line(tmp_path):
+def test_a_stage_that_stops_for_a_known_reason_says_so_in_one_line(tmp_path, prefect_api):
     config = _stage_inputs(tmp_path, '{"key": "k", "summary": {"docs_sha256": "0"}}')
-    result = memlm("split", "--config", str(config), cwd=tmp_path)
+    result = memlm("split", "--config", str(config), cwd=tmp_path, env=prefect_api)
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "Traceback" not in output and "Finished in state Failed" not in output, output
@@ -86,14 +117,15 @@ def test_a_stage_that_stops_for_a_known_reason_says_so_in_one_line(tmp_path):
     # A training cut short leaves its periodic checkpoint, not a finished stage.
     ("evaluate", ["train/checkpoint/model.safetensors"], "train/stage.json", "train"),
 ])
-def test_a_stage_run_before_its_input_names_the_command_that_makes_it(tmp_path, command, left_behind, missing, stage):
+def test_a_stage_run_before_its_input_names_the_command_that_makes_it(tmp_path, prefect_api, command, left_behind,
+                                                                      missing, stage):
     run = tmp_path / "run"
     for path in left_behind:
         (run / path).parent.mkdir(parents=True, exist_ok=True)
         (run / path).write_bytes(b"")
     config = tmp_path / "c.yaml"
     config.write_text(f"run_dir: {run}\nmlflow:\n  tracking_uri: sqlite:///{tmp_path}/mlflow.db\n")
-    result = memlm(command, "--config", str(config), cwd=tmp_path)
+    result = memlm(command, "--config", str(config), cwd=tmp_path, env=prefect_api)
     assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
@@ -110,10 +142,10 @@ def test_a_stage_run_before_its_input_names_the_command_that_makes_it(tmp_path, 
     ('{"key": "k"}', "", "KeyError: 'summary'"),
     ('{"key": "k", "summary": {"docs_sha256": "0"}}', "{not json\n", "json.decoder.JSONDecodeError"),
 ])
-def test_an_unexpected_error_keeps_its_traceback(tmp_path, clean_record, docs, error):
+def test_an_unexpected_error_keeps_its_traceback(tmp_path, prefect_api, clean_record, docs, error):
     config = _stage_inputs(tmp_path, clean_record)
     (tmp_path / "run" / "clean" / "docs.jsonl").write_text(docs)
-    result = memlm("split", "--config", str(config), cwd=tmp_path)
+    result = memlm("split", "--config", str(config), cwd=tmp_path, env=prefect_api)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and error in result.stderr, result.stderr[-2000:]
 
@@ -128,3 +160,18 @@ def test_demo_rnn_config_is_the_demo_with_the_recurrent_model():
         assert getattr(rnn, section) == getattr(gpt, section), section
     assert rnn.train.model_copy(update={"max_minutes": gpt.train.max_minutes}) == gpt.train
     assert rnn.run_dir != gpt.run_dir and rnn.mlflow.registered_model != gpt.mlflow.registered_model
+
+
+def test_expected_failures_name_memlms_errors_and_import_nothing():
+    """Every name is an exception class of memlm's; looking them up after a failure imports nothing (the
+    one-line error came about 5 s late while torch and DCP were imported to check the error's class)."""
+    import importlib
+
+    from flows.failures import EXPECTED_FAILURES
+
+    for dotted in EXPECTED_FAILURES:
+        module, name = dotted.rsplit(".", 1)
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), dotted
+    probe = ("import sys; from flows.failures import expected_failures; from corpus.split import EmptySplitError; "
+             "found = expected_failures(); assert EmptySplitError in found, found; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)
