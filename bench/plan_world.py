@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--no-big", action="store_true", help="skip the 1 B-parameter prediction")
     parser.add_argument("--repeats", type=int, default=3, help="measurements of each configuration (default 3)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     import torch
 
     from rich.console import Console

@@ -37,6 +37,7 @@ class WidenedWeightLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype)  # an output made under autocast: its gradient in the input's dtype
         rows = grad.reshape(-1, grad.size(-1))
         grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (rows.T @ x.reshape(-1, x.size(-1))).to(weight.dtype) if ctx.needs_input_grad[1] else None

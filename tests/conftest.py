@@ -9,9 +9,12 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     # Each pytest-xdist worker its own Prefect home: the temporary servers its flows start then keep
     # their SQLite database apart from the other worker's.
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"memlm-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

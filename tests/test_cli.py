@@ -30,21 +30,30 @@ def prefect_api(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     home = tmp_path_factory.mktemp("prefect")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env={**os.environ, "PREFECT_HOME": str(home)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    log = home / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                   "127.0.0.1", "--port", str(port)], env={**os.environ, "PREFECT_HOME": str(home)},
+                                  stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while True:
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Prefect server did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield {"PREFECT_API_URL": url}
+    finally:
+        server.terminate()
         try:
-            with urllib.request.urlopen(url + "/health", timeout=5):
-                break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "the Prefect server did not start"
-            time.sleep(0.5)
-    yield {"PREFECT_API_URL": url}
-    server.terminate()
-    server.wait(30)
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(30)
 
 
 @pytest.mark.parametrize("yaml_text, expected", [
