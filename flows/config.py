@@ -83,6 +83,10 @@ class ServersConfig(BaseModel):
     password: Secret | None = Field(
         default=None, description="The servers' password (at least 12 characters, MLflow's rule); "
         "MEMLM_SERVERS_PASSWORD in the environment works too and keeps it out of the config file.")
+    auth_cache_seconds: int = Field(
+        default=60, ge=0, description="How long MLflow trusts a checked password before hashing it again (0: "
+        "every request). Each check costs about 0.2 s of server CPU by design, and a run sends hundreds of "
+        "requests; a password changed outside MLflow's API is refused only once this time has passed.")
 
     def auth_required(self) -> bool:
         return self.require_auth or not is_loopback(self.host)

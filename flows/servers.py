@@ -77,7 +77,7 @@ def _commands(config: MemlmConfig, state: Path) -> dict[str, tuple[list[str], di
     if credentials:
         username, password = credentials
         mlflow += ["--app-name", "basic-auth"]
-        mlflow_env.update(MLFLOW_AUTH_CONFIG_PATH=str(_auth_config(state)), MLFLOW_AUTH_ADMIN_USERNAME=username,
+        mlflow_env.update(MLFLOW_AUTH_CONFIG_PATH=str(_auth_config(state, s.auth_cache_seconds)), MLFLOW_AUTH_ADMIN_USERNAME=username,
                           MLFLOW_AUTH_ADMIN_PASSWORD=password,
                           # Signs the UI's CSRF tokens; a new one per start only asks browsers to log in again.
                           MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32))
@@ -89,14 +89,15 @@ def _commands(config: MemlmConfig, state: Path) -> dict[str, tuple[list[str], di
     }
 
 
-def _auth_config(state: Path) -> Path:
+def _auth_config(state: Path, cache_seconds: int) -> Path:
     """MLflow's basic-auth settings: its users in the state folder (not ./basic_auth.db of whatever folder
-    the server started in), no permission for users other than the admin; the admin's password comes
-    from the environment."""
+    the server started in), no permission for users other than the admin, checked passwords cached for
+    `cache_seconds`; the admin's password comes from the environment."""
     path = state / "mlflow-auth.ini"
     path.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                     f"database_uri = sqlite:///{(state / 'mlflow-auth.db').resolve()}\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                    f"auth_cache_ttl_seconds = {cache_seconds}\n")
     return path
 
 
