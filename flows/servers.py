@@ -70,7 +70,10 @@ def _commands(config: MemlmConfig, state: Path) -> dict[str, tuple[list[str], di
         Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     artifacts = Path(s.mlflow_artifacts_dir).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
-    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": backend}
+    # MLflow's job runner (eight processes, 1.4 GiB resident here) runs GenAI scorers and prompt
+    # optimisation, none of which memlm uses; the environment can turn it back on.
+    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": backend,
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
     mlflow = [str(bin_dir / "mlflow"), "server", "--host", s.host, "--port", str(s.mlflow_port),
               "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts", "--workers", "1"]
     credentials = s.credentials()
@@ -154,14 +157,15 @@ def up(config: MemlmConfig, timeout_s: float = 120.0) -> dict[str, Server]:
 def down(config: MemlmConfig, timeout_s: float = 20.0) -> list[str]:
     """Stop the servers `up` started (by process group); returns the names of those stopped."""
     state = Path(config.servers.state_dir)
-    stopped = []
-    for server in recorded(config).values():
-        if server.pid and _alive(server.pid) and _is_ours(server):
-            os.killpg(server.pid, signal.SIGTERM)
-            if not _gone(server.pid, timeout_s):
-                os.killpg(server.pid, signal.SIGKILL)
-                _gone(server.pid, 10.0)  # return only once it is gone, also on a loaded machine
-            stopped.append(server.name)
+    running = [server for server in recorded(config).values()
+               if server.pid and _alive(server.pid) and _is_ours(server)]
+    for server in running:  # both told first, so that they shut down side by side
+        os.killpg(server.pid, signal.SIGTERM)
+    for server in running:
+        if not _gone(server.pid, timeout_s):
+            os.killpg(server.pid, signal.SIGKILL)
+            _gone(server.pid, 10.0)  # return only once it is gone, also on a loaded machine
+    stopped = [server.name for server in running]
     (state / SERVERS_FILE).unlink(missing_ok=True)
     return stopped
 

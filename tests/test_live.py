@@ -78,7 +78,9 @@ def live(tmp_path_factory, site):
             wait_for(lambda: deployments(ctx) >= 2, 120, "the two deployments to be served")
             yield ctx
         finally:
-            os.killpg(deploy.pid, signal.SIGINT)
+            # SIGTERM, as a process manager stops it: a shell that starts the suite in the background
+            # ignores SIGINT for all it starts, and the deploy would wait out the timeout below.
+            os.killpg(deploy.pid, signal.SIGTERM)
             try:
                 deploy.wait(30)
             except subprocess.TimeoutExpired:
