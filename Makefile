@@ -46,7 +46,7 @@ demo: install site
 	$(BIN)/memlm run --config $(CONFIG)
 
 test: install browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 ui: install
 	$(BIN)/memlm ui --config $(CONFIG)

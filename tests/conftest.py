@@ -27,6 +27,19 @@ from tests.site import build_site  # noqa: E402
 torch.set_num_threads(max(1, 2 // WORKERS))  # the 2 cores these tests are sized for, shared by the workers
 
 
+# Test files by their measured time, longest first (the rest follow in their own order): `make test`
+# hands files to its two workers in this order (--no-loadscope-reorder), so that neither worker starts a
+# long file when the other is nearly done.
+LONGEST_FIRST = ("test_distributed.py", "test_live.py", "test_plan.py", "test_pipeline.py", "test_secrets.py",
+                 "test_memory_budget.py", "test_cli.py", "test_clean_scale.py", "test_split.py", "test_rnn.py",
+                 "test_techniques.py", "test_crawl_polite.py", "test_crawl.py", "test_clean_unparseable.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
@@ -38,6 +51,63 @@ def site(tmp_path_factory):
 def site_url(site):
     with serve_site(site[0]) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One Prefect server for this test process's flows: `memlm` commands get it through `env=prefect_api`
+    (each would otherwise start and stop a temporary server of its own, about 13 s of the 18 s such a
+    command takes here), flows run in this process through `prefect_flows`."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path_factory.mktemp("prefect-server")
+    log = home / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                   "127.0.0.1", "--port", str(port)], env={**os.environ, "PREFECT_HOME": str(home)},
+                                  stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Prefect server did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield {"PREFECT_API_URL": url}
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(30)
+
+
+@pytest.fixture(scope="session")
+def prefect_flows(prefect_api):
+    """Flows run in this process report to `prefect_api`'s server (one per test process, rather than a
+    prefect_test_harness server per test file)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):
+        yield prefect_api
+        # Logs and events still queued are sent before the server stops (else: "Error logging to API").
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
 
 
 def small_config(tmp_path, site_url: str, **overrides) -> MemlmConfig:

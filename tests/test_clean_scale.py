@@ -36,14 +36,14 @@ def test_line_counts_spilled_to_disk_give_the_same_documents(crawled, tmp_path):
     assert not (tmp_path / "spilled" / "line-counts.sqlite").exists()  # the spill is removed at the end
 
 
-def test_the_dask_runner_gives_the_processes_runners_documents(crawled, tmp_path):
+def test_the_dask_runner_gives_the_processes_runners_documents(crawled, prefect_flows, tmp_path):
     from distributed import LocalCluster
 
     from corpus.runners import prefect_api_url
 
     processes = clean(crawled.pages_file, tmp_path / "processes", CleanConfig(workers=2, **SETTINGS))
-    # The workers report their task runs to this process's Prefect API, as a cluster's workers would to a
-    # Prefect server (without it each starts a temporary server of its own).
+    # The workers report their task runs to this process's Prefect server, as a cluster's workers would
+    # (without it each starts a temporary server of its own).
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       env={"PREFECT_API_URL": prefect_api_url()}) as cluster:
         dask = clean(crawled.pages_file, tmp_path / "dask",

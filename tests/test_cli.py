@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,43 +16,6 @@ MEMLM = [str(Path(sys.executable).parent / "memlm")] if shutil.which("memlm", pa
 def memlm(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*MEMLM, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
                           env=None if env is None else {**os.environ, **env})
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """One Prefect server for this file's flows: each `memlm` command that runs a flow would otherwise
-    start and stop a temporary server of its own (about 13 s of the 18 s such a command takes here)."""
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    home = tmp_path_factory.mktemp("prefect")
-    log = home / "server.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-                                   "127.0.0.1", "--port", str(port)], env={**os.environ, "PREFECT_HOME": str(home)},
-                                  stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the Prefect server did not start:\n{log.read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield {"PREFECT_API_URL": url}
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
 
 
 @pytest.mark.parametrize("yaml_text, expected", [

@@ -218,9 +218,10 @@ def test_per_rank_memory_adds_up_to_the_single_process(corpus, tmp_path):
     assert logged and logged[0]["memory/peak_mib"] == max(logged[0][f"memory/rank{r}/peak_mib"] for r in (0, 1))
 
 
-def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, tmp_path):
+def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, prefect_api, tmp_path):
     """Node 0's launch (as the train task runs it) and `memlm train --node-rank 1` form one 2-node job;
     its full weights register as today's pyfunc."""
+    import os
     import socket
     import subprocess
     import sys
@@ -249,7 +250,7 @@ def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, tmp_path)
     node0.start()
     node1 = subprocess.run([sys.executable, "-m", "flows.cli", "train", "-c", str(config_file), "--strategy", "fsdp",
                             "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", endpoint],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env={**os.environ, **prefect_api})
     node0.join(300)
     assert node1.returncode == 0, node1.stdout[-2000:] + node1.stderr[-2000:]
     assert "node 1: its ranks finished" in node1.stdout
@@ -264,17 +265,15 @@ def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, tmp_path)
     assert len(mlflow.pyfunc.load_model(info.model_uri).predict(["The list"])) == 1
 
 
-def test_the_pipeline_trains_on_two_ranks_in_one_train_task_and_registers(site_url, tmp_path):
+def test_the_pipeline_trains_on_two_ranks_in_one_train_task_and_registers(prefect_flows, site_url, tmp_path):
     import mlflow
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.pipeline import pipeline_flow
     from tests.conftest import small_config
 
     config = small_config(tmp_path, site_url, train={
         "max_steps": 10, "threads": 1, "memory_sample_steps": [2], "distributed": {"strategy": "fsdp"}})
-    with prefect_test_harness(server_startup_timeout=120):
-        outcomes = {o.name: o for o in pipeline_flow(config=config)}
+    outcomes = {o.name: o for o in pipeline_flow(config=config)}
     assert list(outcomes) == ["crawl", "clean", "split", "tokenize", "train", "evaluate"]
     train_summary = outcomes["train"].summary
     assert train_summary["steps"] == 10 and len(train_summary["peak_memory_per_rank_mib"]) == 2

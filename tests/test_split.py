@@ -57,16 +57,8 @@ def test_a_small_site_splits_by_section_and_new_pages_move_no_section(tmp_path):
     assert split(tmp_path / "docs30.jsonl", tmp_path / "p", SplitConfig(min_val_pages=2)).manifest["unit"] == "page"
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.integration
-def test_a_twelve_page_site_trains_end_to_end_and_its_split_ignores_the_port(prefect_harness, tmp_path):
+def test_a_twelve_page_site_trains_end_to_end_and_its_split_ignores_the_port(prefect_flows, tmp_path):
     from corpus.clean import clean
     from crawlers.config import CrawlConfig
     from crawlers.run import crawl
