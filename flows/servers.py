@@ -160,10 +160,10 @@ def down(config: MemlmConfig, timeout_s: float = 20.0) -> list[str]:
     running = [server for server in recorded(config).values()
                if server.pid and _alive(server.pid) and _is_ours(server)]
     for server in running:  # both told first, so that they shut down side by side
-        os.killpg(server.pid, signal.SIGTERM)
+        _signal_group(server.pid, signal.SIGTERM)
     for server in running:
         if not _gone(server.pid, timeout_s):
-            os.killpg(server.pid, signal.SIGKILL)
+            _signal_group(server.pid, signal.SIGKILL)
             _gone(server.pid, 10.0)  # return only once it is gone, also on a loaded machine
     stopped = [server.name for server in running]
     (state / SERVERS_FILE).unlink(missing_ok=True)
@@ -200,6 +200,13 @@ def use_running_servers(config: MemlmConfig) -> dict[str, str]:
 
 def _save(state: Path, servers: dict[str, Server]) -> None:
     (state / SERVERS_FILE).write_text(json.dumps({k: asdict(v) for k, v in servers.items()}, indent=2))
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:  # it exited since it was found alive
+        pass
 
 
 def _gone(pid: int, timeout_s: float) -> bool:

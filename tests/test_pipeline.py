@@ -11,7 +11,9 @@ def pipeline_run(prefect_flows, site_url, tmp_path_factory):
     from flows.pipeline import pipeline_flow
     from tests.conftest import small_config
 
-    config = small_config(tmp_path_factory.mktemp("pipeline"), site_url)
+    # Its own name: the clean stage's table artifact is keyed by it, and other files' flows share this
+    # test process's Prefect server.
+    config = small_config(tmp_path_factory.mktemp("pipeline"), site_url, name="pipeline")
     first = pipeline_flow(config=config)
     second = pipeline_flow(config=config)
     return config, first, second
@@ -183,7 +185,7 @@ def test_clean_report_is_a_prefect_table_artifact(pipeline_run):
 
     from prefect.artifacts import Artifact
 
-    artifact = Artifact.get("memlm-test-clean")
+    artifact = Artifact.get("memlm-pipeline-clean")
     assert artifact is not None and artifact.type == "table"
     rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     steps = {row["step"] for row in rows}
@@ -219,6 +221,7 @@ def test_a_chinese_site_goes_from_crawl_to_a_model_that_writes_chinese(prefect_f
     # the test server's port, which changes from run to run).
     texts = [generate_text(model, tokenizer, "列表", max_new_tokens=30, temperature=0.8, top_k=40, seed=seed)
              .removeprefix("列表") for seed in range(5)]
-    written = "".join(texts)
-    chinese, latin = re.findall(r"[\u4e00-\u9fff]", written), re.findall(r"[A-Za-z]", written)
-    assert len(chinese) >= 15 and len(chinese) > 3 * len(latin), texts
+    chinese = [len(re.findall(r"[\u4e00-\u9fff]", text)) for text in texts]
+    letters = [len(re.findall(r"\w", text)) for text in texts]  # CJK, Latin letters and digits
+    assert sum(n >= 5 for n in chinese) >= 3, texts
+    assert sum(chinese) >= 0.5 * sum(letters) and "\ufffd" not in "".join(texts), texts
