@@ -147,18 +147,18 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
     chunk = cfg.memory.loss_chunk_size or 256
 
     def head(in_backward: bool, split: bool) -> dict:
-        """The chunked loss, and the tied head's gradient kept short-lived the best way allowed."""
+        """The chunked loss, the tied head stepped in backward where AdamW allows (else its gradient is
+        made in the loss: `late_head_grad` is the ladder's last rung, as it makes the logits again)."""
         split = in_backward and split
         return {"memory.loss_chunk_size": chunk, "memory.optimizer_in_backward": in_backward,
-                "memory.split_head_step": split, "memory.late_head_grad": not split and not ranks}
+                "memory.split_head_step": split, "memory.late_head_grad": False}
 
     def ladder(in_backward: bool, split: bool, extra: dict) -> list[tuple[str, dict]]:
         base = {**head(in_backward, split), **extra}
         if in_backward:
-            late = "" if ranks else ", head gradient late"
-            first = "head stepped in backward" if split else f"stepped in backward{late}"
+            first = "head stepped in backward" if split else "stepped in backward"
         else:
-            first = "chunked loss" if ranks else "head gradient late"
+            first = "chunked loss"
         rungs = [(first, base)]
         if gpt:
             rungs.append(("+ every 2nd block recomputed",
@@ -168,6 +168,10 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         if gpt:
             rungs.append(("+ tiled MLP", {**full, "memory.mlp_chunks": 4}))
         rungs.append(("+ loss vocabulary in tiles", {**rungs[-1][1], "memory.loss_vocab_chunk_size": VOCAB_TILE}))
+        if not (split and in_backward) and not ranks:
+            # The head's gradient at the end of backward instead of through it: one more pass over the
+            # logits, 21-29% of the step at the reference config (bench/results/memory-cpu-lowbit-speed.json).
+            rungs.append(("+ head gradient late", {**rungs[-1][1], "memory.late_head_grad": True}))
         return rungs
 
     exact_in_backward = cfg.grad_clip == 0 and cfg.grad_accum_steps == 1 and cfg.distributed.strategy != "ddp"
