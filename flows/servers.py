@@ -70,7 +70,7 @@ def _commands(config: MemlmConfig, state: Path) -> dict[str, tuple[list[str], di
         Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     artifacts = Path(s.mlflow_artifacts_dir).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
-    # MLflow's job runner (eight processes, 1.4 GiB resident here) runs GenAI scorers and prompt
+    # MLflow's job runner (eight processes, 1.3 GiB resident here) runs GenAI scorers and prompt
     # optimisation, none of which memlm uses; the environment can turn it back on.
     mlflow_env = {"MLFLOW_BACKEND_STORE_URI": backend,
                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
