@@ -28,13 +28,12 @@ def group_of(name: str) -> str:
     return next((group for group, names in GROUPS.items() if name in names), "the rest")
 
 
-def profile_row(name: str, threads: int) -> dict:
+def profile_row(name: str, data_file: Path, threads: int) -> dict:
     import memory as bench
     from torch.profiler import ProfilerActivity, profile
 
     import model.step
 
-    data_file, _ = bench.prepare_data(Path("runs/bench/profile-data"), None)
     profiler = profile(activities=[ProfilerActivity.CPU])
     step_s: dict[int, float] = {}
     call = model.step.TrainStep.__call__
@@ -74,7 +73,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = [profile_row(name, args.threads) for name in args.rows.split(",")]
+    import memory as bench
+
+    data_file, _ = bench.prepare_data(Path("runs/bench/profile-data"), None)
+    results = [profile_row(name, data_file, args.threads) for name in args.rows.split(",")]
     for r in results:
         print(f"{r['name']}: {r['profiled_s_per_step']} s a profiled step; " +
               ", ".join(f"{g} {s} s" for g, s in r["groups_s_per_step"].items()))

@@ -168,7 +168,7 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         if gpt:
             rungs.append(("+ tiled MLP", {**full, "memory.mlp_chunks": 4}))
         rungs.append(("+ loss vocabulary in tiles", {**rungs[-1][1], "memory.loss_vocab_chunk_size": VOCAB_TILE}))
-        if not (split and in_backward) and not ranks:
+        if not base["memory.split_head_step"] and not ranks:
             # The head's gradient at the end of backward instead of through it: one more pass over the
             # logits, 21-29% of the step at the reference config (bench/results/memory-cpu-lowbit-speed.json).
             rungs.append(("+ head gradient late", {**rungs[-1][1], "memory.late_head_grad": True}))

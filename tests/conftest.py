@@ -53,38 +53,49 @@ def site_url(site):
         yield url
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, what: str, every_s: float = 1.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """One Prefect server for this test process's flows: `memlm` commands get it through `env=prefect_api`
     (each would otherwise start and stop a temporary server of its own, about 13 s of the 18 s such a
     command takes here), flows run in this process through `prefect_flows`."""
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
     from pathlib import Path
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from flows.servers import answers
+
     home = tmp_path_factory.mktemp("prefect-server")
     log = home / "server.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
     with open(log, "wb") as out:
         server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-                                   "127.0.0.1", "--port", str(port)], env={**os.environ, "PREFECT_HOME": str(home)},
-                                  stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
+                                   "127.0.0.1", "--port", str(port)],
+                                  env={**os.environ, "PREFECT_HOME": str(home)}, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the Prefect server did not start:\n{log.read_text()[-2000:]}")
-                time.sleep(0.5)
+        wait_for(lambda: answers(url + "/health") or server.poll() is not None, 120, "the Prefect server")
+        if server.poll() is not None:
+            pytest.fail(f"the Prefect server did not start:\n{log.read_text()[-2000:]}")
         yield {"PREFECT_API_URL": url}
     finally:
         server.terminate()

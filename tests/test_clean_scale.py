@@ -36,7 +36,8 @@ def test_line_counts_spilled_to_disk_give_the_same_documents(crawled, tmp_path):
     assert not (tmp_path / "spilled" / "line-counts.sqlite").exists()  # the spill is removed at the end
 
 
-def test_the_dask_runner_gives_the_processes_runners_documents(crawled, prefect_flows, tmp_path):
+@pytest.mark.usefixtures("prefect_flows")
+def test_the_dask_runner_gives_the_processes_runners_documents(crawled, tmp_path):
     from distributed import LocalCluster
 
     from corpus.runners import prefect_api_url

@@ -222,7 +222,6 @@ def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, prefect_a
     """Node 0's launch (as the train task runs it) and `memlm train --node-rank 1` form one 2-node job;
     its full weights register as today's pyfunc."""
     import os
-    import socket
     import subprocess
     import sys
     import threading
@@ -231,14 +230,13 @@ def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, prefect_a
     import yaml
 
     from model.pyfunc import log_text_generator
+    from tests.conftest import free_port
 
     config, parts = corpus
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "tokens").symlink_to(parts["tokens"].manifest_file.parent)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    endpoint = f"127.0.0.1:{free_port()}"
     node = {"strategy": "fsdp", "nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint}
     cfg = _config(corpus, distributed={**node, "node_rank": 0})
     config_file = tmp_path / "memlm.yaml"
@@ -265,7 +263,8 @@ def test_two_launches_on_127_0_0_1_form_one_job_that_registers(corpus, prefect_a
     assert len(mlflow.pyfunc.load_model(info.model_uri).predict(["The list"])) == 1
 
 
-def test_the_pipeline_trains_on_two_ranks_in_one_train_task_and_registers(prefect_flows, site_url, tmp_path):
+@pytest.mark.usefixtures("prefect_flows")
+def test_the_pipeline_trains_on_two_ranks_in_one_train_task_and_registers(site_url, tmp_path):
     import mlflow
 
     from flows.pipeline import pipeline_flow

@@ -140,17 +140,16 @@ def test_generate_command_streams_from_the_registry_reproducibly(pipeline_run, t
 def test_mlflow_serves_the_registered_model_over_http(pipeline_run, tmp_path):
     import json
     import os
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
     from pathlib import Path
 
+    from tests.conftest import free_port
+
     config, _, _ = pipeline_run
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     # mlflow starts its scoring server as `uvicorn`, found on PATH: the environment's own bin folder.
     env = {**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri.get_secret_value(),
@@ -192,7 +191,8 @@ def test_clean_report_is_a_prefect_table_artifact(pipeline_run):
     assert {"language", "boilerplate", "near_duplicate", "duplicate", "boilerplate leakage"} <= steps
 
 
-def test_a_chinese_site_goes_from_crawl_to_a_model_that_writes_chinese(prefect_flows, tmp_path):
+@pytest.mark.usefixtures("prefect_flows")
+def test_a_chinese_site_goes_from_crawl_to_a_model_that_writes_chinese(tmp_path):
     import re
 
     from crawlers.site_server import serve_site

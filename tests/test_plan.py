@@ -60,6 +60,24 @@ def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy, 
     assert any(c[2] for c in found) == (lossy and strategy != "fsdp")  # fsdp runs AdamW only
 
 
+@pytest.mark.parametrize("memory, grad_clip", [({}, 1.0), ({"precision": "bf16-weights", "optimizer": "adamw8bit"}, 0.0)])
+def test_the_late_head_gradient_is_the_last_rung_before_micro_batches(memory, grad_clip):
+    """It makes the logits again in backward (21-29% of the step at the reference config): tried only after
+    every recomputation rung, and never where the head is stepped in backward or over ranks."""
+    cfg = TrainConfig(batch_size=8, grad_clip=grad_clip, memory=memory)
+    found = candidates(cfg, "gpt")
+    late = [name for name, changes, _ in found if apply_changes(cfg, changes).memory.late_head_grad]
+    after = [name for name, _, _ in found][[name for name, _, _ in found].index("+ head gradient late") + 1:]
+    assert late[0] == "+ head gradient late" and after and all(name.startswith("+ micro-batches") for name in after)
+    assert late[1:] == after  # the micro-batch rungs build on the most frugal one
+    split = TrainConfig(batch_size=8, grad_clip=0.0)
+    # (its micro-batch rungs accumulate, so they cannot step in backward: they take the late gradient)
+    assert not any(apply_changes(split, c).memory.late_head_grad for name, c, lossy in candidates(split, "gpt")
+                   if not lossy and "micro" not in name)
+    ranks = TrainConfig(batch_size=8, distributed={"strategy": "fsdp", "nproc_per_node": 2})
+    assert not any(apply_changes(ranks, c).memory.late_head_grad for _, c, _ in candidates(ranks, "gpt"))
+
+
 @pytest.mark.parametrize("batch, micro, world, expected", [(18, None, 1, [9, 3, 1]), (12, 6, 1, [3, 1]), (1, None, 1, []),
                                                            (20, None, 4, [1]), (36, None, 2, [9, 3, 1])])
 def test_micro_batches_divide_each_ranks_share_of_the_batch(batch, micro, world, expected):

@@ -65,14 +65,12 @@ def test_the_published_corpus_is_read_back_and_a_map_from_before_digest_tables_i
 
 
 def test_a_server_that_does_not_answer_fails_in_seconds_naming_its_url(tmp_path, monkeypatch):
-    import socket
-
     from flows.config import MemlmConfig
     from flows.servers import ServerError, use_running_servers
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens on it
     monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
     config = MemlmConfig.model_validate({"servers": {"state_dir": str(tmp_path / "state")}})
     started = time.monotonic()

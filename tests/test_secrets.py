@@ -69,8 +69,7 @@ PASSWORDS = {"servers": "planted-servers-pw-4e1f", "prefect_db": "planted-prefec
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, site_url):
     """`memlm up` with every secret field holding a password and authentication forced on 127.0.0.1."""
-    from tests.conftest import small_config
-    from tests.test_live import free_port
+    from tests.conftest import free_port, small_config
 
     root = tmp_path_factory.mktemp("secrets")
     prefect_port, mlflow_port = free_port(), free_port()

@@ -58,7 +58,8 @@ def test_a_small_site_splits_by_section_and_new_pages_move_no_section(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_twelve_page_site_trains_end_to_end_and_its_split_ignores_the_port(prefect_flows, tmp_path):
+@pytest.mark.usefixtures("prefect_flows")
+def test_a_twelve_page_site_trains_end_to_end_and_its_split_ignores_the_port(tmp_path):
     from corpus.clean import clean
     from crawlers.config import CrawlConfig
     from crawlers.run import crawl
