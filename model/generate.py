@@ -8,6 +8,7 @@ import torch
 from tokenizers import Tokenizer
 
 from model.gpt import TiedHeadLM
+from model.utf8_guard import Utf8Guard
 
 EOT = "<|endoftext|>"
 
@@ -27,8 +28,9 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
 def generate_tokens(model: TiedHeadLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None,
                     generator: torch.Generator | None = None, stop_id: int | None = None,
-                    use_cache: bool = True) -> Iterator[int]:
-    """Yield up to `max_new_tokens` sampled token ids after the prompt `idx` (1, T)."""
+                    use_cache: bool = True, guard: Utf8Guard | None = None) -> Iterator[int]:
+    """Yield up to `max_new_tokens` sampled token ids after the prompt `idx` (1, T); with a `guard`, only
+    tokens that keep the text valid UTF-8."""
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     was_training = model.training
     model.eval()
@@ -43,11 +45,13 @@ def generate_tokens(model: TiedHeadLM, idx: torch.Tensor, max_new_tokens: int, t
                 pending = idx[:, -(limit // 2):]
             context = pending if cache is not None else (idx if limit is None else idx[:, -limit:])
             logits = next_token_logits(model, context, cache)
-            next_id = _sample(logits, temperature, top_k, top_p, generator)
+            next_id = _sample(logits if guard is None else guard.mask(logits), temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_id], dim=1)
             pending = next_id
             if stop_id is not None and int(next_id) == stop_id:
                 return
+            if guard is not None:
+                guard.advance(int(next_id))
             yield int(next_id)
     finally:
         model.train(was_training)
@@ -94,25 +98,30 @@ def stream_text(model: TiedHeadLM, tokenizer: Tokenizer, prompt: str, max_new_to
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)
+    guard = Utf8Guard.for_tokenizer(tokenizer)
     new_ids: list[int] = []
     shown = 0
     hold = max((len(s) for s in stop), default=1) - 1  # text that could still become a stop string
     for token in generate_tokens(model, torch.tensor([ids], device=device), max_new_tokens, temperature, top_k,
-                                 top_p, generator, stop_id=eot):
+                                 top_p, generator, stop_id=eot, guard=guard):
         new_ids.append(token)
-        text = tokenizer.decode(new_ids)
+        text = _complete_characters(tokenizer.decode(new_ids), guard)
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
         if cut >= 0:
             yield text[shown:cut]
             return
-        # Byte-level BPE can end mid-character: wait for a complete one before showing it.
-        ready = len(text) - hold if not text.endswith("\ufffd") else len(text.rstrip("\ufffd")) - hold
-        if ready > shown:
-            yield text[shown:ready]
-            shown = ready
-    text = tokenizer.decode(new_ids)
+        if len(text) - hold > shown:
+            yield text[shown:len(text) - hold]
+            shown = len(text) - hold
+    text = _complete_characters(tokenizer.decode(new_ids), guard)
     if len(text) > shown:
         yield text[shown:]
+
+
+def _complete_characters(text: str, guard: Utf8Guard | None) -> str:
+    """`text` without a character the sampled bytes have only begun (decoded as one U+FFFD at the end);
+    a tokenizer that is not byte-level never splits one."""
+    return text if guard is None or guard.between_characters else text[:-1]
 
 
 def generate_text(model: TiedHeadLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 60,

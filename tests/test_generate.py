@@ -117,3 +117,76 @@ def test_unknown_inference_weights_are_refused():
 
     with pytest.raises(ValueError, match="weights must be one of fp32, fp16, bf16, int8"):
         inference_weights(GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8)), "int4")
+
+
+def test_the_utf8_state_machine_agrees_with_pythons_decoder():
+    from model.utf8_guard import BOUNDARY, advance
+
+    pieces = [c.encode() for c in "aé列😀\x7f\u0800\ud7ff\ue000\U0010ffff"] + [bytes([b]) for b in
+                                                                             (0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xE0, 0xED,
+                                                                              0xF0, 0xF4, 0xF5, 0xFF, 0xA0, 0x9F, 0x90)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20_000):
+        data = b"".join(pieces[i] for i in torch.randint(0, len(pieces), (int(torch.randint(1, 6, (1,), generator=g)),),
+                                                         generator=g))
+        try:
+            data.decode("utf-8")
+            valid = True
+        except UnicodeDecodeError as error:
+            valid = False
+            truncated = error.reason == "unexpected end of data"
+        state = advance(BOUNDARY, data)
+        assert (state == BOUNDARY) == valid, data
+        if not valid:  # a character cut short is a state waiting for more; anything else is refused
+            assert (state is not None) == truncated, data
+
+
+@pytest.fixture(scope="module")
+def chinese_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(["列表推导式在需要的时候调用生成器。字典保存每一个元素的结果。"] * 20, trainer)
+    return tokenizer
+
+
+def test_sampled_text_is_always_valid_utf8_from_a_byte_level_bpe(chinese_tokenizer):
+    # An untrained model's logits are near uniform over 400 ids, most of them lone bytes: unguarded, almost
+    # every sample breaks a character.
+    from model.generate import EOT, generate_tokens, stream_text
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=448, block_size=64, n_layer=1, n_head=2, n_embd=32)).eval()
+    eot = chinese_tokenizer.token_to_id(EOT)
+    prompt = torch.tensor([chinese_tokenizer.encode("列表").ids])
+    unguarded = [chinese_tokenizer.decode(list(generate_tokens(model, prompt, 40, 1.0, stop_id=eot,
+                                                               generator=torch.Generator().manual_seed(s))))
+                 for s in range(10)]
+    assert sum("\ufffd" in text for text in unguarded) >= 8
+    for seed in range(10):
+        pieces = list(stream_text(model, chinese_tokenizer, "列表", 40, temperature=1.0, top_k=None, seed=seed))
+        text = "".join(pieces)
+        assert "\ufffd" not in text and text.encode().decode() == text
+        assert text == "".join(stream_text(model, chinese_tokenizer, "列表", 40, 1.0, None, seed=seed))
+
+
+def test_the_guard_allows_only_continuations_mid_character_and_no_padded_rows(chinese_tokenizer):
+    from model.utf8_guard import BOUNDARY, Utf8Guard
+
+    guard = Utf8Guard.for_tokenizer(chinese_tokenizer)
+    vocab = chinese_tokenizer.get_vocab_size()
+    logits = torch.zeros(1, vocab + 48)
+    assert torch.isinf(guard.mask(logits)[0, vocab:]).all()
+    lead = next(i for i, b in guard._bytes.items() if b == "列".encode()[:1])
+    guard.advance(lead)
+    assert guard.state != BOUNDARY and not guard.between_characters
+    allowed = torch.isfinite(guard.mask(logits)[0]).nonzero().flatten().tolist()
+    assert allowed and all(0x80 <= guard._bytes[i][0] <= 0xBF for i in allowed)
+    assert chinese_tokenizer.token_to_id("<|endoftext|>") not in allowed
+    from tokenizers import Tokenizer, models
+
+    assert Utf8Guard.for_tokenizer(Tokenizer(models.WordLevel({"a": 0}, unk_token="a"))) is None
