@@ -18,14 +18,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_best_peak: dict[tuple, float] = {}
+
+
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024,
-                      seconds: float = 0.3, rounds: int = 3) -> float:
-    """FLOP/s of a square matrix multiply in `dtype`, the best of a few short rounds measured now
-    (the yardstick for MFU; the best round is the least disturbed by other work on the machine)."""
+                      seconds: float = 0.3, rounds: int = 3, fresh: bool = False) -> float:
+    """FLOP/s of a square matrix multiply in `dtype`: the best this process has measured on the device at
+    its thread count, measured now (a few short rounds, ~1 s) when there is none yet or when `fresh`.
+    The yardstick for MFU; the best round is the least disturbed by other work on the machine."""
+    key = (str(device), dtype, size, torch.get_num_threads())
+    if key in _best_peak and not fresh:
+        return _best_peak[key]
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)  # warm-up
-    best = 0.0
+    best = _best_peak.get(key, 0.0)
     for _ in range(rounds):
         _sync(device)
         n, start = 0, time.perf_counter()
@@ -34,7 +41,12 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, 
             n += 1
         _sync(device)
         best = max(best, 2 * size**3 * n / (time.perf_counter() - start))
+    _best_peak[key] = best
     return best
+
+
+def peak_is_known(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024) -> bool:
+    return (str(device), dtype, size, torch.get_num_threads()) in _best_peak
 
 
 def _sync(device: torch.device) -> None:

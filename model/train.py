@@ -20,7 +20,7 @@ from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
 from model.distributed import Ranks, gather_objects, max_over_ranks, reshard, start, stop
 from model.evaluate import evaluate_loss
-from model.hardware import matmul_peak_flops, resolve_device
+from model.hardware import matmul_peak_flops, peak_is_known, resolve_device
 from model.memory import MemoryBudgetError, MemoryTracker, meters_note, stage_entry
 from model.sharded_checkpoint import STATE_FILE as SHARDED_STATE_FILE
 from model.sharded_checkpoint import has_sharded_checkpoint, load_sharded, save_sharded
@@ -149,6 +149,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
     elif ranks.is_main:
         history_file.unlink(missing_ok=True)
 
+    peak_measured_now = not peak_is_known(device)  # a later run in this process reuses its figure
     peak_flops = matmul_peak_flops(device)
     flops_per_token = model.flops_per_token()
     tokens_per_step = cfg.batch_size * arch_cfg.block_size
@@ -249,7 +250,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
         tokens_per_s=tokens_per_s,
         # Measured again at the end: at the start the cores may be shared with the run's set-up (a
         # tracking store's migrations, the previous stage's workers), which understates the peak.
-        mfu=flops_per_token * tokens_per_s / max(peak_flops, matmul_peak_flops(device)),
+        mfu=flops_per_token * tokens_per_s / matmul_peak_flops(device, fresh=peak_measured_now),
         peak_memory_mib=memory.get("peak_mib", 0.0),
         memory=memory,
         elapsed_s=round(time.monotonic() - started, 1),
