@@ -132,3 +132,17 @@ def test_untracked_steps_cost_nothing_and_record_nothing():
         model.loss(model(torch.zeros(1, 8, dtype=torch.long)), torch.zeros(1, 8, dtype=torch.long)).backward()
     assert tracker.reports == []
     assert tracker.wants(1) and tracker.wants(200) and not tracker.wants(3)
+
+
+def test_the_matmul_peak_is_measured_once_per_process_unless_asked_again():
+    import time
+
+    from model.hardware import matmul_peak_flops, peak_is_known
+
+    cpu = torch.device("cpu")
+    first = matmul_peak_flops(cpu, size=96, seconds=0.01, rounds=1)
+    assert first > 0 and peak_is_known(cpu, size=96) and not peak_is_known(cpu, size=97)
+    started = time.perf_counter()
+    assert matmul_peak_flops(cpu, size=96, seconds=1.0) == first  # a measurement would take 3 s
+    assert time.perf_counter() - started < 0.5
+    assert matmul_peak_flops(cpu, size=96, seconds=0.01, rounds=1, fresh=True) >= first  # the best is kept
