@@ -670,6 +670,10 @@ def _replay(events, baseline: dict[int, tuple[int, str]], device: torch.device, 
     for kind, time_ns, *fields in events:
         if kind == "alloc":
             ptr, nbytes, op = fields
+            if (earlier := live.get(ptr)) is not None:
+                # Freed where the profiler did not see it (on a thread of its own, e.g. a collective's
+                # worker): an address holds one live allocation at a time.
+                stream.append(("free", time_ns, earlier))
             alloc_id = len(stream)
             live[ptr], category[alloc_id], size[alloc_id] = alloc_id, "temporaries", nbytes
             origin[alloc_id] = (phase, op)

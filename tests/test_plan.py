@@ -13,7 +13,6 @@ import torch
 import yaml
 
 from flows.config import load_config
-from model.arch import build_model
 from model.config import TrainConfig
 from model.gpt import GPTConfig
 from model.plan import (MiB, Trial, apply_changes, candidates, choose, measure, parse_size, plan, predict,
@@ -210,8 +209,9 @@ def test_plan_command_predicts_for_a_device_it_does_not_have(corpus, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("arch_name, strategy, memory", [
-    ("gpt", "fsdp", {}), ("rnn-attention", "ddp", {"micro_batch_size": 2, "optimizer": "adafactor"})],
-    ids=["gpt-fsdp", "rnn-attention-ddp-micro-batches-adafactor"])
+    ("gpt", "fsdp", {"activation_checkpointing": "full", "mlp_chunks": 2, "loss_chunk_size": 32}),
+    ("rnn-attention", "ddp", {"micro_batch_size": 2, "optimizer": "adafactor"})],
+    ids=["gpt-fsdp-frugal", "rnn-attention-ddp-micro-batches-adafactor"])
 def test_a_rank_prediction_matches_what_two_torchrun_ranks_measure(arch_name, strategy, memory):
     from model.plan_ranks import measure_over_ranks
     from model.rnn import RNNConfig
@@ -222,13 +222,10 @@ def test_a_rank_prediction_matches_what_two_torchrun_ranks_measure(arch_name, st
     predicted, measured = predict(arch, cfg), measure_over_ranks(arch, cfg, torch.device("cpu"))
     assert len(measured.rank_peaks) == 2
     assert set(predicted.stages) == set(measured.stages)
-    with torch.device("meta"):
-        model = build_model(arch)
-    # Over gloo, FSDP2's all-gather of the next block sometimes lands while a block computes: a rank's
-    # peak may hold one more block's gathered weights than the prediction's collectives, which finish at once.
-    block_bytes = sum(p.numel() * 4 for p in model.blocks[0].parameters()) if strategy == "fsdp" else 0
+    # Recomputation in backward is where gloo's own reduce-scatter held (and the report counted, its free
+    # unseen) a copy of a block's gradients, one to two blocks' worth depending on the run.
     for stage, peak in measured.stages.items():
-        assert -0.05 * peak <= peak - predicted.stages[stage] <= block_bytes + 0.05 * peak, stage
+        assert abs(peak - predicted.stages[stage]) <= 0.05 * peak, stage
 
 
 @pytest.mark.integration

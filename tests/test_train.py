@@ -146,3 +146,16 @@ def test_the_matmul_peak_is_measured_once_per_process_unless_asked_again():
     assert matmul_peak_flops(cpu, size=96, seconds=1.0) == first  # a measurement would take 3 s
     assert time.perf_counter() - started < 0.5
     assert matmul_peak_flops(cpu, size=96, seconds=0.01, rounds=1, fresh=True) >= first  # the best is kept
+
+
+def test_an_allocation_freed_out_of_the_profilers_sight_ends_when_its_address_is_reused():
+    """A collective's worker thread frees a buffer where the profiler does not record it: the next
+    allocation at that address ends it, so it is not counted as alive for the rest of the step."""
+    from model.memory import _replay
+
+    mib = 2**20
+    events = [("mark", 0, "phase::forward"), ("alloc", 1, 0x1000, 4 * mib, "aten::clone"),
+              ("alloc", 2, 0x9000, 1 * mib, "aten::mm"),  # the clone freed unseen, then its address reused:
+              ("alloc", 3, 0x1000, 4 * mib, "aten::clone"), ("free", 4, 0x1000), ("mark", 5, "phase::end")]
+    report = _replay(events, {}, torch.device("cpu"), 1)
+    assert report.peak_bytes == 5 * mib  # not 9: the first clone ended when the second took its address
