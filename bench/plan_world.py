@@ -10,9 +10,10 @@ buckets); at 4 and 8 ranks, more than this machine runs, it is predicted only, b
 Reference model (6 layers, width 384, 6 heads, vocabulary 16384, sequence 256, global batch 8), fp32,
 random tokens (memory depends on shapes only). The error is (predicted - measured) / measured of the
 largest stage's peak; "rank spread" is how far the two measured ranks' peaks differ. Each configuration
-is measured --repeats times (default 3): with gloo's collectives on threads of their own a rank's peak
-moves from run to run (fsdp with the frugal combination; the plain rows do not move). The error is against the largest measured run, the one a budget must hold; the range
-against every run is kept beside it.
+is measured --repeats times (default 3): a rank's peak that moved from run to run would show there (it
+did under fsdp with the frugal combination while gloo's own reduce-scatter copied each block's gradients and
+freed the copy out of the profiler's sight). The error is against the largest measured run, the one a budget
+must hold; the range against every run is kept beside it.
 """
 from __future__ import annotations
 

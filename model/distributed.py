@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -95,6 +96,7 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, dev
         if dist.get_backend(mesh.get_group() if mesh is not None else None) == "gloo":
             for module in sharded:
                 module.set_custom_reduce_scatter(InPlaceReduceScatter())
+                module.set_custom_all_gather(InPlaceAllGather())
     return model
 
 
@@ -112,8 +114,48 @@ class InPlaceReduceScatter:
 
     def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group, op,
                  async_op: bool = False) -> None:
-        dist.all_reduce(input_tensor, op=op, group=group)
+        _all_reduce_in_place(input_tensor, op, group)
         output_tensor.copy_(input_tensor.view(dist.get_world_size(group), -1)[dist.get_rank(group)])
+
+
+class InPlaceAllGather:
+    """FSDP2's weight all-gather over gloo, without gloo's buffers.
+
+    Gloo's all-gather allocates two more output-sized buffers (one in the caller, one on its worker
+    thread) and frees them where the profiler does not see it. FSDP copies this rank's shard into its
+    slice of the output; with the other slices zeroed, an in-place sum over the ranks is the all-gather
+    (exact: each element is one rank's value plus zeros), at twice the bytes on the wire and no buffer.
+    FSDP2's `AllGather` interface: allocate, then call (synchronously: it returns no work to wait on)."""
+
+    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group,
+                 async_op: bool = False) -> None:
+        rank = dist.get_rank(group)
+        slices = output_tensor.view(dist.get_world_size(group), -1)
+        if input_tensor.data_ptr() != slices[rank].data_ptr():
+            slices[rank].copy_(input_tensor)
+        for r in range(slices.size(0)):
+            if r != rank:
+                slices[r].zero_()
+        _all_reduce_in_place(output_tensor, dist.ReduceOp.SUM, group)
+
+
+def _all_reduce_in_place(tensor: torch.Tensor, op, group) -> None:
+    """Gloo's all-reduce on `tensor`'s own memory, returning once gloo has let go of it.
+
+    Gloo's finished work still refers to the tensor it reduced until its worker thread drops it, a moment
+    after the caller returns; were that the last reference, the memory would be freed there, unseen by
+    the memory report. So the work gets a view of its own, and the call waits until the view is gone."""
+    storage = tensor.untyped_storage()
+    holders = torch._C._storage_Use_Count(storage._cdata)
+    view = tensor.view(-1)
+    dist.all_reduce(view, op=op, group=group)
+    del view
+    deadline = time.monotonic() + 1.0
+    while torch._C._storage_Use_Count(storage._cdata) > holders and time.monotonic() < deadline:
+        time.sleep(1e-4)
 
 
 def ddp_bucket_bytes(model: nn.Module) -> int:

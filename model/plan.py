@@ -470,8 +470,7 @@ PREDICTION_ASSUMES = (
     "parameter's all-gather and the whole tensor made from it; resume: "
     "the optimizer state made by a step on zero gradients, then the rank's checkpoint file read whole beside "
     "the live state, a 1/N share of the weights and optimizer state), collectives' own buffers not counted "
-    "(over gloo an FSDP2 rank's step can hold one or two more blocks' gathered weights, varying from run "
-    "to run)")
+    "(NCCL's; over gloo, FSDP2's gradients are reduced in place, model/distributed.py)")
 
 
 def predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str = "cpu") -> Measured:

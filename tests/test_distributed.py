@@ -316,38 +316,51 @@ def test_killing_the_launching_process_ends_every_rank(corpus, tmp_path):
     assert not alive
 
 
-def _reduce_scatter_rank(rank: int, init_file: str, out_file: str) -> None:
+def _collectives_rank(rank: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
     from torch.profiler import ProfilerActivity, profile
 
-    from model.distributed import InPlaceReduceScatter
+    from model.distributed import InPlaceAllGather, InPlaceReduceScatter
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     gradients = torch.arange(2**20, dtype=torch.float32) * (rank + 1)  # 4 MiB, as a block's flat gradients
-    expected, ours = torch.empty(2**19), torch.empty(2**19)
+    shard = torch.arange(2**19, dtype=torch.float32) - rank * 7.5  # this rank's half of a block's weights
+    reduced = {"gloo": torch.empty(2**19), "in_place": torch.empty(2**19)}
+    gathered = {"gloo": torch.empty(2**20), "in_place": torch.empty(2**20)}
+    inputs = {name: gradients.clone() for name in reduced}
+    gathered["in_place"][rank * 2**19:(rank + 1) * 2**19] = shard  # FSDP copies its shard into the output
+    calls = {
+        "reduce_scatter/gloo": lambda: dist.reduce_scatter_tensor(reduced["gloo"], inputs["gloo"]),
+        "reduce_scatter/in_place": lambda: InPlaceReduceScatter()(reduced["in_place"], inputs["in_place"], None,
+                                                                 dist.ReduceOp.SUM),
+        "all_gather/gloo": lambda: dist.all_gather_into_tensor(gathered["gloo"], shard),
+        "all_gather/in_place": lambda: InPlaceAllGather()(
+            gathered["in_place"], gathered["in_place"][rank * 2**19:(rank + 1) * 2**19], None)}
     allocated = {}
-    for name, reduce_scatter in (("gloo", lambda: dist.reduce_scatter_tensor(expected, gradients.clone())),
-                                 ("in_place", lambda: InPlaceReduceScatter()(ours, gradients.clone(), None,
-                                                                            dist.ReduceOp.SUM))):
+    for name, call in calls.items():
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            reduce_scatter()
-        # beyond the input's own copy made above, on any thread
-        allocated[name] = sum(max(e.self_cpu_memory_usage, 0) for e in prof.events()) - 4 * 2**20
+            call()
+        allocated[name] = sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())  # on any thread
     if rank == 0:
         with open(out_file, "w") as f:
-            json.dump({"equal": bool(torch.equal(ours, expected)), "allocated": allocated}, f)
+            json.dump({"reduced_equal": bool(torch.equal(reduced["in_place"], reduced["gloo"])),
+                       "gathered_equal": bool(torch.equal(gathered["in_place"], gathered["gloo"])),
+                       "allocated": allocated}, f)
     dist.destroy_process_group()
 
 
-def test_fsdp_reduces_gradients_over_gloo_without_a_copy_of_them(tmp_path):
-    """Gloo's reduce-scatter copies its whole input; FSDP2 is given one that all-reduces in place, with the
-    same result and no copy (a copy the memory report could not see freed)."""
+def test_fsdp_collectives_over_gloo_make_no_copies(tmp_path):
+    """Gloo's reduce-scatter copies its whole input and its all-gather allocates output-sized buffers (freed
+    on its worker thread, where the memory report cannot see it); FSDP2 is given in-place ones, with the
+    same results and nothing allocated."""
     import torch.multiprocessing as mp
 
     out = tmp_path / "result.json"
-    mp.start_processes(_reduce_scatter_rank, args=(str(tmp_path / "init"), str(out)), nprocs=2,
+    mp.start_processes(_collectives_rank, args=(str(tmp_path / "init"), str(out)), nprocs=2,
                        start_method="spawn")
     result = json.loads(out.read_text())
-    assert result["equal"]
-    assert result["allocated"]["gloo"] >= 4 * 2**20  # why the in-place one exists: gloo copies the input
-    assert result["allocated"]["in_place"] == 0
+    assert result["reduced_equal"] and result["gathered_equal"]
+    allocated = result["allocated"]
+    # why the in-place ones exist: gloo allocates at least the input's, or the output's, size
+    assert allocated["reduce_scatter/gloo"] >= 4 * 2**20 and allocated["all_gather/gloo"] >= 4 * 2**20
+    assert allocated["reduce_scatter/in_place"] == 0 and allocated["all_gather/in_place"] == 0
