@@ -103,6 +103,9 @@ ROWS: dict[str, dict] = {
     # FSDP2 runs each shard's post-accumulate-grad hook after its reduce-scatter: stepped and freed there.
     "fsdp-best-adamw-in-backward": {"impl": "memlm", "memory": {**BEST_ADAMW_SHARDED, "optimizer_in_backward": True},
                                     "strategy": "fsdp"},
+    # ... and the tied head's gradient made at the end of backward, in the embedding lookup's: not held through it.
+    "fsdp-best-adamw-late-head": {"impl": "memlm", "memory": {**BEST_ADAMW_SHARDED, "optimizer_in_backward": True,
+                                                              "late_head_grad": True}, "strategy": "fsdp"},
     "memlm-best-adamw-composable": {"impl": "memlm", "memory": BEST_ADAMW_SHARDED, "world": True},
     "hf-gpt2": {"impl": "hf", "checkpointing": False},
     "hf-gpt2-ckpt": {"impl": "hf", "checkpointing": True},
@@ -154,7 +157,7 @@ def hf_model(checkpointing: bool):
 
 
 WORLD_ROWS = ["memlm-baseline", "ddp-baseline", "fsdp-baseline", "memlm-best-adamw", "memlm-best-adamw-composable",
-              "ddp-best-adamw", "fsdp-best-adamw", "fsdp-best-adamw-in-backward"]
+              "ddp-best-adamw", "fsdp-best-adamw", "fsdp-best-adamw-in-backward", "fsdp-best-adamw-late-head"]
 STATE = ("parameters", "gradients", "optimizer_state")
 
 

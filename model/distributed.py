@@ -49,10 +49,13 @@ def start(cfg: DistributedConfig, device: torch.device) -> tuple[Ranks, torch.de
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+        dist.init_process_group(backend_for(cfg, device.type), timeout=timedelta(minutes=10))
     return Ranks(cfg.strategy, dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def backend_for(cfg: DistributedConfig, device_type: str) -> str:
+    return cfg.backend if cfg.backend != "auto" else ("nccl" if device_type == "cuda" else "gloo")
 
 
 def stop(ranks: Ranks) -> None:
@@ -93,10 +96,19 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, dev
         # after (and in validation, where FSDP would otherwise reshard it as forward ends).
         sharded.append(fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=precision,
                                    offload_policy=offload))
-        if dist.get_backend(mesh.get_group() if mesh is not None else None) == "gloo":
+        backend = dist.get_backend(mesh.get_group() if mesh is not None else None)
+        if backend == "fake":  # the planner playing a rank of the job: the job's own backend
+            backend = backend_for(cfg, device.type)
+        if backend == "gloo":
             for module in sharded:
                 module.set_custom_reduce_scatter(InPlaceReduceScatter())
                 module.set_custom_all_gather(InPlaceAllGather())
+                # These collectives are synchronous: gathering the next block in backward before it runs
+                # (FSDP2's default prefetch) would overlap nothing and hold its weights one block early.
+                # A block told to prefetch the root, gathered from forward through backward, prefetches
+                # nothing.
+                if module is not model:
+                    module.set_modules_to_backward_prefetch([model])
     return model
 
 
@@ -116,6 +128,9 @@ class InPlaceReduceScatter:
                  async_op: bool = False) -> None:
         _all_reduce_in_place(input_tensor, op, group)
         output_tensor.copy_(input_tensor.view(dist.get_world_size(group), -1)[dist.get_rank(group)])
+        # FSDP keeps the input until the next block's reduce, so that a GPU stream still reading it does
+        # not see it reused; this reduce is done with it, so its memory goes now.
+        input_tensor.untyped_storage().resize_(0)
 
 
 class InPlaceAllGather:

@@ -176,6 +176,12 @@ class TiedHeadLM(nn.Module):
         wpe = getattr(self, "wpe", None)
         return n - wpe.weight.numel() if non_embedding and wpe is not None else n
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The tokens' embeddings; with the head's gradient late, its lookup adds that gradient in backward."""
+        if isinstance(self.head_grad, LateHeadGrad) and torch.is_grad_enabled():
+            return self.head_grad.embed(idx, self.wte.weight)
+        return self.wte(idx)
+
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; chunked (never the full logits) when `loss_chunk_size` > 0."""
         if self.loss_chunk_size <= 0:
@@ -223,7 +229,7 @@ class GPT(TiedHeadLM):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        x = self.wte(idx) + self.wpe.weight[start:start + T]
+        x = self.embed(idx) + self.wpe.weight[start:start + T]
         x = self.drop(x if self.compute_dtype is None else x.to(self.compute_dtype))
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)

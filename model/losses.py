@@ -11,8 +11,8 @@ and sum), a second makes each tile's logits again and turns them into that tile'
 logits cost one more matrix multiply; the loss's temporaries are one tile.
 
 With a head tied to the input embedding, the head's weight gradient need not live through the whole
-backward pass (a vocabulary × width tensor): `LateHeadGrad` postpones it to the end of backward, where
-the embedding's gradient is created anyway (at the price of computing the logits once more), and
+backward pass (a vocabulary × width tensor): `LateHeadGrad` postpones it to the end of backward, into
+the buffer of the embedding's gradient (at the price of computing the logits once more), and
 `model.optim.SplitHeadStep` steps the optimizer with it at once, except in the input tokens' rows."""
 from __future__ import annotations
 
@@ -80,14 +80,19 @@ def _target_logits(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> t
 
 
 class LateHeadGrad:
-    """Pending head-gradient work, added to the tied weight's gradient once autograd has accumulated the
-    embedding's part (a post-accumulate-grad hook, registered before any optimizer's)."""
+    """Pending head-gradient work, done in the backward of the token embedding's lookup (the tied weight's
+    other use, and the last node of backward): the lookup's own gradient and the head's are made in one
+    buffer and handed to autograd as the tied weight's whole gradient, so that the weight's gradient comes
+    from one node whatever then reduces it (DDP's all-reduce, FSDP's reduce-scatter) or steps it."""
 
-    def __init__(self, weight: torch.nn.Parameter):
+    def __init__(self):
         self.pending: list[tuple] = []
-        self.handle = weight.register_post_accumulate_grad_hook(self._apply)
 
-    def _apply(self, weight: torch.Tensor) -> None:
+    def embed(self, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The token embedding `weight[idx]`, whose backward adds the pending head gradient."""
+        return _EmbeddingWithHeadGrad.apply(idx, weight, self)
+
+    def add_into(self, grad: torch.Tensor, weight: torch.Tensor) -> None:
         with torch.autocast(weight.device.type, enabled=False), torch.no_grad():
             for hidden, targets, lse, scale, chunk_size, vocab_chunk, dtype in self.pending:
                 w = weight if vocab_chunk else weight.to(dtype)  # vocabulary tiles are cast one at a time
@@ -96,13 +101,29 @@ class LateHeadGrad:
                     if vocab_chunk:
                         for v, grad_logits in _tiled_softmax_grads(h, w, targets[start:start + chunk_size],
                                                                    lse[start:start + chunk_size], vocab_chunk):
-                            weight.grad[v:v + grad_logits.size(1)].addmm_(
-                                grad_logits.mul_(scale).T.to(weight.grad.dtype), h.to(weight.grad.dtype))
+                            grad[v:v + grad_logits.size(1)].addmm_(
+                                grad_logits.mul_(scale).T.to(grad.dtype), h.to(grad.dtype))
                             del grad_logits
                         continue
                     _, grad_logits = _chunk_softmax_grad(h, w, targets[start:start + chunk_size])
-                    weight.grad.addmm_(grad_logits.mul_(scale).T.to(weight.grad.dtype), h.to(weight.grad.dtype))
+                    grad.addmm_(grad_logits.mul_(scale).T.to(grad.dtype), h.to(grad.dtype))
         self.pending.clear()
+
+
+class _EmbeddingWithHeadGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, idx: torch.Tensor, weight: torch.Tensor, head: LateHeadGrad):
+        ctx.save_for_backward(idx, weight)
+        ctx.head = head
+        return F.embedding(idx, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        idx, weight = ctx.saved_tensors
+        # The kernel autograd runs for nn.Embedding, so the lookup's part is the same bit for bit.
+        grad = torch.ops.aten.embedding_dense_backward(grad_output, idx, weight.size(0), -1, False)
+        ctx.head.add_into(grad, weight)
+        return None, grad, None
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):

@@ -36,7 +36,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from model.arch import build_model
 from model.checkpoint import load_lm, load_train_state, load_weights, save_checkpoint
 from model.config import DistributedConfig, TrainConfig
-from model.distributed import Ranks, ddp_bucket_bytes, gather_objects, max_over_ranks, reshard
+from model.distributed import Ranks, backend_for, ddp_bucket_bytes, gather_objects, max_over_ranks, reshard
 from model.evaluate import score_batches, with_training_loss
 from model.gpt import GPTConfig
 from model.rnn import RNNConfig
@@ -168,7 +168,7 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         if gpt:
             rungs.append(("+ tiled MLP", {**full, "memory.mlp_chunks": 4}))
         rungs.append(("+ loss vocabulary in tiles", {**rungs[-1][1], "memory.loss_vocab_chunk_size": VOCAB_TILE}))
-        if not base["memory.split_head_step"] and not ranks:
+        if not base["memory.split_head_step"]:
             # The head's gradient at the end of backward instead of through it: one more pass over the
             # logits, 21-29% of the step at the reference config (bench/results/memory-cpu-lowbit-speed.json).
             rungs.append(("+ head gradient late", {**rungs[-1][1], "memory.late_head_grad": True}))
@@ -565,6 +565,9 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
     validation_batch, validation_micro = cfg.batch_size, cfg.micro_batch_size
     if ddp_world > 1:  # one process on the rank's share of the batch
         cfg = cfg.model_copy(update={"batch_size": cfg.rank_batch_size, "distributed": DistributedConfig()})
+    elif ranks.distributed:  # the collectives the job's backend will run (model/distributed.py)
+        backend = backend_for(cfg.distributed, device_type)
+        cfg = cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"backend": backend})})
     cfg = cfg.model_copy(update={"memory_sample_steps": [], "memory_sample_every": 10**9})
     recorder = AllocationRecorder()
     started = time.perf_counter()

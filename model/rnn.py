@@ -75,7 +75,7 @@ class RNNAttentionLM(TiedHeadLM):
         return torch.cat(outputs, dim=1), state
 
     def forward(self, idx: torch.Tensor, cache: RNNState | None = None) -> torch.Tensor:
-        h = self.wte(idx)
+        h = self.embed(idx)
         for i, rnn in enumerate(self.rnns):
             h, state = self._recur(rnn, h, cache.hidden[i] if cache is not None else None)
             if cache is not None:

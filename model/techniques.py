@@ -22,15 +22,14 @@ bf16 modes on a CPU without native bf16 run, with a warning (about 10x slower th
 
 Under train.distributed (ddp or fsdp) everything else composes: checkpointing, tiled MLP, the chunked
 loss (under FSDP its head gradient, made in forward, lands on the tied weight's gathered copy and so
-reaches the reduce-scatter), accumulation (gradients reduced on the last micro-batch only), bf16 modes,
+reaches the reduce-scatter; with late_head_grad it is made in the embedding lookup's backward, in the
+tied weight's one gradient), accumulation (gradients reduced on the last micro-batch only), bf16 modes,
 AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_distributed`):
 - optimizer_in_backward under ddp: a parameter's hook sees the gradient before DDP all-reduces its bucket.
   Under fsdp it composes: FSDP2 runs the sharded parameters' post-accumulate-grad hooks itself, right after
   the reduce-scatter, so each shard is stepped with the averaged gradient and freed.
 - split_head_step (both strategies): it steps the head's rows with the gradient the chunked loss makes in
   forward, before the ranks' gradients are averaged.
-- late_head_grad: it adds the head's gradient after autograd accumulated the tied weight's, which is after
-  DDP's all-reduce of it, and FSDP2 replaces the parameter its hook was registered on.
 - fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed), with
   adafactor (torch.optim.Adafactor's step squares and scales its column statistics in place, which a
   sharded parameter's DTensor refuses: those statistics span the shards), and with
@@ -53,7 +52,7 @@ from model.config import MemoryConfig, TrainConfig
 from model.gpt import GPT, TiedHeadLM
 from model.losses import LateHeadGrad
 from model.lowbit import AdamWBF16, sliced_low_bit_adamw, store_matrices_in_bf16
-from model.optim import OptimizerInBackward
+from model.optim import OptimizerInBackward, SplitHeadStep
 from model.optimizers import AdamMini, MuonWithAdamW
 from model.rnn import RNNAttentionLM
 
@@ -79,10 +78,6 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
             f"train.memory.split_head_step cannot run with {where}: it steps the head's rows with the gradient the "
             "chunked loss makes in forward, before FSDP reduce-scatters it over the ranks; turn it off "
             "(optimizer_in_backward alone composes with fsdp)")
-    if mem.late_head_grad:
-        raise TechniqueError(
-            f"train.memory.late_head_grad cannot run with {where}: it adds the head's gradient after the tied "
-            "weight's gradient was reduced over the ranks; turn it off")
     if mem.compile:
         raise TechniqueError(f"train.memory.compile is not wired for {where}: turn compile off")
     if strategy == "fsdp" and mem.precision == "fp16-mixed":
@@ -208,10 +203,10 @@ def apply_to_model(model: TiedHeadLM, mem: MemoryConfig) -> None:
         _apply_to_gpt(model, mem)
     model.loss_chunk_size = mem.loss_chunk_size
     model.loss_vocab_chunk_size = mem.loss_vocab_chunk_size
-    if model.head_grad is not None:
+    if isinstance(model.head_grad, SplitHeadStep):
         model.head_grad.handle.remove()
     # A split head step is attached with its optimizer, in build_optimizer.
-    model.head_grad = LateHeadGrad(model.lm_head.weight) if mem.late_head_grad else None
+    model.head_grad = LateHeadGrad() if mem.late_head_grad else None
     if mem.precision == "bf16-true":
         model.to(torch.bfloat16)
     elif mem.precision == "bf16-weights":

@@ -18,6 +18,9 @@ STEPS = 5
 # The best-memory combination that composes with both strategies (optimizer_in_backward is refused under
 # ddp, split_head_step under both), with accumulation over 2 micro-batches per rank.
 FRUGAL = {"activation_checkpointing": "full", "mlp_chunks": 2, "loss_chunk_size": 64, "micro_batch_size": 2}
+# The head's gradient made at the end of backward, in the embedding lookup's (accumulated over micro-batches).
+LATE_HEAD = {"loss_chunk_size": 64, "late_head_grad": True, "micro_batch_size": 2}
+SETTINGS = {"plain": {}, "frugal": FRUGAL, "late-head": LATE_HEAD}
 # Under fsdp: each shard stepped in backward, right after its reduce-scatter (no accumulation, no clipping).
 IN_BACKWARD = {"activation_checkpointing": "full", "mlp_chunks": 2, "loss_chunk_size": 64,
                "optimizer_in_backward": True}
@@ -55,8 +58,7 @@ def _weights(result) -> dict[str, torch.Tensor]:
 def single(corpus, tmp_path_factory):
     """One process, the same global batch: the reference for each memory setting."""
     root = tmp_path_factory.mktemp("single")
-    return {name: _run(corpus, root / name, _config(corpus, memory))
-            for name, memory in (("plain", {}), ("frugal", FRUGAL))}
+    return {name: _run(corpus, root / name, _config(corpus, memory)) for name, memory in SETTINGS.items()}
 
 
 # fp32, but the sum over the batch is taken in another order: each rank sums its half, then the all-reduce
@@ -81,10 +83,10 @@ def _assert_same_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-@pytest.mark.parametrize("setting", ["plain", "frugal"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
 def test_two_ranks_match_one_process(corpus, single, tmp_path, strategy, setting):
     reference = single[setting]
-    result = _run(corpus, tmp_path, _config(corpus, FRUGAL if setting == "frugal" else {}, strategy))
+    result = _run(corpus, tmp_path, _config(corpus, SETTINGS[setting], strategy))
     assert _losses(result) == pytest.approx(_losses(reference), rel=LOSS_RTOL)
     _assert_same_weights(_weights(result), _weights(reference))
 
