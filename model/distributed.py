@@ -9,6 +9,7 @@ import contextlib
 import gc
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -99,16 +100,16 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, dev
         backend = dist.get_backend(mesh.get_group() if mesh is not None else None)
         if backend == "fake":  # the planner playing a rank of the job: the job's own backend
             backend = backend_for(cfg, device.type)
-        if backend == "gloo":
+        # On CPU only: on a GPU, FSDP2 keeps the buffers these free early for its streams' sake.
+        if backend == "gloo" and device.type == "cpu":
             for module in sharded:
                 module.set_custom_reduce_scatter(InPlaceReduceScatter())
                 module.set_custom_all_gather(InPlaceAllGather())
                 # These collectives are synchronous: gathering the next block in backward before it runs
                 # (FSDP2's default prefetch) would overlap nothing and hold its weights one block early.
-                # A block told to prefetch the root, gathered from forward through backward, prefetches
+                # A module told to prefetch the root, gathered from forward through backward, prefetches
                 # nothing.
-                if module is not model:
-                    module.set_modules_to_backward_prefetch([model])
+                module.set_modules_to_backward_prefetch([model])
     return model
 
 
@@ -138,8 +139,8 @@ class InPlaceAllGather:
 
     Gloo's all-gather allocates two more output-sized buffers (one in the caller, one on its worker
     thread) and frees them where the profiler does not see it. FSDP copies this rank's shard into its
-    slice of the output; with the other slices zeroed, an in-place sum over the ranks is the all-gather
-    (exact: each element is one rank's value plus zeros), at twice the bytes on the wire and no buffer.
+    slice of the output; with the other slices filled with -0.0, an in-place sum over the ranks is the
+    all-gather (exact: x + -0.0 is x, -0.0 included), at twice the bytes on the wire and no buffer.
     FSDP2's `AllGather` interface: allocate, then call (synchronously: it returns no work to wait on)."""
 
     def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -151,9 +152,10 @@ class InPlaceAllGather:
         slices = output_tensor.view(dist.get_world_size(group), -1)
         if input_tensor.data_ptr() != slices[rank].data_ptr():
             slices[rank].copy_(input_tensor)
+        nothing = -0.0 if output_tensor.is_floating_point() else 0
         for r in range(slices.size(0)):
             if r != rank:
-                slices[r].zero_()
+                slices[r].fill_(nothing)
         _all_reduce_in_place(output_tensor, dist.ReduceOp.SUM, group)
 
 
@@ -169,7 +171,11 @@ def _all_reduce_in_place(tensor: torch.Tensor, op, group) -> None:
     dist.all_reduce(view, op=op, group=group)
     del view
     deadline = time.monotonic() + 1.0
-    while torch._C._storage_Use_Count(storage._cdata) > holders and time.monotonic() < deadline:
+    while torch._C._storage_Use_Count(storage._cdata) > holders:
+        if time.monotonic() > deadline:  # something else holds it too: its free may go unseen, no more
+            warnings.warn("a gloo collective's tensor is still held 1 s after it finished: the memory report "
+                          "may miss when it is freed", stacklevel=2)
+            break
         time.sleep(1e-4)
 
 
