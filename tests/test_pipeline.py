@@ -89,12 +89,22 @@ def test_new_page_reruns_the_stages_after_the_crawl(pipeline_run, site, tmp_path
     from flows.pipeline import pipeline_flow
     from tests.site import page
 
+    import time
+
     config, first, _ = pipeline_run
     root, _ = site
     extra = root / "extra.html"
-    extra.write_text(page("Extra", "<p>" + " ".join(["The interpreter reads the file with care."] * 12) + "</p>",
-                          []))
+    # Prose that every cleaning filter keeps (a sentence repeated twelve times is dropped as repetitive,
+    # and the run would then see no new document).
+    extra.write_text(page("Extra", "<p>The interpreter reads each source file once, compiles it to bytecode and "
+                          "keeps the result in a cache next to the module. When the file changes, its timestamp no "
+                          "longer matches the cached copy, so the next import compiles it again. Packages work the "
+                          "same way: every module inside them is compiled on first use. You rarely need to think "
+                          "about this, but it explains why the first run of a large program is slower than the "
+                          "second one, and why deleting the cache folder is always safe.</p>", []))
     index = root / "index.html"
+    time.sleep(1.1)  # the site server's Last-Modified has one-second resolution: a rewrite in the second of
+    # the last fetch would be answered 304 Not Modified
     original = index.read_text()
     index.write_text(original.replace("</body>", '<a href="/extra.html">extra</a></body>'))
     try:
@@ -105,6 +115,7 @@ def test_new_page_reruns_the_stages_after_the_crawl(pipeline_run, site, tmp_path
         extra.unlink()
     assert [o.skipped for o in third] == [False] * 6
     assert third[0].summary["pages"] == first[0].summary["pages"] + 1
+    assert third[1].summary["docs_out"] == first[1].summary["docs_out"] + 1  # the new page, kept
     assert third[-1].summary["registered_version"] == 2
 
 
