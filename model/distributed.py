@@ -97,11 +97,9 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, dev
         # after (and in validation, where FSDP would otherwise reshard it as forward ends).
         sharded.append(fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=precision,
                                    offload_policy=offload))
-        backend = dist.get_backend(mesh.get_group() if mesh is not None else None)
-        if backend == "fake":  # the planner playing a rank of the job: the job's own backend
-            backend = backend_for(cfg, device.type)
-        # On CPU only: on a GPU, FSDP2 keeps the buffers these free early for its streams' sake.
-        if backend == "gloo" and device.type == "cpu":
+        # On CPU only: on a GPU, FSDP2 keeps the buffers these free early for its streams' sake. (The
+        # planner's fake process group plays the job's backend, which it sets in `cfg`.)
+        if backend_for(cfg, device.type) == "gloo" and device.type == "cpu":
             for module in sharded:
                 module.set_custom_reduce_scatter(InPlaceReduceScatter())
                 module.set_custom_all_gather(InPlaceAllGather())
@@ -113,7 +111,14 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, mem: MemoryConfig, dev
     return model
 
 
-class InPlaceReduceScatter:
+class _PlainBuffers:
+    """FSDP2's communication interface, its first part: the buffers a collective works in, plain tensors."""
+
+    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+
+class InPlaceReduceScatter(_PlainBuffers):
     """FSDP2's gradient reduce-scatter over gloo, without gloo's copy of its input.
 
     Gloo's reduce-scatter clones the whole input (a block's flat gradients), all-reduces the clone on its
@@ -122,19 +127,16 @@ class InPlaceReduceScatter:
     input buffer in place moves the same bytes (gloo's reduce-scatter is an all-reduce) without the copy;
     FSDP does not read that buffer again. FSDP2's `ReduceScatter` interface: allocate, then call."""
 
-    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return torch.empty(*size, dtype=dtype, device=device)
-
-    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group, op,
-                 async_op: bool = False) -> None:
-        _all_reduce_in_place(input_tensor, op, group)
+    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group, op) -> None:
+        dist.all_reduce(input_tensor, op=op, group=group)
         output_tensor.copy_(input_tensor.view(dist.get_world_size(group), -1)[dist.get_rank(group)])
         # FSDP keeps the input until the next block's reduce, so that a GPU stream still reading it does
-        # not see it reused; this reduce is done with it, so its memory goes now.
+        # not see it reused; this reduce is done with it, so its memory goes now, freed here (where the
+        # memory report sees it) whoever still refers to the tensor.
         input_tensor.untyped_storage().resize_(0)
 
 
-class InPlaceAllGather:
+class InPlaceAllGather(_PlainBuffers):
     """FSDP2's weight all-gather over gloo, without gloo's buffers.
 
     Gloo's all-gather allocates two more output-sized buffers (one in the caller, one on its worker
@@ -143,15 +145,11 @@ class InPlaceAllGather:
     all-gather (exact: x + -0.0 is x, -0.0 included), at twice the bytes on the wire and no buffer.
     FSDP2's `AllGather` interface: allocate, then call (synchronously: it returns no work to wait on)."""
 
-    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return torch.empty(*size, dtype=dtype, device=device)
-
     def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group,
                  async_op: bool = False) -> None:
+        # `input_tensor` is this rank's slice of the output: FSDP copies the shard in place.
         rank = dist.get_rank(group)
         slices = output_tensor.view(dist.get_world_size(group), -1)
-        if input_tensor.data_ptr() != slices[rank].data_ptr():
-            slices[rank].copy_(input_tensor)
         nothing = -0.0 if output_tensor.is_floating_point() else 0
         for r in range(slices.size(0)):
             if r != rank:
@@ -164,7 +162,8 @@ def _all_reduce_in_place(tensor: torch.Tensor, op, group) -> None:
 
     Gloo's finished work still refers to the tensor it reduced until its worker thread drops it, a moment
     after the caller returns; were that the last reference, the memory would be freed there, unseen by
-    the memory report. So the work gets a view of its own, and the call waits until the view is gone."""
+    the memory report (FSDP frees the all-gather's output once copied out). So the work gets a view of
+    its own, and the call waits until the view is gone."""
     storage = tensor.untyped_storage()
     holders = torch._C._storage_Use_Count(storage._cdata)
     view = tensor.view(-1)

@@ -170,7 +170,8 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         rungs.append(("+ loss vocabulary in tiles", {**rungs[-1][1], "memory.loss_vocab_chunk_size": VOCAB_TILE}))
         if not base["memory.split_head_step"]:
             # The head's gradient at the end of backward instead of through it: one more pass over the
-            # logits, 21-29% of the step at the reference config (bench/results/memory-cpu-lowbit-speed.json).
+            # logits, 1.35 s of matrix multiplies in a 5.9 s step at the reference config
+            # (bench/results/profile-cpu.json).
             rungs.append(("+ head gradient late", {**rungs[-1][1], "memory.late_head_grad": True}))
         return rungs
 

@@ -61,7 +61,7 @@ def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy, 
 
 @pytest.mark.parametrize("memory, grad_clip", [({}, 1.0), ({"precision": "bf16-weights", "optimizer": "adamw8bit"}, 0.0)])
 def test_the_late_head_gradient_is_the_last_rung_before_micro_batches(memory, grad_clip):
-    """It makes the logits again in backward (21-29% of the step at the reference config): tried only after
+    """It makes the logits again in backward (a quarter of the step at the reference config): tried only after
     every recomputation rung, and never where the head is stepped in backward; over ranks too (made in the
     embedding lookup's backward, it is part of the tied weight's one gradient that the ranks reduce)."""
     cfg = TrainConfig(batch_size=8, grad_clip=grad_clip, memory=memory)
