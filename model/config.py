@@ -79,9 +79,10 @@ class MemoryConfig(BaseModel):
         description="How bf16 weights take the optimizer's fp32 update: nearest (drops updates under half a "
         "bf16 step), stochastic (right in expectation, no memory) or kahan (a 2-byte compensation buffer per "
         "weight; AdamW only).")
-    optimizer: Literal["adamw", "adafactor", "adamw8bit", "adamw4bit", "adam-mini", "muon"] = Field(
+    optimizer: Literal["adamw", "adafactor", "adamw8bit", "adamw4bit", "adamw-fp8", "adam-mini", "muon"] = Field(
         default="adamw",
-        description="adamw8bit/adamw4bit: torchao's block-quantized moments (2/1 bytes a weight); adam-mini: one "
+        description="adamw8bit/adamw4bit: torchao's block-quantized moments (2/1 bytes a weight); adamw-fp8: "
+        "memlm's fp8 moments, stochastically rounded (2 bytes a weight, no torchao, fast on CPU); adam-mini: one "
         "second moment per matrix row; muon: torch.optim.Muon for the blocks' matrices, AdamW for the rest.")
     optimizer_in_backward: bool = Field(
         default=False, description="Step each parameter in its gradient hook and free the gradient at once."

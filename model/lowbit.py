@@ -28,11 +28,16 @@ Rounding = Literal["nearest", "stochastic", "kahan"]
 SLICE = 1 << 18  # elements per slice of the step's fp32 arithmetic: 1 MiB per temporary
 
 
-def stochastic_round_to_bf16(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def stochastic_round_to_bf16(x: torch.Tensor, generator: torch.Generator | None = None,
+                             noise: torch.Tensor | None = None) -> torch.Tensor:
     """bf16 values equal to the fp32 `x` in expectation: a random 16-bit integer is added to the bits
-    that bf16 drops, and they are cut off (for either sign, since floats store sign and magnitude)."""
+    that bf16 drops, and they are cut off (for either sign, since floats store sign and magnitude).
+    `noise`: int32 random bits of x's shape to use (their low 16), instead of drawing them."""
     bits = x.float().contiguous().view(torch.int32)
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    if noise is None:
+        noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    else:
+        noise = noise.bitwise_and(0xFFFF)
     return noise.add_(bits).bitwise_and_(-65536).view(torch.float32).to(torch.bfloat16)
 
 

@@ -284,6 +284,19 @@ class AllocationRecorder(TorchDispatchMode):
         return out
 
 
+def _attribute_tensors(optimizer, depth: int = 2) -> Iterator[torch.Tensor]:
+    """Tensors an optimizer keeps as attributes (in dicts, lists or tuples too), and those of optimizers it
+    keeps, `depth` levels down."""
+    for value in vars(optimizer).values():
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+            else (value,)
+        for item in values:
+            if isinstance(item, torch.Tensor):
+                yield item
+            elif depth > 1 and isinstance(item, torch.optim.Optimizer):
+                yield from _attribute_tensors(item, depth - 1)
+
+
 _UNOWNED_BLOCKS = -1  # keys no real storage pointer can take
 _UNVIEWED_BUCKETS = -2
 
@@ -551,13 +564,10 @@ class MemoryTracker:
                 for value in state.values():
                     if isinstance(value, torch.Tensor):
                         yield from (("optimizer_state", t) for t in _plain_tensors(value))
-            # Buffers an optimizer keeps between steps outside its per-parameter state.
-            for value in vars(self.optimizer).values():
-                values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
-                    else (value,)
-                for t in values:
-                    if isinstance(t, torch.Tensor):
-                        yield from (("optimizer_state", inner) for inner in _plain_tensors(t))
+            # Buffers an optimizer keeps between steps outside its per-parameter state (also those of the
+            # per-parameter optimizers inside one stepped in backward).
+            for t in _attribute_tensors(self.optimizer):
+                yield from (("optimizer_state", inner) for inner in _plain_tensors(t))
 
     def _baseline(self) -> dict[int, tuple[int, str]]:
         live: dict[int, tuple[int, str]] = {}

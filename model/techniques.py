@@ -13,7 +13,7 @@ Refused combinations, each with the reason given to the user:
 - fp16-mixed and activation_offload on CPU: they need CUDA.
 - loss_vocab_chunk_size without the chunked loss: it tiles that loss's vocabulary.
 - adamw8bit/adamw4bit without torchao installed; bf16_rounding kahan with an optimizer other than AdamW
-  (torchao's low-bit AdamW rounds stochastically; the others have no compensation buffer); bf16 weights
+  (the low-bit AdamWs round stochastically; the others have no compensation buffer); bf16 weights
   with adam-mini, muon or adafactor (their steps round to nearest and would drop small updates).
 - bf16-weights for rnn-attention: its recurrent cells compute in their weights' dtype.
 - for rnn-attention: selective checkpointing and mlp_chunks (it has no blocks and no MLP); its full
@@ -33,10 +33,11 @@ AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_d
 - fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed), with
   adafactor (torch.optim.Adafactor's step squares and scales its column statistics in place, which a
   sharded parameter's DTensor refuses: those statistics span the shards), and with
-  adamw8bit/adamw4bit/adam-mini/muon (not verified over sharded parameters) and bf16-true/bf16-weights (the
+  adamw8bit/adamw4bit/adamw-fp8/adam-mini/muon (not verified over sharded parameters) and bf16-true/bf16-weights (the
   rounding step is not written for sharded weights); cpu_offload off CUDA.
 - adamw8bit/adamw4bit under ddp too: the sharded checkpoint (DCP's safetensors writer) cannot write
-  torchao's quantized moments, which are tensor subclasses.
+  torchao's quantized moments, which are tensor subclasses; adamw-fp8 under ddp: each rank would round
+  with its own random bits, and that the replicas stay equal is not verified.
 - compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
   before sharding it).
 """
@@ -49,6 +50,7 @@ import torch
 from torch import nn
 
 from model.config import MemoryConfig, TrainConfig
+from model.fp8_adamw import AdamWFp8, new_random_pool
 from model.gpt import GPT, TiedHeadLM
 from model.losses import LateHeadGrad
 from model.lowbit import AdamWBF16, sliced_low_bit_adamw, store_matrices_in_bf16
@@ -92,7 +94,11 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} cannot run with {where}: torchao's quantized "
                              "moments are tensor subclasses that the sharded checkpoint (DCP's safetensors writer) "
                              "cannot write; use adamw, or run in one process")
-    if strategy == "fsdp" and mem.optimizer in ("adamw8bit", "adamw4bit", "adam-mini", "muon"):
+    if mem.optimizer == "adamw-fp8" and strategy == "ddp":
+        raise TechniqueError(f"train.memory.optimizer adamw-fp8 is not verified with {where}: each rank rounds its "
+                             "moments with random bits of its own, and nothing yet checks that the replicas stay "
+                             "equal; use adamw, or run in one process")
+    if strategy == "fsdp" and mem.optimizer in ("adamw8bit", "adamw4bit", "adamw-fp8", "adam-mini", "muon"):
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} is not verified with train.distributed.strategy "
                              "fsdp (its state or update over sharded parameters; Muon needs each matrix whole); "
                              "use adamw, or strategy ddp")
@@ -156,11 +162,11 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
     if bf16_weights and mem.bf16_rounding == "kahan" and mem.optimizer != "adamw":
         raise TechniqueError(
             f"train.memory.bf16_rounding kahan keeps a compensation buffer in memlm's AdamW; {mem.optimizer} has "
-            "none: use bf16_rounding stochastic (torchao's low-bit AdamW rounds stochastically) or optimizer adamw")
+            "none: use bf16_rounding stochastic (the low-bit AdamWs round stochastically) or optimizer adamw")
     if bf16_weights and mem.optimizer in ("adam-mini", "muon", "adafactor"):
         raise TechniqueError(
             f"train.memory.optimizer {mem.optimizer} steps bf16 weights by rounding to nearest, which drops small "
-            "updates: with bf16 weights use adamw, adamw8bit or adamw4bit, or set precision fp32")
+            "updates: with bf16 weights use adamw, adamw-fp8, adamw8bit or adamw4bit, or set precision fp32")
     warnings = []
     if mem.optimizer in LOW_BIT:
         try:
@@ -168,7 +174,7 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
         except ImportError:
             raise TechniqueError(
                 f"train.memory.optimizer {mem.optimizer} needs torchao: pip install 'memlm[lowbit]' (or torchao), "
-                "or use adamw, adam-mini, muon or adafactor") from None
+                "or use adamw-fp8 (memlm's own, 2 bytes a weight too), adamw, adam-mini, muon or adafactor") from None
         if cpu:
             warnings.append(f"{mem.optimizer} on CPU: torchao compiles its step kernels at the first step "
                             "(about 20-60 s here, once per weight shape)")
@@ -242,10 +248,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
     mem = cfg.memory
 
     bf16_weights = mem.precision in BF16_WEIGHTS
+    random_pool = new_random_pool(device) if mem.optimizer == "adamw-fp8" else None
 
     def make(groups: list[dict]) -> torch.optim.Optimizer:
         if mem.optimizer == "adafactor":
             return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=not mem.optimizer_in_backward)
+        if mem.optimizer == "adamw-fp8":
+            return AdamWFp8(groups, lr=cfg.lr, betas=cfg.betas, random_pool=random_pool,
+                            bf16_stochastic_round=bf16_weights and mem.bf16_rounding == "stochastic")
         if mem.optimizer in LOW_BIT:
             return sliced_low_bit_adamw(LOW_BIT[mem.optimizer])(
                 groups, lr=cfg.lr, betas=cfg.betas,
