@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from model.lowbit import SLICE, stochastic_round_to_bf16
+from model.lowbit import SLICE, KeepsStateDtypes, stochastic_round_to_bf16
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # e4m3's largest finite value
@@ -87,8 +87,9 @@ def dequantize_fp8(codes: torch.Tensor, scales: torch.Tensor, signed: bool = Tru
     bits = byte.bitwise_and(0x7F).bitwise_left_shift_(DROPPED_BITS)
     if signed:
         bits.bitwise_or_(byte.bitwise_and_(0x80).bitwise_left_shift_(24))
-    values = bits.view(torch.float32)
-    values.view(-1, BLOCK).mul_(scales.mul(REBIAS).unsqueeze(1))
+    # Rebiased first (exact), then scaled: scales times 2^120 would overflow fp32 from a scale of 256 on.
+    values = bits.view(torch.float32).mul_(REBIAS)
+    values.view(-1, BLOCK).mul_(scales.unsqueeze(1))
     return values
 
 
@@ -97,7 +98,7 @@ def quantized(p: torch.Tensor) -> bool:
     return p.numel() >= MIN_QUANTIZED and p.numel() % BLOCK == 0
 
 
-class AdamWFp8(torch.optim.Optimizer):
+class AdamWFp8(KeepsStateDtypes, torch.optim.Optimizer):
     """AdamW whose first moment and second moment's root are fp8 with a scale per 256 elements.
     `random_pool`: the rounding's random bits (new_random_pool), one for all of a model's optimizers."""
 

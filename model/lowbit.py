@@ -48,7 +48,23 @@ def kahan_add_(weight: torch.Tensor, compensation: torch.Tensor, update: torch.T
     compensation.copy_(total.sub_(weight.float()))
 
 
-class AdamWBF16(torch.optim.Optimizer):
+class KeepsStateDtypes:
+    """Optimizer mixin: a loaded state keeps each tensor's own dtype, moved only to its parameter's device.
+    torch.optim.Optimizer.load_state_dict casts every floating-point state tensor to its parameter's dtype,
+    which would make a bf16 weight's fp32 moments bf16 on resume, and fp8 codes and fp32 scales bf16 (lossy:
+    so the saved tensors are put back, not cast back)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for param_id, p in zip(saved_ids, params, strict=True):
+            for key, value in state_dict["state"].get(param_id, {}).items():
+                if key != "step" and isinstance(value, torch.Tensor):
+                    self.state[p][key] = value.to(device=p.device)
+
+
+class AdamWBF16(KeepsStateDtypes, torch.optim.Optimizer):
     """AdamW for bf16 (or fp32) weights: fp32 moments (8 bytes a weight) and fp32 math, the new weight
     written back to bf16 by `rounding` ('kahan' adds a 2-byte compensation buffer per bf16 weight).
     fp32 weights take the exact fp32 step."""

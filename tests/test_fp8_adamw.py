@@ -149,3 +149,50 @@ def test_the_memory_report_counts_the_fp8_state_and_its_random_pool():
     pool = next(iter(train_step.optimizer.optimizers.values())).random_pool
     report = train_step.tracker.reports[-1]
     assert report.phases["optimizer"]["breakdown"]["optimizer_state"] == state_bytes + pool.untyped_storage().nbytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_resumed_fp8_adamw_steps_as_one_that_never_stopped(dtype):
+    torch.manual_seed(0)
+    start = (torch.randn(16, 512) * 0.02).to(dtype)
+    grads = [torch.randn(16, 512).to(dtype) * 1e-2 for _ in range(3)]
+    pool = torch.randint(0, 1 << 20, (1 << 19,), dtype=torch.int32)
+
+    def optimizer(p):
+        return AdamWFp8([p], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, random_pool=pool)
+
+    def step(opt, p, grad, seed):
+        p.grad = grad.clone()
+        torch.manual_seed(seed)
+        opt.step()
+
+    straight = torch.nn.Parameter(start.clone())
+    opt = optimizer(straight)
+    for i, grad in enumerate(grads):
+        step(opt, straight, grad, i)
+
+    stopped = torch.nn.Parameter(start.clone())
+    first = optimizer(stopped)
+    for i, grad in enumerate(grads[:2]):
+        step(first, stopped, grad, i)
+    resumed = optimizer(stopped)
+    resumed.load_state_dict(first.state_dict())
+    assert {k: v.dtype for k, v in resumed.state[stopped].items()} == \
+        {k: v.dtype for k, v in first.state[stopped].items()}
+    step(resumed, stopped, grads[2], 2)
+    assert torch.equal(stopped, straight)
+
+
+def test_huge_gradients_keep_the_weights_finite():
+    # A block's largest moment far past e4m3's 448 (a scale over 256): decoding must not overflow fp32.
+    ours, opt, ref, ref_opt = adamw_pair((16, 512))
+    for spike in (2e7, 1.0, 1.0):
+        grad = torch.ones(16, 512)
+        grad[0, 0] = spike
+        ours.grad, ref.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref_opt.step()
+    assert torch.isfinite(ours).all()
+    root = dequantize_fp8(opt.state[ours]["exp_avg_sq_root"], opt.state[ours]["exp_avg_sq_root_scale"], signed=False)
+    ref_root = ref_opt.state[ref]["exp_avg_sq"].sqrt().view(-1)
+    assert root[0].item() == pytest.approx(ref_root[0].item(), rel=1 / 8)  # 4.3e6: a scale of 9,700

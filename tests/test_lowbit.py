@@ -232,3 +232,15 @@ def test_switches_not_written_for_sharded_weights_are_refused_under_fsdp(memory)
     else:
         check_distributed(ddp, torch.device("cpu"))
 
+
+
+def test_a_resumed_bf16_adamw_keeps_its_fp32_moments():
+    p = torch.nn.Parameter(torch.ones(8, 8, dtype=torch.bfloat16))
+    opt = AdamWBF16([p], lr=1e-3)
+    p.grad = torch.full((8, 8), 1e-3, dtype=torch.bfloat16)
+    opt.step()
+    resumed = AdamWBF16([p], lr=1e-3)
+    resumed.load_state_dict(opt.state_dict())  # torch's own load would cast the moments to the weight's bf16
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert resumed.state[p][key].dtype == torch.float32
+        assert torch.equal(resumed.state[p][key], opt.state[p][key])
