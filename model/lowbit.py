@@ -55,13 +55,13 @@ class KeepsStateDtypes:
     so the saved tensors are put back, not cast back)."""
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
+        super().load_state_dict({**state_dict, "state": {}})  # the groups' settings; no cast copies
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
         for param_id, p in zip(saved_ids, params, strict=True):
-            for key, value in state_dict["state"].get(param_id, {}).items():
-                if key != "step" and isinstance(value, torch.Tensor):
-                    self.state[p][key] = value.to(device=p.device)
+            if param_id in state_dict["state"]:
+                self.state[p] = {key: value.to(device=p.device) if key != "step" and isinstance(value, torch.Tensor)
+                                 else value for key, value in state_dict["state"][param_id].items()}
 
 
 class AdamWBF16(KeepsStateDtypes, torch.optim.Optimizer):

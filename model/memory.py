@@ -284,7 +284,7 @@ class AllocationRecorder(TorchDispatchMode):
         return out
 
 
-def _attribute_tensors(optimizer, depth: int = 2) -> Iterator[torch.Tensor]:
+def attribute_tensors(optimizer, depth: int = 2) -> Iterator[torch.Tensor]:
     """Tensors an optimizer keeps as attributes (in dicts, lists or tuples too), and those of optimizers it
     keeps, `depth` levels down."""
     for value in vars(optimizer).values():
@@ -294,7 +294,7 @@ def _attribute_tensors(optimizer, depth: int = 2) -> Iterator[torch.Tensor]:
             if isinstance(item, torch.Tensor):
                 yield item
             elif depth > 1 and isinstance(item, torch.optim.Optimizer):
-                yield from _attribute_tensors(item, depth - 1)
+                yield from attribute_tensors(item, depth - 1)
 
 
 _UNOWNED_BLOCKS = -1  # keys no real storage pointer can take
@@ -566,7 +566,7 @@ class MemoryTracker:
                         yield from (("optimizer_state", t) for t in _plain_tensors(value))
             # Buffers an optimizer keeps between steps outside its per-parameter state (also those of the
             # per-parameter optimizers inside one stepped in backward).
-            for t in _attribute_tensors(self.optimizer):
+            for t in attribute_tensors(self.optimizer):
                 yield from (("optimizer_state", inner) for inner in _plain_tensors(t))
 
     def _baseline(self) -> dict[int, tuple[int, str]]:

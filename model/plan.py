@@ -14,7 +14,7 @@ The candidates form a ladder from the least recomputation to the most frugal; th
 until one fits (or all of them). By default only exact techniques are tried (the run computes the same
 losses up to floating-point rounding; the loss's vocabulary in tiles is one); `lossy` adds candidates that
 change the training itself: no gradient clipping (which lets the optimizer step during backward), bf16
-weights with stochastic rounding, 8- and 4-bit AdamW states, and Adafactor, each shown with its quality
+weights with stochastic rounding, fp8, 8- and 4-bit AdamW states, and Adafactor, each shown with its quality
 cost as the convergence benchmark measured it.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
 from model.generate import next_token_logits
-from model.memory import AllocationRecorder, MemoryTracker
+from model.memory import AllocationRecorder, MemoryTracker, attribute_tensors
 from model.techniques import BF16_WEIGHTS, TechniqueError, check
 
 MiB = 2**20
@@ -50,21 +50,22 @@ _UNITS = {"": MiB, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": MiB, "
 TRACKED_STEPS = (1, 2)
 VOCAB_TILE = 1024  # vocabulary rows per tile of the loss: 128 tokens x 1024 is 512 KiB of fp32 logits
 
-CONVERGENCE_RESULTS = Path(__file__).resolve().parents[1] / "bench/results/convergence-cpu.json"
+# The convergence benchmark's files: one per run of it, each row compared with its own file's fp32 AdamW.
+CONVERGENCE_RESULTS = sorted((Path(__file__).resolve().parents[1] / "bench/results").glob("convergence-cpu*.json"))
 TIMED_STEPS = (3, 4)
 
 
-def quality_costs(results: Path = CONVERGENCE_RESULTS) -> dict[tuple[str, str], float]:
-    """(precision, optimizer) -> final validation loss relative to fp32 AdamW's of the same seed, the mean
-    over the seeds measured, from the convergence benchmark's committed results (`python
+def quality_costs(results: Path | list[Path] = CONVERGENCE_RESULTS) -> dict[tuple[str, str], float]:
+    """(precision, optimizer) -> final validation loss relative to fp32 AdamW's of the same seed and file,
+    the mean over the seeds measured, from the convergence benchmark's committed results (`python
     bench/convergence.py`: the demo model, 500 steps, clipping on), for the rows that change nothing but the
     precision and the optimizer. Empty where it was not run."""
-    if not results.exists():
-        return {}
     from model.config import MemoryConfig
 
+    rows = [row for file in ([results] if isinstance(results, Path) else results) if file.exists()
+            for row in json.loads(file.read_text())]
     measured: dict[tuple[str, str], list[float]] = {}
-    for row in json.loads(results.read_text()):
+    for row in rows:
         # fp32 AdamW is the reference (its seed rows measure chance, not a technique).
         if "val_loss_vs_fp32_adamw" not in row or not row["memory"] \
                 or not set(row["memory"]) <= {"precision", "bf16_rounding", "optimizer"}:
@@ -170,7 +171,7 @@ def candidates(cfg: TrainConfig, arch: str, lossy: bool = False) -> list[tuple[s
         rungs.append(("+ loss vocabulary in tiles", {**rungs[-1][1], "memory.loss_vocab_chunk_size": VOCAB_TILE}))
         if not base["memory.split_head_step"]:
             # The head's gradient at the end of backward instead of through it: one more pass over the
-            # logits, 1.35 s of matrix multiplies in a 5.9 s step at the reference config
+            # logits: a 3.9 s step against 3.1 s without it at the reference config
             # (bench/results/profile-cpu.json).
             rungs.append(("+ head gradient late", {**rungs[-1][1], "memory.late_head_grad": True}))
         return rungs
@@ -579,6 +580,10 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         model = build_model(arch_cfg)
         train_step = TrainStep(model, cfg, cpu, ranks=ranks, mesh=mesh)
         tracker = train_step.tracker
+        # What a freshly built optimizer holds before any step (fp8 AdamW's pool of random bits): a resumed
+        # run has it beside the weights it loads.
+        fresh_optimizer = sum(round_size(t.untyped_storage().nbytes())
+                              for t in attribute_tensors(train_step.optimizer))
 
         def next_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1))
@@ -632,7 +637,7 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         train_peak += buckets  # the rebuild in step 2
     else:
         # A resume loads the weights beside the model's before copying them in, then the optimizer state.
-        stages = {"checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes)}
+        stages = {"checkpoint_save": state_bytes, "resume": max(state_bytes, 2 * weight_bytes + fresh_optimizer)}
     # The evaluate stage loads the weights the checkpoint saved (over ranks, the full fp32 ones) into a
     # model built in fp32 on the CPU, then moved to the device: on a CPU beside it, on CUDA before it.
     model_bytes, saved = after.pop("model_bytes"), sum(full) if ranks.distributed or ddp_world > 1 else weight_bytes

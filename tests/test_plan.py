@@ -173,8 +173,10 @@ def test_help_lists_plan(tmp_path):
 
 
 @pytest.mark.parametrize("memory", [{}, {"activation_checkpointing": "full", "micro_batch_size": 2},
-                                    {"loss_chunk_size": 0, "optimizer": "adafactor", "activation_checkpointing": "selective"}],
-                         ids=["chunked-loss", "checkpointed-micro-batches", "plain-loss-adafactor"])
+                                    {"loss_chunk_size": 0, "optimizer": "adafactor", "activation_checkpointing": "selective"},
+                                    {"optimizer": "adamw-fp8"}, {"precision": "bf16-weights", "optimizer": "adamw-fp8"}],
+                         ids=["chunked-loss", "checkpointed-micro-batches", "plain-loss-adafactor", "fp8-adamw",
+                              "bf16-fp8-adamw"])
 def test_a_prediction_matches_the_measurement(memory):
     arch = GPTConfig(vocab_size=2048, block_size=64, n_layer=2, n_head=2, n_embd=64)
     cfg = TrainConfig(batch_size=4, memory=memory)
