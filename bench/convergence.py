@@ -46,10 +46,13 @@ ROWS: dict[str, dict] = {
     "adafactor": {"optimizer": "adafactor"},  # the planner's last lossy rung, at the same learning rates
     "bf16-stochastic+adamw8bit": {**BF16_SR, "optimizer": "adamw8bit"},
     "bf16-stochastic+adamw4bit": {**BF16_SR, "optimizer": "adamw4bit"},
+    "adamw-fp8": {"optimizer": "adamw-fp8"},
+    "bf16-stochastic+adamw-fp8": {**BF16_SR, "optimizer": "adamw-fp8"},
 }
 # Rows again with other seeds (weights' initialization and data order), each compared with fp32 AdamW of
 # its own seed: the fp32 AdamW rows' spread is the noise floor for the verdicts.
-SEEDED = {f"{base}-seed-{seed}": (base, seed) for base in (REFERENCE, "bf16-stochastic+adamw8bit")
+SEEDED = {f"{base}-seed-{seed}": (base, seed)
+          for base in (REFERENCE, "bf16-stochastic+adamw8bit", "bf16-stochastic+adamw-fp8")
           for seed in (1, 2)}
 ROWS.update({name: ROWS[base] for name, (base, _) in SEEDED.items()})
 KEEPS_QUALITY = 0.01  # relative validation loss over the reference's

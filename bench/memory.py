@@ -59,6 +59,10 @@ LOW_PRECISION = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chun
 # The <= 150 MiB row, where speed counts too: the head's gradient made in the loss (12 MiB in bf16, stepped
 # in backward) rather than late, which computes the logits again in backward: 1.27-1.40x the step time here.
 LOW_PRECISION_FAST = {k: v for k, v in LOW_PRECISION.items() if k != "late_head_grad"}
+# Long sequences at batch 8 as micro-batches of one sequence (activations of one at a time): gradients are
+# then kept through the step, so fp32 weights and gradients (accumulated exactly) with fp8 AdamW moments.
+LONG_SEQUENCES = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128,
+                  "loss_vocab_chunk_size": 1024, "micro_batch_size": 1, "optimizer": "adamw-fp8"}
 
 # name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate.
 ROWS: dict[str, dict] = {
@@ -87,9 +91,16 @@ ROWS: dict[str, dict] = {
     "memlm-bf16-adamw8bit": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw8bit"}},
     "memlm-bf16-adamw8bit-fast": {"impl": "memlm", "memory": {**LOW_PRECISION_FAST, "optimizer": "adamw8bit"}},
     "memlm-bf16-adamw4bit": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw4bit"}},
+    "memlm-bf16-adamw-fp8": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw-fp8"}},
+    "memlm-bf16-adamw-fp8-fast": {"impl": "memlm", "memory": {**LOW_PRECISION_FAST, "optimizer": "adamw-fp8"}},
+    # ... and the loss's vocabulary whole: the head's products in 128-token chunks, not 128 x 1024 tiles.
+    "memlm-bf16-adamw-fp8-whole-vocab": {"impl": "memlm", "memory": {
+        **{k: v for k, v in LOW_PRECISION_FAST.items() if k != "loss_vocab_chunk_size"}, "optimizer": "adamw-fp8"}},
     # The longest sequences at batch 8 (the reference model, its position table lengthened) in the least memory.
     **{f"memlm-seq-{n}": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw8bit"}, "block_size": n,
                           "default": False} for n in (512, 768, 1024, 2048)},
+    **{f"memlm-seq-{n}-micro-1": {"impl": "memlm", "memory": LONG_SEQUENCES, "block_size": n, "default": False}
+       for n in (2048, 3072, 4096)},
     # The default's chunked loss, compiled (inductor fuses the elementwise work between the matrix
     # multiplies; compiling takes about a minute, in the untimed first steps). On this 2-core CPU it is no
     # faster than the default within the run-to-run noise; on a GPU it is the candidate for fastest.
