@@ -7,8 +7,10 @@ largest magnitude maps to e4m3's largest value, 448), like torchao's `AdamWFp8`;
   under rounding to nearest: with beta2 = 0.95 a step moves the second moment down by at most 5% (its
   root by 2.5%), less than half an e4m3 step (3-6%), so where a block's scale holds still (its largest
   element steady) the others' codes never move down. Rounding up with the probability of the remainder
-  keeps each moment right in expectation, as stochastic rounding does for bf16 weights (model/lowbit.py);
-  its errors are unbiased noise of about a third of a code step.
+  keeps each stored value (the first moment, the second moment's root) right in expectation, as
+  stochastic rounding does for bf16 weights (model/lowbit.py); its errors are noise of about a third of a
+  code step (the second moment, the root squared, comes out high by the root's rounding variance: well
+  under 1%).
 - **The second moment as its square root**, the quantity the step divides by: half the dynamic range
   in powers of two, so a block whose largest second moment is 10^10 times its smallest still keeps
   them apart. Codes never round a nonzero root down to zero (they are floored at e4m3's smallest

@@ -42,7 +42,7 @@ from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
 from model.generate import next_token_logits
-from model.memory import AllocationRecorder, MemoryTracker, attribute_tensors
+from model.memory import AllocationRecorder, MemoryTracker, attribute_tensors, storage_id
 from model.techniques import BF16_WEIGHTS, TechniqueError, check
 
 MiB = 2**20
@@ -582,8 +582,10 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         tracker = train_step.tracker
         # What a freshly built optimizer holds before any step (fp8 AdamW's pool of random bits): a resumed
         # run has it beside the weights it loads.
-        fresh_optimizer = sum(round_size(t.untyped_storage().nbytes())
-                              for t in attribute_tensors(train_step.optimizer))
+        # (One pool shared by the per-parameter optimizers of a step in backward: each storage once.)
+        fresh_optimizer = sum(round_size(n) for n in {
+            storage_id(t.untyped_storage()): t.untyped_storage().nbytes()
+            for t in attribute_tensors(train_step.optimizer)}.values())
 
         def next_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.fp8_adamw import BLOCK, FP8, AdamWFp8, dequantize_fp8, quantize_fp8_
+from model.fp8_adamw import BLOCK, FP8, AdamWFp8, dequantize_fp8, new_random_pool, quantize_fp8_, random_bits
+from model.lowbit import SLICE
 from model.safe_state import load_state, save_state
 from tests.test_lowbit import trained
 
@@ -107,14 +108,38 @@ def test_small_weights_keep_fp32_moments_and_bf16_weights_are_rounded_stochastic
     assert weight.float().mean().item() == pytest.approx(1 - 1e-3, abs=2e-4)
 
 
-def test_fp8_state_checkpoints_without_pickle(tmp_path):
-    ours, opt, _, _ = adamw_pair((32, 256))
-    ours.grad = torch.randn(32, 256)
+def test_fp8_state_checkpoints_without_pickle_and_resumes(tmp_path):
+    ours, opt, _, _ = adamw_pair((32, 256), dtype=torch.bfloat16)
+    ours.grad = torch.randn(32, 256).to(torch.bfloat16)
     opt.step()
     save_state(opt.state_dict(), tmp_path / "optim.safetensors", tmp_path / "optim.json")
     loaded = load_state(tmp_path / "optim.safetensors", tmp_path / "optim.json")
     for key, value in opt.state_dict()["state"][0].items():
         assert loaded["state"][0][key].dtype == value.dtype and torch.equal(loaded["state"][0][key], value), key
+    # From the files into a new optimizer, then one more step: as the optimizer that never stopped.
+    copy = torch.nn.Parameter(ours.detach().clone())
+    resumed = AdamWFp8([copy], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, random_pool=opt.random_pool)
+    resumed.load_state_dict(loaded)
+    grad = torch.randn(32, 256).to(torch.bfloat16)
+    for p, optimizer in ((ours, opt), (copy, resumed)):
+        p.grad = grad.clone()
+        torch.manual_seed(5)
+        optimizer.step()
+    assert torch.equal(copy, ours)
+
+
+def test_the_random_pool_gives_uniform_bits_that_round_without_bias():
+    pool = new_random_pool("cpu")
+    bits = torch.cat([random_bits(pool, SLICE) for _ in range(8)])
+    assert bits.min().item() >= 0 and bits.max().item() < 1 << 20
+    assert bits.float().mean().item() == pytest.approx((1 << 20) / 2, rel=0.01)
+    # Stochastic rounding with them: the same as with freshly drawn bits, unbiased.
+    x = torch.full((SLICE,), 1 + 0.3 / 8)
+    x[::BLOCK] = 448.0
+    codes, scales = torch.empty(SLICE, dtype=FP8), torch.empty(SLICE // BLOCK)
+    quantize_fp8_(x.clone(), codes, scales, random_bits(pool, SLICE))
+    rest = dequantize_fp8(codes, scales).view(-1, BLOCK)[:, 1:]
+    assert rest.mean().item() == pytest.approx(1 + 0.3 / 8, abs=0.01 / 8)
 
 
 @pytest.mark.parametrize("memory", [{}, {"precision": "bf16-weights", "optimizer_in_backward": True}])

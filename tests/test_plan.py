@@ -174,12 +174,13 @@ def test_help_lists_plan(tmp_path):
 
 @pytest.mark.parametrize("memory", [{}, {"activation_checkpointing": "full", "micro_batch_size": 2},
                                     {"loss_chunk_size": 0, "optimizer": "adafactor", "activation_checkpointing": "selective"},
-                                    {"optimizer": "adamw-fp8"}, {"precision": "bf16-weights", "optimizer": "adamw-fp8"}],
+                                    {"optimizer": "adamw-fp8"},
+                                    {"precision": "bf16-weights", "optimizer": "adamw-fp8", "optimizer_in_backward": True}],
                          ids=["chunked-loss", "checkpointed-micro-batches", "plain-loss-adafactor", "fp8-adamw",
-                              "bf16-fp8-adamw"])
+                              "bf16-fp8-adamw-in-backward"])
 def test_a_prediction_matches_the_measurement(memory):
     arch = GPTConfig(vocab_size=2048, block_size=64, n_layer=2, n_head=2, n_embd=64)
-    cfg = TrainConfig(batch_size=4, memory=memory)
+    cfg = TrainConfig(batch_size=4, memory=memory, grad_clip=0.0 if memory.get("optimizer_in_backward") else 1.0)
     predicted, measured = predict(arch, cfg), measure(arch, cfg, torch.device("cpu"))
     assert set(predicted.stages) == set(measured.stages) == {
         "train_step", "validation", "checkpoint_save", "resume", "checkpoint_load", "evaluate", "generate", "rescore"}
