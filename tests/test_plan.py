@@ -59,6 +59,17 @@ def test_every_candidate_is_a_combination_memlm_accepts(arch, grad_clip, lossy, 
     assert any(c[2] for c in found) == (lossy and strategy != "fsdp")  # fsdp runs AdamW only
 
 
+def test_the_lossy_ladder_offers_fp8_adamw_before_torchaos_8_bit():
+    names = [name for name, _, lossy in candidates(TrainConfig(batch_size=16), "gpt", lossy=True) if lossy]
+
+    def first(label: str) -> int:
+        return next(i for i, name in enumerate(names) if name.endswith(label))
+
+    # Same state size; memlm's compiles nothing and steps faster on CPU (bench/results/optimizer-step-cpu.json).
+    assert first(", fp8 AdamW") < first(", 8-bit AdamW")
+    assert first("bf16 weights, fp8 AdamW") < first("bf16 weights, 8-bit AdamW") < first("bf16 weights, 4-bit AdamW")
+
+
 @pytest.mark.parametrize("memory, grad_clip", [({}, 1.0), ({"precision": "bf16-weights", "optimizer": "adamw8bit"}, 0.0)])
 def test_the_late_head_gradient_is_the_last_rung_before_micro_batches(memory, grad_clip):
     """It makes the logits again in backward (a quarter of the step at the reference config): tried only after
