@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from model.lowbit import SLICE, KeepsStateDtypes, stochastic_round_to_bf16
+from model.lowbit import SLICE, KeepsStateDtypes, adamw_step_factors, add_decayed_update_
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # e4m3's largest finite value
@@ -136,11 +136,8 @@ class AdamWFp8(KeepsStateDtypes, torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self._init_state(p)
-                state["step"] += 1
-                step = state["step"].item()
-                lr = group["lr"]
-                decay = 1 - lr * group["weight_decay"]
-                step_size, root_bias2 = lr / (1 - beta1**step), (1 - beta2**step) ** 0.5
+                decay, step_size, bias2 = adamw_step_factors(state, group)
+                root_bias2 = bias2**0.5
                 in_fp8 = "exp_avg_scale" in state
                 w_all, g_all = p.view(-1), p.grad.view(-1)
                 for start in range(0, p.numel(), SLICE):
@@ -159,12 +156,8 @@ class AdamWFp8(KeepsStateDtypes, torch.optim.Optimizer):
                     update = torch.div(root, root_bias2).add_(group["eps"])
                     torch.div(m, update, out=update).mul_(-step_size)
                     w = w_all[start:end]
-                    if w.dtype == torch.float32:
-                        w.mul_(decay).add_(update)
-                    else:
-                        new = update.add_(w.float(), alpha=decay)
-                        w.copy_(stochastic_round_to_bf16(new, noise=self._noise(new.numel()))
-                                if self.bf16_stochastic_round else new)
+                    stochastic = self.bf16_stochastic_round and w.dtype != torch.float32
+                    add_decayed_update_(w, update, decay, stochastic, self._noise(w.numel()) if stochastic else None)
                     if in_fp8:
                         quantize_fp8_(m, state["exp_avg"][start:end], self._scales(state, "exp_avg", start, end),
                                       self._noise(m.numel()))

@@ -48,6 +48,26 @@ def kahan_add_(weight: torch.Tensor, compensation: torch.Tensor, update: torch.T
     compensation.copy_(total.sub_(weight.float()))
 
 
+def adamw_step_factors(state: dict, group: dict) -> tuple[float, float, float]:
+    """Count a step in a parameter's `state`; AdamW's factors for it: (weight decay's, the step size with the
+    first moment's bias correction, the second moment's bias correction)."""
+    state["step"] += 1
+    step = state["step"].item()
+    beta1, beta2 = group["betas"]
+    return 1 - group["lr"] * group["weight_decay"], group["lr"] / (1 - beta1**step), 1 - beta2**step
+
+
+def add_decayed_update_(w: torch.Tensor, update: torch.Tensor, decay: float, stochastic: bool,
+                        noise: torch.Tensor | None = None) -> None:
+    """w = w * decay + update, from an fp32 `update` (overwritten): exact for an fp32 `w`; a bf16 `w` takes
+    the fp32 result stochastically rounded (with `noise`, see stochastic_round_to_bf16) or to nearest."""
+    if w.dtype == torch.float32:
+        w.mul_(decay).add_(update)
+        return
+    new = update.add_(w.float(), alpha=decay)
+    w.copy_(stochastic_round_to_bf16(new, noise=noise) if stochastic else new)
+
+
 class KeepsStateDtypes:
     """Optimizer mixin: a loaded state keeps each tensor's own dtype, moved only to its parameter's device.
     torch.optim.Optimizer.load_state_dict casts every floating-point state tensor to its parameter's dtype,
@@ -95,10 +115,7 @@ class AdamWBF16(KeepsStateDtypes, torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self._init_state(p)
-                state["step"] += 1
-                step = state["step"].item()
-                lr, decay = group["lr"], 1 - group["lr"] * group["weight_decay"]
-                step_size, bias2 = lr / (1 - beta1**step), 1 - beta2**step
+                decay, step_size, bias2 = adamw_step_factors(state, group)
                 flat = [t.view(-1) for t in (p, p.grad, state["exp_avg"], state["exp_avg_sq"])]
                 comp = state.get("compensation")
                 comp = comp.view(-1) if comp is not None else None
@@ -109,13 +126,10 @@ class AdamWBF16(KeepsStateDtypes, torch.optim.Optimizer):
                     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     update = (v / bias2).sqrt_().add_(group["eps"])
                     torch.div(m, update, out=update).mul_(-step_size)
-                    if w.dtype == torch.float32:
-                        w.mul_(decay).add_(update)
-                    elif comp is not None:
+                    if comp is not None and w.dtype != torch.float32:
                         kahan_add_(w, comp[start:start + SLICE], update.sub_(w.float(), alpha=1 - decay))
                     else:
-                        new = update.add_(w.float(), alpha=decay)
-                        w.copy_(stochastic_round_to_bf16(new) if self.rounding == "stochastic" else new)
+                        add_decayed_update_(w, update, decay, self.rounding == "stochastic")
         return loss
 
 

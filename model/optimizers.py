@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from model.lowbit import adamw_step_factors
+
 
 class AdamMini(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -36,16 +38,15 @@ class AdamMini(torch.optim.Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["block_sq"] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
-                state["step"] += 1
-                step = state["step"].item()
+                decay, step_size, bias2 = adamw_step_factors(state, group)
                 grad = p.grad.float()
                 state["exp_avg"].lerp_(grad, 1 - beta1)
                 mean_sq = grad.view(blocks, -1).pow(2).mean(dim=1)
                 state["block_sq"].mul_(beta2).add_(mean_sq, alpha=1 - beta2)
-                denom = (state["block_sq"] / (1 - beta2**step)).sqrt_().add_(group["eps"])
+                denom = (state["block_sq"] / bias2).sqrt_().add_(group["eps"])
                 update = state["exp_avg"].view(blocks, -1) / denom.unsqueeze(1)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update.view_as(p).to(p.dtype), alpha=-group["lr"] / (1 - beta1**step))
+                p.mul_(decay)
+                p.add_(update.view_as(p).to(p.dtype), alpha=-step_size)
         return loss
 
 
