@@ -263,7 +263,7 @@ def step_times(pages_file: Path, n_pages: int) -> dict:
 
     records = []
     for page in pages:
-        extracted = timed("extract: parse HTML and main content (BeautifulSoup)", extract_page, page["html"])
+        extracted = timed("extract: parse HTML and main content (lxml)", extract_page, page["html"])
         prose = "\n".join(b.text for b in extracted.blocks if b.is_prose)
         timed("language (py3langid)", page_language, extracted.lang, prose, config.languages)
         records.append(extract_record(page, config))

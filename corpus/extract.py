@@ -1,4 +1,4 @@
-"""Main-content extraction with BeautifulSoup: a page's title, declared language, and its text as blocks
+"""Main-content extraction over lxml's HTML tree: a page's title, declared language, and its text as blocks
 (headings, paragraphs, list items, tables, code). Code blocks are marked so that the line and quality
 filters judge prose only: a documentation page is not dropped for its code.
 
@@ -6,23 +6,26 @@ A data table becomes one block with one line per row, its cells separated by ` |
 marked once by a `| --- |` line under it (Markdown's table), so that the boilerplate count and the line
 filters see rows, not cells. An admonition's title ("Note", "Warning") leads its first paragraph and a
 short definition-list term leads its definition, rather than standing alone as a line that repeats on
-every page. XHTML that declares itself XML is parsed as XML."""
+every page. XHTML that declares itself XML is parsed as XML.
+
+The tree is lxml's own (libxml2's HTML parser, which BeautifulSoup's "lxml" builder drove underneath):
+building BeautifulSoup's Python tree on top of it and walking that was more than nine tenths of
+extraction's time. lxml keeps text as an element's `text` and each child's `tail`, so removing an element
+keeps its tail."""
 from __future__ import annotations
 
 import html.entities
 import re
 import unicodedata
-import warnings
 from dataclasses import dataclass, field
+from itertools import islice
 
-import lxml.etree
-from bs4 import BeautifulSoup, NavigableString, Tag, XMLParsedAsHTMLWarning
-from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
+from lxml import etree
 
-MAIN_SELECTORS = ("main", "article", "[role=main]")
+MAIN_TAGS = ("main", "article")
 DROP_TAGS = ("script", "style", "noscript", "template", "nav", "header", "footer", "aside", "form",
              "button", "select", "iframe", "svg", "canvas")
-DROP_ROLES = ("navigation", "search", "banner", "contentinfo", "complementary")
+DROP_ROLES = {"navigation", "search", "banner", "contentinfo", "complementary"}
 # Class or id words that mark page furniture rather than content.
 FURNITURE = re.compile(
     r"(?:^|[-_\s])(side-?bar\w*|sphinxsidebar\w*|nav|navbar|navigation|menu|breadcrumbs?|footer|related|"
@@ -49,12 +52,16 @@ BLOCKS = {"p", "div", "section", "article", "main", "ul", "ol", "li", "dl", "dt"
 LAYOUT_INSIDE = {"table", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote"}
 # A definition-list term longer than this (an API signature) stays a line of its own.
 TERM_MAX_CHARS = 60
-SKIPPED_STRINGS = (Comment, Declaration, Doctype, ProcessingInstruction)
 XHTML = re.compile(r"^\s*<\?xml[^>]*\?>.*?<html[^>]*xmlns=[\"']http://www\.w3\.org/1999/xhtml", re.S)
 XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 NAMED_ENTITY = re.compile(r"&([A-Za-z][A-Za-z0-9]*);")
 XML_ENTITIES = {"amp", "lt", "gt", "quot", "apos"}
 TABLE_RULE = re.compile(r"^\|(?: --- \|)+$")
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+
+class UnparseableHTML(ValueError):
+    """The HTML parser gave up part way through the page (nesting deeper than libxml2's 256 levels)."""
 
 
 @dataclass
@@ -92,107 +99,131 @@ def heading_lines(blocks: list[Block]) -> list[int]:
     return found
 
 
-def main_content(soup: BeautifulSoup) -> Tag:
-    for selector in MAIN_SELECTORS:
-        found = soup.select_one(selector)
-        if found is not None:
+def main_content(document: etree._Element) -> etree._Element:
+    for name in MAIN_TAGS:
+        if (found := next(document.iter(name), None)) is not None:
             return found
-    return soup.body or soup
+    for element in document.iter():
+        if element.get("role") == "main":
+            return element
+    return next(document.iter("body"), document)
 
 
-def strip_furniture(root: Tag) -> None:
-    for tag in root.find_all(DROP_TAGS):
-        if not tag.decomposed and not (tag.name == "aside" and _is_admonition(tag)) and not _article_header(tag):
-            tag.decompose()
-    for tag in root.find_all(attrs={"role": DROP_ROLES}):
-        tag.decompose()
-    # Highlighters' classes ("hljs-comment") inside code name code, not furniture.
-    in_code = {id(d) for code in root.find_all(("pre", "code")) for d in code.descendants}
-    for tag in root.find_all(True):
-        if tag.decomposed or tag.attrs is None or id(tag) in in_code:
+def strip_furniture(root: etree._Element) -> None:
+    for tag in list(root.iterdescendants(*DROP_TAGS)):
+        if _attached(tag, root) and not (tag.tag == "aside" and _is_admonition(tag)) and not _article_header(tag):
+            _remove(tag)
+    for tag in [t for t in root.iterdescendants() if t.get("role") in DROP_ROLES]:
+        if _attached(tag, root):
+            _remove(tag)
+    _strip_furniture_classes(root)
+    for link in [a for a in root.iterdescendants("a") if a.get("rel") is not None]:
+        if _attached(link, root) and PAGE_LINK_RELS & set(link.get("rel").lower().split()):
+            _drop_link_panel(link, root)
+
+
+def _strip_furniture_classes(node: etree._Element) -> None:
+    """Remove the elements whose class (or id) words name furniture. Highlighters' classes ("hljs-comment")
+    inside code name code, not furniture, so code's insides are not looked at."""
+    for tag in list(node):
+        if not isinstance(tag.tag, str):
             continue
         # A heading's or section's id is a slug of its title ("why-is-my-page-not-in-the-navigation").
-        marks = _classes(tag) + ("" if tag.name in ID_IS_A_SLUG else " " + (tag.get("id") or ""))
+        marks = (tag.get("class") or "") + ("" if tag.tag in ID_IS_A_SLUG else " " + (tag.get("id") or ""))
         if marks.strip() and FURNITURE.search(marks):
-            tag.decompose()
-    for link in root.find_all("a", rel=True):
-        if not link.decomposed and PAGE_LINK_RELS & set(_words_of(link.get("rel"))):
-            _drop_link_panel(link)
+            _remove(tag)
+        elif tag.tag not in ("pre", "code"):
+            _strip_furniture_classes(tag)
 
 
-def _words_of(value) -> list[str]:
-    """An attribute's words (a list from the HTML parser, a string from the XML one), lowercased."""
-    return [w.lower() for w in (value.split() if isinstance(value, str) else value or [])]
+def _attached(element: etree._Element, root: etree._Element) -> bool:
+    """Whether `element` is still inside `root` (nothing above it was removed)."""
+    return any(ancestor is root for ancestor in element.iterancestors())
 
 
-def _drop_link_panel(link: Tag) -> None:
+def _remove(element: etree._Element) -> None:
+    """Take `element` out of the tree, keeping the text that follows it (its tail)."""
+    parent = element.getparent()
+    if element.tail:
+        previous = element.getprevious()
+        if previous is not None:
+            previous.tail = (previous.tail or "") + element.tail
+        else:
+            parent.text = (parent.text or "") + element.tail
+    parent.remove(element)
+
+
+def _drop_link_panel(link: etree._Element, root: etree._Element) -> None:
     """Remove the block around a next/previous/up link when it holds little besides links ("Next: Simple
     Example, Up: Using libffi [Index]", the page-to-page bar of Texinfo and older DocBook)."""
-    block = link.parent
-    while block is not None and block.name not in LINK_PANEL_BLOCKS:
-        block = block.parent
-    if block is None or block.name in ("body", "main", "article", "html"):
+    block = link.getparent()
+    while block is not None and block.tag not in LINK_PANEL_BLOCKS:
+        block = block.getparent()
+    if block is None or block.tag in ("body", "main", "article", "html"):
         return
-    link_text = "".join(inline_text(a) for a in block.find_all("a"))
+    link_text = "".join(inline_text(a) for a in block.iterdescendants("a"))
     other = len(re.sub(r"\W", "", inline_text(block))) - len(re.sub(r"\W", "", link_text))
     if link_text and other <= LINK_PANEL_MAX_OTHER_CHARS:
-        block.decompose()
+        if block is root or any(ancestor is block for ancestor in root.iterancestors()):
+            # The panel holds the whole main content: nothing of the page is left.
+            root.text = None
+            for child in list(root):
+                root.remove(child)
+        else:
+            _remove(block)
 
 
-def _article_header(tag: Tag) -> bool:
+def _article_header(tag: etree._Element) -> bool:
     """An article's own header, which holds its headline (a site's header is outside the article)."""
-    return tag.name == "header" and tag.find_parent("article") is not None and tag.find(tuple(HEADINGS)) is not None
+    return (tag.tag == "header" and next(tag.iterancestors("article"), None) is not None
+            and next(tag.iterdescendants(*HEADINGS), None) is not None)
 
 
-def _classes(tag: Tag) -> str:
-    """The class attribute as one string (a list from the HTML parser, a string from the XML one)."""
-    classes = tag.get("class") or ""
-    return classes if isinstance(classes, str) else " ".join(classes)
+def _is_admonition(tag: etree._Element) -> bool:
+    return bool(ADMONITION.search(tag.get("class") or ""))
 
 
-def _is_admonition(tag: Tag) -> bool:
-    return bool(ADMONITION.search(_classes(tag)))
+def text_of(node: etree._Element) -> str:
+    """All the text inside `node`, as written (comments and processing instructions left out)."""
+    return "".join(node.itertext())
 
 
-def inline_text(node: Tag) -> str:
+def inline_text(node: etree._Element) -> str:
     """The text of `node` on one line: block boundaries and line breaks become spaces."""
     parts: list[str] = []
 
-    def walk(element: Tag) -> None:
-        for child in element.children:
-            if isinstance(child, NavigableString):
-                if not isinstance(child, SKIPPED_STRINGS):
-                    parts.append(str(child))
-            elif child.name in BLOCKS or child.name == "br":
-                parts.append(" ")
-                walk(child)
-                parts.append(" ")
-            else:
-                walk(child)
+    def walk(element: etree._Element) -> None:
+        if element.text:
+            parts.append(element.text)
+        for child in element:
+            if isinstance(child.tag, str):
+                if child.tag in BLOCKS or child.tag == "br":
+                    parts.append(" ")
+                    walk(child)
+                    parts.append(" ")
+                else:
+                    walk(child)
+            if child.tail:
+                parts.append(child.tail)
 
     walk(node)
     return " ".join("".join(parts).split())
 
 
-def _rows(table: Tag) -> list[Tag]:
-    """The rows of a data table (thead, tbody, tfoot or bare; it holds no table of its own)."""
-    return [d for d in table.descendants if d.name == "tr"]
+def _cells(row: etree._Element) -> list[etree._Element]:
+    return [cell for cell in row if cell.tag in ("td", "th")]
 
 
-def _cells(row: Tag) -> list[Tag]:
-    return [cell for cell in row.children if cell.name in ("td", "th")]
-
-
-def is_data_table(table: Tag) -> bool:
-    names = {d.name for d in table.descendants}
+def is_data_table(table: etree._Element) -> bool:
+    names = {d.tag for d in table.iterdescendants()}
     return "tr" in names and names.isdisjoint(LAYOUT_INSIDE)
 
 
-def table_lines(table: Tag) -> list[str]:
+def table_lines(table: etree._Element) -> list[str]:
     """One line per row, ` | ` between cells; the header row once, with the `| --- |` rule under it."""
     lines: list[str] = []
     header: str | None = None
-    for row in _rows(table):
+    for row in table.iterdescendants("tr"):
         cells = _cells(row)
         if not cells:
             continue
@@ -200,7 +231,7 @@ def table_lines(table: Tag) -> list[str]:
         if not any(texts):
             continue
         line = "| " + " | ".join(texts) + " |"
-        is_header = row.parent.name == "thead" or all(cell.name == "th" for cell in cells)
+        is_header = row.getparent().tag == "thead" or all(cell.tag == "th" for cell in cells)
         if is_header and header is None and not lines:
             header = line
             lines += [line, "|" + " --- |" * len(cells)]
@@ -209,7 +240,7 @@ def table_lines(table: Tag) -> list[str]:
     return lines
 
 
-def render_blocks(root: Tag) -> list[Block]:
+def render_blocks(root: etree._Element) -> list[Block]:
     """Headings (as '# ...'), paragraphs, list items ('- ...') and table rows; code verbatim."""
     blocks: list[Block] = []
     inline: list[str] = []
@@ -228,17 +259,17 @@ def render_blocks(root: Tag) -> list[Block]:
         if lead:
             blocks.append(Block("text", _nfc(lead.pop())))
 
-    def walk(node: Tag) -> None:
-        for child in node.children:
-            if isinstance(child, NavigableString):
-                if not isinstance(child, SKIPPED_STRINGS):
-                    inline.append(str(child))
-                continue
-            name = child.name
-            if name == "pre":
+    def walk(node: etree._Element) -> None:
+        if node.text:
+            inline.append(node.text)
+        for child in node:
+            name = child.tag
+            if not isinstance(name, str):
+                pass  # a comment or processing instruction; its tail is text
+            elif name == "pre":
                 flush()
                 flush_lead()
-                code = "\n".join(line.rstrip() for line in child.get_text().strip("\n").splitlines())
+                code = "\n".join(line.rstrip() for line in text_of(child).strip("\n").splitlines())
                 if code.strip():
                     blocks.append(Block("code", _nfc(code)))
             elif name == "br":
@@ -246,7 +277,7 @@ def render_blocks(root: Tag) -> list[Block]:
             elif name == "table" and is_data_table(child):
                 flush()
                 flush_lead()
-                caption = child.find("caption")
+                caption = next(child.iterdescendants("caption"), None)
                 if caption is not None and (text := inline_text(caption)):
                     blocks.append(Block("text", _nfc(text)))
                 if lines := table_lines(child):
@@ -255,7 +286,7 @@ def render_blocks(root: Tag) -> list[Block]:
                 flush()
                 flush_lead()
                 text = inline_text(title)
-                title.decompose()
+                _remove(title)
                 if text:
                     lead.append(text.rstrip(":"))
                 walk(child)
@@ -277,6 +308,8 @@ def render_blocks(root: Tag) -> list[Block]:
                 flush("item" if name == "li" else "text", "- " if name == "li" else "")
             else:
                 walk(child)
+            if child.tail:
+                inline.append(child.tail)
 
     walk(root)
     flush()
@@ -284,17 +317,18 @@ def render_blocks(root: Tag) -> list[Block]:
     return blocks
 
 
-def _next_tag_name(tag: Tag) -> str | None:
-    for sibling in tag.next_siblings:
-        if isinstance(sibling, Tag):
-            return sibling.name
+def _next_tag_name(tag: etree._Element) -> str | None:
+    for sibling in tag.itersiblings():
+        if isinstance(sibling.tag, str):
+            return sibling.tag
     return None
 
 
-def _admonition_title(admonition: Tag) -> Tag | None:
+def _admonition_title(admonition: etree._Element) -> etree._Element | None:
     """The element that names an admonition: a titled child, or a heading first inside it."""
-    for child in admonition.find_all(True, limit=6):
-        if ADMONITION_TITLE.search(_classes(child)) or child.name in HEADINGS:
+    elements = (d for d in admonition.iterdescendants() if isinstance(d.tag, str))
+    for child in islice(elements, 6):
+        if ADMONITION_TITLE.search(child.get("class") or "") or child.tag in HEADINGS:
             return child
     return None
 
@@ -303,21 +337,29 @@ def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def parse(markup: str) -> BeautifulSoup:
-    """XHTML that says it is XML (an XML declaration and the XHTML namespace) and is well-formed is parsed
-    as XML, its HTML entities made numeric first; everything else as HTML."""
+def parse(markup: str) -> etree._Element | None:
+    """The page's root element (None for a page with no elements). XHTML that says it is XML (an XML
+    declaration and the XHTML namespace) and is well-formed is parsed as XML, its HTML entities made
+    numeric first and its namespace dropped from element names; everything else as HTML."""
     if XHTML.match(markup[:2000]):
         # The declaration goes: the text is already decoded, whatever encoding it names.
         xml = NAMED_ENTITY.sub(_numeric_entity, XML_DECLARATION.sub("", markup, count=1))
         try:
-            lxml.etree.fromstring(xml.encode("utf-8"), lxml.etree.XMLParser(resolve_entities=False, no_network=True))
-        except lxml.etree.XMLSyntaxError:
+            root = etree.fromstring(xml.encode("utf-8"), etree.XMLParser(resolve_entities=False, no_network=True))
+        except etree.XMLSyntaxError:
             pass  # XHTML in name only: tag soup, read as HTML below
         else:
-            return BeautifulSoup(xml, "xml")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
-        return BeautifulSoup(markup, "lxml")
+            for element in root.iter():
+                if isinstance(element.tag, str) and element.tag.startswith("{"):
+                    element.tag = etree.QName(element).localname
+            return root
+    # Bytes in a named encoding: the text is already decoded, whatever its <meta charset> says.
+    parser = etree.HTMLParser(encoding="utf-8")
+    root = etree.fromstring(markup.encode("utf-8"), parser)
+    # libxml2 recovers from every error but a fatal one, after which the rest of the page is lost.
+    if fatal := next((e for e in parser.error_log if e.level == etree.ErrorLevels.FATAL), None):
+        raise UnparseableHTML(f"libxml2 stopped at line {fatal.line}: {fatal.message}")
+    return root
 
 
 def _numeric_entity(m: re.Match) -> str:
@@ -328,13 +370,15 @@ def _numeric_entity(m: re.Match) -> str:
 
 
 def extract_page(markup: str) -> Page:
-    soup = parse(markup)
-    title_tag = soup.find("title")
-    title = " ".join(title_tag.get_text().split()) if title_tag else ""
-    root_tag = soup.find("html")
-    lang = (root_tag.get("lang") or root_tag.get("xml:lang")) if root_tag else None
+    document = parse(markup)
+    if document is None:
+        return Page("", None)
+    title_tag = next(document.iter("title"), None)
+    title = " ".join(text_of(title_tag).split()) if title_tag is not None else ""
+    root_tag = next(document.iter("html"), None)
+    lang = (root_tag.get("lang") or root_tag.get(XML_LANG)) if root_tag is not None else None
     lang = lang.strip().split("-")[0].split("_")[0].lower() if isinstance(lang, str) and lang.strip() else None
-    root = main_content(soup)
+    root = main_content(document)
     strip_furniture(root)
     return Page(_nfc(title), lang, render_blocks(root))
 

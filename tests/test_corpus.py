@@ -1,4 +1,4 @@
-"""Cleaning with real BeautifulSoup and spaCy, the stable split, and the tokenizer."""
+"""Cleaning with real lxml and spaCy, the stable split, and the tokenizer."""
 from __future__ import annotations
 
 import json
