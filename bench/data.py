@@ -245,7 +245,7 @@ def step_times(pages_file: Path, n_pages: int) -> dict:
     from corpus.config import CleanConfig
     from corpus.extract import extract_page
     from corpus.extract_pass import extract_record
-    from corpus.filter_pass import load_nlp, text_steps
+    from corpus.filter_pass import load_nlp, text_steps, word_and_sentence_counts
     from corpus.language import page_language
     from corpus.near_dedup import signature
     from corpus.pii import scrub
@@ -284,8 +284,7 @@ def step_times(pages_file: Path, n_pages: int) -> dict:
         text = doc.text
         timed("minhash signature (datasketch)", signature, text, doc.lang, config.near_dedup)
         parsed = timed("spaCy (blank + sentencizer)", nlp, text)
-        timed("spaCy word and sentence counts", lambda: (sum(1 for t in parsed if not (t.is_space or t.is_punct)),
-                                                         sum(1 for _ in parsed.sents)))
+        timed("spaCy word and sentence counts", word_and_sentence_counts, parsed)
     timed("JSON decode of the page store", lambda: [json.loads(line) for line in itertools.islice(
         open(pages_file, encoding="utf-8"), n_pages)])
     total = sum(times.values())

@@ -183,7 +183,7 @@ def filter_chunk(records: list[dict]) -> list[Cleaned | str]:
         with NLP_LOCK, nlp.memory_zone():
             parsed_docs = nlp.pipe(texts, batch_size=config.batch_size)
             for (doc, result), parsed in zip(items, parsed_docs, strict=True):
-                n_words = sum(1 for t in parsed if not (t.is_space or t.is_punct))
+                n_words, n_sentences = word_and_sentence_counts(parsed)
                 result.record = {
                     "id": hashlib.sha256(doc.url.encode()).hexdigest()[:16],
                     "url": doc.url,
@@ -192,7 +192,18 @@ def filter_chunk(records: list[dict]) -> list[Cleaned | str]:
                     "text": parsed.text,
                     "text_sha256": hashlib.sha256(parsed.text.encode()).hexdigest(),
                     "n_words": n_words,
-                    "n_sentences": sum(1 for _ in parsed.sents),
+                    "n_sentences": n_sentences,
                     "headings": heading_lines(doc.blocks),
                 }
     return results
+
+
+def word_and_sentence_counts(parsed) -> tuple[int, int]:
+    """(tokens that are neither space nor punctuation, sentences) of a spaCy Doc, read from its arrays:
+    iterating a Doc makes a Python Token per token, which cost more than spaCy's tokenizer itself."""
+    if len(parsed) == 0:
+        return 0, 0
+    flags = parsed.to_array(["IS_SPACE", "IS_PUNCT", "SENT_START"])
+    n_words = int(((flags[:, 0] == 0) & (flags[:, 1] == 0)).sum())
+    # Doc.sents: a sentence starts at the first token and at every later token whose SENT_START is 1.
+    return n_words, 1 + int((flags[1:, 2].astype(np.int64) == 1).sum())

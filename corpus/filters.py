@@ -4,9 +4,10 @@ says how many. Statistics are taken on prose (headings, paragraphs, list items);
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
 
 from corpus.config import (C4LinesConfig, FineWebQualityConfig, GopherQualityConfig, GopherRepetitionConfig)
 from corpus.extract import TABLE_RULE, Block
@@ -192,32 +193,64 @@ def gopher_repetition(doc: Doc, cfg: GopherRepetitionConfig) -> str | None:
     if para_chars > cfg.max_dup_paragraph_char_share:
         return f"characters in duplicated paragraphs {para_chars:.2f} > {cfg.max_dup_paragraph_char_share}"
     words = words_of(doc.prose_text(), doc.lang)
-    total = sum(len(w) for w in words) or 1
+    grams = NGrams(words)
+    total = int(grams.lengths.sum()) or 1
     for n, limit in sorted(cfg.max_top_ngram_char_share.items()):
-        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-        if grams:
-            gram, count = grams.most_common(1)[0]
-            share = count * sum(len(w) for w in gram) / total
+        if (top := grams.most_common(n)) is not None:
+            at, count = top
+            share = count * int(grams.lengths[at:at + n].sum()) / total
             if count > 1 and share > limit:
-                return f"top {n}-gram {' '.join(gram)!r} {share:.2f} > {limit}"
+                return f"top {n}-gram {' '.join(words[at:at + n])!r} {share:.2f} > {limit}"
     for n, limit in sorted(cfg.max_dup_ngram_char_share.items()):
-        share = _dup_ngram_char_share(words, n) / total
+        share = grams.repeated_chars(n) / total
         if share > limit:
             return f"characters in duplicated {n}-grams {share:.2f} > {limit}"
     return None
 
 
-def _dup_ngram_char_share(words: list[str], n: int) -> int:
-    """Characters of the words covered by an n-gram that occurred earlier in the page."""
-    seen: set[tuple[str, ...]] = set()
-    covered = [False] * len(words)
-    for i in range(len(words) - n + 1):
-        gram = tuple(words[i:i + n])
-        if gram in seen:
-            for j in range(i, i + n):
-                covered[j] = True
-        seen.add(gram)
-    return sum(len(w) for w, c in zip(words, covered) if c)
+class NGrams:
+    """The n-grams of a page's words, each numbered by which distinct n-gram it is, for every n up to the
+    largest asked. An n-gram's number comes from its (n-1)-gram's number and its last word's, so each n
+    costs one sort of integers rather than a tuple of strings per position."""
+
+    def __init__(self, words: list[str]):
+        ids: dict[str, int] = {}
+        self.word_ids = np.fromiter((ids.setdefault(w, len(ids)) for w in words), np.int64, len(words))
+        self.vocabulary = max(len(ids), 1)
+        self.lengths = np.fromiter((len(w) for w in words), np.int64, len(words))
+        self._grams: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def distinct(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(number of the n-gram at each position, first position of each distinct n-gram, its count)."""
+        if n not in self._grams:
+            positions = len(self.word_ids) - n + 1
+            if positions <= 0:
+                empty = np.zeros(0, np.int64)
+                self._grams[n] = (empty, empty, empty)
+            else:
+                keys = self.word_ids if n == 1 else (
+                    self.distinct(n - 1)[0][:positions] * self.vocabulary + self.word_ids[n - 1:])
+                _, first, numbers, counts = np.unique(keys, return_index=True, return_inverse=True,
+                                                      return_counts=True)
+                self._grams[n] = (numbers, first, counts)
+        return self._grams[n]
+
+    def most_common(self, n: int) -> tuple[int, int] | None:
+        """(first position, count) of the most frequent n-gram, the earliest of equals (Counter's choice)."""
+        _, first, counts = self.distinct(n)
+        if not len(counts):
+            return None
+        top = counts == counts.max()
+        return int(first[top].min()), int(counts.max())
+
+    def repeated_chars(self, n: int) -> int:
+        """Characters of the words covered by an n-gram that occurred earlier in the page."""
+        numbers, first, _ = self.distinct(n)
+        starts = np.flatnonzero(first[numbers] < np.arange(len(numbers)))
+        depth = np.zeros(len(self.word_ids) + 1, np.int64)
+        np.add.at(depth, starts, 1)
+        np.add.at(depth, starts + n, -1)
+        return int(self.lengths[np.cumsum(depth[:-1]) > 0].sum())
 
 
 def fineweb_quality(doc: Doc, cfg: FineWebQualityConfig) -> str | None:

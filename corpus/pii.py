@@ -68,25 +68,29 @@ COUNTRY_CODES_2 = {20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 4
 COUNTRY_CODE_3_PREFIXES = {21, 22, 23, 24, 25, 26, 29, 35, 37, 38, 42, 50, 59, 67, 68, 69, 85, 87, 88, 96, 97, 99}
 
 # ------------------------------------------------------------------------------------------- secrets
+# (strings one of which a match contains, pattern): a text holding none of them is not searched.
 SECRETS = [
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-    re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{60,}\b"),
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),
-    re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}"),
-    re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),
-    re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{20,}\b"),
-    re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"),
-    re.compile(r"\bnpm_[A-Za-z0-9]{36}\b"),
-    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),
-    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}"),  # a JSON Web Token
+    (("-----BEGIN ",), re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)),
+    (("AKIA", "ASIA"), re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")),
+    (("gh",), re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
+    (("github_pat_",), re.compile(r"\bgithub_pat_[A-Za-z0-9_]{60,}\b")),
+    (("xox",), re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b")),
+    (("sk-",), re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}")),
+    (("AIza",), re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])")),
+    (("k_live_", "k_test_"), re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{20,}\b")),
+    (("glpat-",), re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}")),
+    (("npm_",), re.compile(r"\bnpm_[A-Za-z0-9]{36}\b")),
+    (("hf_",), re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),
+    (("eyJ",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")),  # a JSON Web Token
 ]
 # "api_key = 'abc...'": the value goes, the name stays.
 ASSIGNED_SECRET = re.compile(
     r"(?i)\b\w*?(?:api[_-]?key|secret[_-]?key|access[_-]?key|private[_-]?key|token|secret|password|passwd|pwd)\b"
     r"\s*[:=]\s*(?:([\"'])([^\s\"']{12,200})\1|([A-Za-z0-9_\-/+=.]{12,200}))"
 )
+# What the name of ASSIGNED_SECRET holds, case-folded as (?i) matches it ("ſ" is an "s", "K" a "k").
+SECRET_NAME_PARTS = ("key", "token", "secret", "passw", "pwd")
+DIGIT = re.compile(r"\d")
 # Values that say "put your key here" rather than being one.
 PLACEHOLDER_VALUE = re.compile(r"(?i)your|example|x{6}|changeme|placeholder|dummy|redacted|\*{4}|<|\$\{")
 
@@ -108,26 +112,35 @@ def find(text: str, cfg: PIIConfig) -> list[Found]:
             taken.append((start, end))
             found.append(Found(kind, start, end))
 
+    # Each pattern is searched only in a text that holds what every match of it must: most prose has no
+    # digit, no "@" and no key's prefix, and searching it all was a sixth of cleaning's time.
     if cfg.secrets:
-        for pattern in SECRETS:
-            for m in pattern.finditer(text):
-                if len(set(m.group(0))) >= 8:  # "ghp_xxxx...": a placeholder in the shape of a key
-                    add("secret", m.start(), m.end())
-        for m in ASSIGNED_SECRET.finditer(text):
-            group = 2 if m.group(2) is not None else 3
-            if _secret_value(m.group(group)):
-                add("secret", m.start(group), m.end(group))
-    if cfg.emails:
+        for hints, pattern in SECRETS:
+            if any(hint in text for hint in hints):
+                for m in pattern.finditer(text):
+                    if len(set(m.group(0))) >= 8:  # "ghp_xxxx...": a placeholder in the shape of a key
+                        add("secret", m.start(), m.end())
+        if ("=" in text or ":" in text) and any(part in text.casefold() for part in SECRET_NAME_PARTS):
+            for m in ASSIGNED_SECRET.finditer(text):
+                group = 2 if m.group(2) is not None else 3
+                if _secret_value(m.group(group)):
+                    add("secret", m.start(group), m.end(group))
+    if cfg.emails and "@" in text:
         for m in EMAIL.finditer(text):
             if m.group(1).lower() not in FILE_EXTENSIONS:
                 add("email", m.start(), m.end())
+    digits = DIGIT.search(text) is not None
     if cfg.ips:
         for pattern in (IPV4, IPV6):
+            if not (digits if pattern is IPV4 else text.count(":") >= 2):  # "dead:beef::face" has no digit
+                continue
             for m in pattern.finditer(text):
                 if pattern is IPV6 and sum(1 for g in m.group(0).split(":") if g) < 3:
                     continue  # "dead::beef", "Foo::bar": code, not an address
                 if not _keep_ip(m.group(0), text[max(0, m.start() - 24):m.start()], cfg):
                     add("ip", m.start(), m.end())
+    if not digits:  # cards and phones are digits
+        return sorted(found, key=lambda f: f.start)
     if cfg.cards:
         for m in CARD.finditer(text):
             if _card_like(re.sub(r"\D", "", m.group(0))):

@@ -32,3 +32,15 @@ def test_digit_runs_in_decimals_figures_and_tables_are_not_cards():
     out, counts = scrub(text, PIIConfig())
     assert counts == {"card": 1}
     assert out.endswith("Card <CARD>.") and "827.4111111111111111" in out and "4539578763621486 ns" in out
+
+
+def test_the_searches_skipped_for_want_of_a_digit_or_a_prefix_miss_nothing():
+    """`find` searches a kind only in text that holds what its matches must (a digit, an "@", a key's
+    prefix, a secret's name): these are found all the same, the edge cases of those guards included."""
+    cfg = PIIConfig(public_ips_only=False)
+    cases = {"server dead:beef::face": "server <IP>",  # an IPv6 address without a decimal digit
+             'ſecret = "Ab3dEf9hIjKlmn7"': 'ſecret = "<SECRET>"',  # (?i) takes "ſ" for "s"; casefold does too
+             "PASSWD: Zq8xYw7vUt6s": "PASSWD: <SECRET>",
+             "mail x.y@example.org now": "mail <EMAIL> now",
+             "no digits, no at-sign, no key here": "no digits, no at-sign, no key here"}
+    assert {text: scrub(text, cfg)[0] for text in cases} == cases
