@@ -6,20 +6,24 @@ same whatever ran them.
 
 The runner cuts the pages into chunks. The processes runner sends `clean.batch_size` pages at a time (a
 chunk costs a pickle there). On Dask each chunk is a shard and one Prefect task, and a Prefect task run
-costs about half a second of calls to the Prefect API (0.45 s measured on this 2-core machine), so shards
-are large: `clean.shard_pages` pages, or by default the pass's pages over four shards per Dask worker
-(four, so that the workers end a pass together), and never more than `clean.shard_chars` characters of
-HTML or text (what the parent, the scheduler and a worker hold of a shard). At most two shards per Dask
-worker are in flight, so that the parent holds a bounded number of pages."""
+costs its worker about 0.15 s of CPU (1.5 s for a worker's first), so shards are large: `clean.shard_pages`
+pages, or by default guided sizes, each shard 1/(2 x workers) of the pages not yet sent but at least
+1/(16 x workers) of the pass's pages. A pass opens with large shards and ends with small ones, so that no
+worker idles long at its end waiting for another's last shard (about 12 shards on 2 workers). A shard never
+holds more than `clean.shard_chars` characters of HTML or text (what the parent, the scheduler and a
+worker hold of it), and at most two shards per Dask worker are in flight, so that the parent holds a
+bounded number of pages."""
 from __future__ import annotations
 
 import contextlib
 import math
 import multiprocessing
 import os
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from itertools import repeat
 
 from corpus.config import CleanConfig
 from corpus.workers import ensure_worker, run_chunk, start_dedicated_worker, start_worker
@@ -27,28 +31,42 @@ from corpus.workers import ensure_worker, run_chunk, start_dedicated_worker, sta
 Chunk = list
 # run(step, items, boilerplate): the step's results per chunk of the items, in the order of the items.
 RunPass = Callable[[Callable[[Chunk], list], Iterable[dict], frozenset], Iterator[list]]
-SHARDS_PER_WORKER = 4
+# A shard is at most 1/(GUIDED_SHARE * workers) of the pages left and at least 1/(SMALLEST_SHARE * workers)
+# of the pass's pages: about 12 shards a pass on 2 workers.
+GUIDED_SHARE = 2
+SMALLEST_SHARE = 16
 
 
 def workers_of(config: CleanConfig) -> int:
     return config.workers or os.cpu_count() or 1
 
 
-def shard_pages(config: CleanConfig, pages: int, workers: int) -> int:
-    """Pages per Dask shard: `clean.shard_pages`, or four shards per worker for a pass over `pages`."""
-    return config.shard_pages or max(config.batch_size, math.ceil(pages / (workers * SHARDS_PER_WORKER)))
+def shard_sizes(config: CleanConfig, pages: int, workers: int) -> Iterator[int]:
+    """Pages of each Dask shard in turn, for a pass over `pages`: `clean.shard_pages` each, or guided."""
+    if config.shard_pages:
+        yield from repeat(config.shard_pages)
+        return
+    smallest = max(config.batch_size, math.ceil(pages / (workers * SMALLEST_SHARE)))
+    left = pages
+    while True:
+        size = max(smallest, math.ceil(left / (workers * GUIDED_SHARE)))
+        yield size
+        left = max(left - size, 0)
 
 
-def chunks(items: Iterable[dict], pages: int, max_chars: float = math.inf) -> Iterator[Chunk]:
-    """`items` in chunks of `pages`, a chunk cut early when its HTML and text pass `max_chars`."""
+def chunks(items: Iterable[dict], sizes: Iterable[int], max_chars: float = math.inf) -> Iterator[Chunk]:
+    """`items` in chunks of the next of `sizes` pages, a chunk cut early when its HTML and text pass
+    `max_chars`."""
+    sizes = iter(sizes)
     chunk: Chunk = []
     chars = 0
+    pages = next(sizes)
     for item in items:
         chunk.append(item)
         chars += _chars_of(item)
         if len(chunk) == pages or chars >= max_chars:
             yield chunk
-            chunk, chars = [], 0
+            chunk, chars, pages = [], 0, next(sizes)
     if chunk:
         yield chunk
 
@@ -67,22 +85,42 @@ def pass_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
     elif workers_of(config) > 1:
         with multiprocessing.get_context("spawn").Pool(workers_of(config), start_dedicated_worker, (config,)) as pool:
             yield lambda step, items, boilerplate=frozenset(): pool.imap(partial(run_chunk, step, boilerplate),
-                                                                         chunks(items, config.batch_size))
+                                                                         chunks(items, repeat(config.batch_size)))
     else:
         start_worker(config)
         yield lambda step, items, boilerplate=frozenset(): map(partial(run_chunk, step, boilerplate),
-                                                               chunks(items, config.batch_size))
+                                                               chunks(items, repeat(config.batch_size)))
 
 
-def clean_shard(step: Callable[[Chunk], list], shard: Chunk, config: CleanConfig,
+class Unvisited:
+    """A task parameter that Prefect and Dask pass on without looking inside. Prefect walks every list,
+    dict and dataclass of a task's parameters in search of futures, in this process and again in the
+    worker, and over a shard's pages that walk took longer than the shard's work. Its own `quote` and
+    `opaque` annotations, which should stop the walk, reach a Dask worker as plain tuples (Prefect 3.9,
+    prefect-dask 0.3), so they cannot be used; a frozenset (the boilerplate) is not walked. Dask names a
+    task by a hash of its arguments (prefect-dask submits with pure=True); a shard's name is drawn once
+    instead, since a Prefect task run's arguments hold its own random id anyway."""
+
+    __slots__ = ("value", "token")
+
+    def __init__(self, value):
+        self.value = value
+        self.token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+def clean_shard(step: Callable[[Chunk], list], shard: Unvisited, config: CleanConfig,
                 boilerplate: frozenset[bytes]) -> list:
     """One shard of a pass on a Dask worker (the body of the Prefect task `clean-shard`)."""
     ensure_worker(config, boilerplate)
-    return step(shard)
+    return step(shard.value)
 
 
 @contextlib.contextmanager
 def _dask_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
+    import dask
     from distributed import Client, LocalCluster
     from prefect import task
     from prefect.cache_policies import NO_CACHE
@@ -94,6 +132,8 @@ def _dask_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
         if address is None:
             # The workers report to this process's Prefect API (a temporary server if none is set),
             # instead of each starting a temporary server of its own.
+            # Dask's statistical profiler samples each worker's stack every 10 ms: 8% of a shard's time.
+            stack.enter_context(dask.config.set({"distributed.worker.profile.enabled": False}))
             cluster = stack.enter_context(LocalCluster(n_workers=workers_of(config), threads_per_worker=1,
                                                        processes=True, dashboard_address=None,
                                                        env={"PREFECT_API_URL": prefect_api_url()}))
@@ -107,18 +147,22 @@ def _dask_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
                                for address in addresses])
         workers = max(len(addresses), 1)
         runner = stack.enter_context(DaskTaskRunner(address=address))
-        per_shard = shard_pages(config, pages, workers)
 
         def run(step: Callable[[Chunk], list], items: Iterable[dict],
                 boilerplate: frozenset[bytes] = frozenset()) -> Iterator[list]:
+            shards = chunks(items, shard_sizes(config, pages, workers), config.shard_chars)
             futures: deque = deque()
-            for shard in chunks(items, per_shard, config.shard_chars):
-                futures.append(runner.submit(shard_task, parameters={
-                    "step": step, "shard": shard, "config": config, "boilerplate": boilerplate}))
-                if len(futures) >= 2 * workers:
-                    yield futures.popleft().result()
+
+            def top_up() -> None:
+                while len(futures) < 2 * workers and (shard := next(shards, None)) is not None:
+                    futures.append(runner.submit(shard_task, parameters={
+                        "step": step, "shard": Unvisited(shard), "config": config, "boilerplate": boilerplate}))
+
+            top_up()
             while futures:
-                yield futures.popleft().result()
+                done = futures.popleft().result()
+                top_up()  # before the caller takes its time over `done`, lest a worker run out of shards
+                yield done
 
         yield run
 

@@ -97,13 +97,21 @@ def test_hash_set_answers_as_a_python_set_across_merges(monkeypatch):
     assert not any(rng.getrandbits(64) in held for _ in range(300))
 
 
-def test_dask_shards_are_few_and_bounded_in_size():
-    from corpus.config import CleanConfig
-    from corpus.runners import chunks, shard_pages
+def test_dask_shards_are_few_large_ones_then_small_ones_and_bounded_in_size():
+    from itertools import islice, repeat
 
-    assert shard_pages(CleanConfig(), pages=10_000, workers=2) == 1250  # four shards per worker
-    assert shard_pages(CleanConfig(), pages=30, workers=2) == 16  # never below a batch
-    assert shard_pages(CleanConfig(shard_pages=100), pages=10_000, workers=2) == 100
+    from corpus.config import CleanConfig
+    from corpus.runners import chunks, shard_sizes
+
+    def shards(config: CleanConfig, pages: int, workers: int) -> list[int]:
+        return [len(c) for c in chunks([{}] * pages, shard_sizes(config, pages, workers))]
+
+    # On 2 workers each shard a quarter of the pages left, down to a 32nd of the pass's.
+    assert shards(CleanConfig(), 10_000, 2) == [2500, 1875, 1407, 1055, 791, 593, 445, 334, 313, 313, 313, 61]
+    on_8 = shards(CleanConfig(), 10_000, 8)  # 625 first, then down to 79 (10,000 / 128)
+    assert (on_8[0], max(on_8[:-1]) - min(on_8[:-1]), min(on_8[:-1]), len(on_8)) == (625, 546, 79, 48)
+    assert shards(CleanConfig(), 30, 2) == [16, 14]  # never below a batch
+    assert list(islice(shard_sizes(CleanConfig(shard_pages=100), 10_000, 2), 3)) == [100, 100, 100]
     pages = [{"html": "x" * 1000}] * 10 + [{"blocks": [["p", "y" * 3000]]}] * 3
-    assert [len(c) for c in chunks(pages, 4)] == [4, 4, 4, 1]
-    assert [len(c) for c in chunks(pages, 100, max_chars=2500)] == [3, 3, 3, 2, 1, 1]
+    assert [len(c) for c in chunks(pages, repeat(4))] == [4, 4, 4, 1]
+    assert [len(c) for c in chunks(pages, repeat(100), max_chars=2500)] == [3, 3, 3, 2, 1, 1]
