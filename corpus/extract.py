@@ -57,11 +57,12 @@ XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 NAMED_ENTITY = re.compile(r"&([A-Za-z][A-Za-z0-9]*);")
 XML_ENTITIES = {"amp", "lt", "gt", "quot", "apos"}
 TABLE_RULE = re.compile(r"^\|(?: --- \|)+$")
-XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"  # as the XML parser names it; the HTML one, "xml:lang"
+RUBY_ANNOTATIONS = {"rt", "rp"}
 
 
 class UnparseableHTML(ValueError):
-    """The HTML parser gave up part way through the page (nesting deeper than libxml2's 256 levels)."""
+    """The HTML parser gave up part way through the page (nesting deeper than libxml2's 2,048 levels)."""
 
 
 @dataclass
@@ -100,13 +101,24 @@ def heading_lines(blocks: list[Block]) -> list[int]:
 
 
 def main_content(document: etree._Element) -> etree._Element:
+    elements = list(_outside_templates(document))
     for name in MAIN_TAGS:
-        if (found := next(document.iter(name), None)) is not None:
+        if (found := next((e for e in elements if e.tag == name), None)) is not None:
             return found
-    for element in document.iter():
-        if element.get("role") == "main":
-            return element
+    if (found := next((e for e in elements if e.get("role") == "main"), None)) is not None:
+        return found
     return next(document.iter("body"), document)
+
+
+def _outside_templates(document: etree._Element):
+    """The elements in document order, a <template>'s contents left out: they are not part of the page
+    (a client-side template's `<article>{{title}}</article>` is not its article), as CSS selectors have it."""
+    stack = [document]
+    while stack:
+        element = stack.pop()
+        yield element
+        if element.tag != "template":
+            stack.extend(reversed([child for child in element if isinstance(child.tag, str)]))
 
 
 def strip_furniture(root: etree._Element) -> None:
@@ -184,8 +196,21 @@ def _is_admonition(tag: etree._Element) -> bool:
 
 
 def text_of(node: etree._Element) -> str:
-    """All the text inside `node`, as written (comments and processing instructions left out)."""
-    return "".join(node.itertext())
+    """All the text inside `node`, as written: comments, processing instructions and ruby annotations
+    (a reading given over a word: <rt>, <rp>) left out."""
+    parts: list[str] = []
+
+    def walk(element: etree._Element) -> None:
+        if element.text:
+            parts.append(element.text)
+        for child in element:
+            if isinstance(child.tag, str) and child.tag not in RUBY_ANNOTATIONS:
+                walk(child)
+            if child.tail:
+                parts.append(child.tail)
+
+    walk(node)
+    return "".join(parts)
 
 
 def inline_text(node: etree._Element) -> str:
@@ -353,8 +378,10 @@ def parse(markup: str) -> etree._Element | None:
                 if isinstance(element.tag, str) and element.tag.startswith("{"):
                     element.tag = etree.QName(element).localname
             return root
-    # Bytes in a named encoding: the text is already decoded, whatever its <meta charset> says.
-    parser = etree.HTMLParser(encoding="utf-8")
+    # Bytes in a named encoding: the text is already decoded, whatever its <meta charset> says. A huge
+    # tree lifts libxml2's limits of 256 levels of nesting (to 2,048) and of 10 MB a text node, which
+    # BeautifulSoup's builder (lxml's feed parser) never met: old pages nest unclosed <font>s deep.
+    parser = etree.HTMLParser(encoding="utf-8", huge_tree=True)
     root = etree.fromstring(markup.encode("utf-8"), parser)
     # libxml2 recovers from every error but a fatal one, after which the rest of the page is lost.
     if fatal := next((e for e in parser.error_log if e.level == etree.ErrorLevels.FATAL), None):
@@ -376,7 +403,7 @@ def extract_page(markup: str) -> Page:
     title_tag = next(document.iter("title"), None)
     title = " ".join(text_of(title_tag).split()) if title_tag is not None else ""
     root_tag = next(document.iter("html"), None)
-    lang = (root_tag.get("lang") or root_tag.get(XML_LANG)) if root_tag is not None else None
+    lang = None if root_tag is None else root_tag.get("lang") or root_tag.get(XML_LANG) or root_tag.get("xml:lang")
     lang = lang.strip().split("-")[0].split("_")[0].lower() if isinstance(lang, str) and lang.strip() else None
     root = main_content(document)
     strip_furniture(root)

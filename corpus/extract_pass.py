@@ -24,7 +24,7 @@ def extract_record(page: dict, config: CleanConfig) -> dict:
 
 def extract_key(config: CleanConfig) -> str:
     """What pass 1's output depends on besides the page: a page with the same bytes and key is reused."""
-    return hashlib.sha256(json.dumps(["extract-v2", config.languages.model_dump()], sort_keys=True).encode()
+    return hashlib.sha256(json.dumps(["extract-v3", config.languages.model_dump()], sort_keys=True).encode()
                           ).hexdigest()[:16]
 
 

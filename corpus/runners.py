@@ -9,7 +9,8 @@ chunk costs a pickle there). On Dask each chunk is a shard and one Prefect task,
 costs its worker about 0.15 s of CPU (1.5 s for a worker's first), so shards are large: `clean.shard_pages`
 pages, or by default guided sizes, each shard 1/(2 x workers) of the pages not yet sent but at least
 1/(16 x workers) of the pass's pages. A pass opens with large shards and ends with small ones, so that no
-worker idles long at its end waiting for another's last shard (about 12 shards on 2 workers). A shard never
+worker idles long at its end waiting for another's last shard (12 shards on 2 workers when none is cut
+short by `clean.shard_chars`, more when pages are large). A shard never
 holds more than `clean.shard_chars` characters of HTML or text (what the parent, the scheduler and a
 worker hold of it), and at most two shards per Dask worker are in flight, so that the parent holds a
 bounded number of pages."""
@@ -23,7 +24,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from itertools import repeat
 
 from corpus.config import CleanConfig
 from corpus.workers import ensure_worker, run_chunk, start_dedicated_worker, start_worker
@@ -41,32 +41,28 @@ def workers_of(config: CleanConfig) -> int:
     return config.workers or os.cpu_count() or 1
 
 
-def shard_sizes(config: CleanConfig, pages: int, workers: int) -> Iterator[int]:
-    """Pages of each Dask shard in turn, for a pass over `pages`: `clean.shard_pages` each, or guided."""
+def shard_size(config: CleanConfig, pages: int, workers: int) -> Callable[[int], int]:
+    """Pages of the next Dask shard of a pass over `pages`, given how many were sent: `clean.shard_pages`,
+    or guided."""
     if config.shard_pages:
-        yield from repeat(config.shard_pages)
-        return
+        return lambda sent: config.shard_pages
     smallest = max(config.batch_size, math.ceil(pages / (workers * SMALLEST_SHARE)))
-    left = pages
-    while True:
-        size = max(smallest, math.ceil(left / (workers * GUIDED_SHARE)))
-        yield size
-        left = max(left - size, 0)
+    return lambda sent: max(smallest, math.ceil(max(pages - sent, 0) / (workers * GUIDED_SHARE)))
 
 
-def chunks(items: Iterable[dict], sizes: Iterable[int], max_chars: float = math.inf) -> Iterator[Chunk]:
-    """`items` in chunks of the next of `sizes` pages, a chunk cut early when its HTML and text pass
-    `max_chars`."""
-    sizes = iter(sizes)
+def chunks(items: Iterable[dict], size: Callable[[int], int], max_chars: float = math.inf) -> Iterator[Chunk]:
+    """`items` in chunks of `size(items already chunked)` items, a chunk cut early when its HTML and text
+    pass `max_chars`."""
     chunk: Chunk = []
-    chars = 0
-    pages = next(sizes)
+    chars = sent = 0
+    pages = size(0)
     for item in items:
         chunk.append(item)
         chars += _chars_of(item)
         if len(chunk) == pages or chars >= max_chars:
             yield chunk
-            chunk, chars, pages = [], 0, next(sizes)
+            sent += len(chunk)
+            chunk, chars, pages = [], 0, size(sent)
     if chunk:
         yield chunk
 
@@ -85,11 +81,11 @@ def pass_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
     elif workers_of(config) > 1:
         with multiprocessing.get_context("spawn").Pool(workers_of(config), start_dedicated_worker, (config,)) as pool:
             yield lambda step, items, boilerplate=frozenset(): pool.imap(partial(run_chunk, step, boilerplate),
-                                                                         chunks(items, repeat(config.batch_size)))
+                                                                         chunks(items, lambda sent: config.batch_size))
     else:
         start_worker(config)
         yield lambda step, items, boilerplate=frozenset(): map(partial(run_chunk, step, boilerplate),
-                                                               chunks(items, repeat(config.batch_size)))
+                                                               chunks(items, lambda sent: config.batch_size))
 
 
 class Unvisited:
@@ -150,7 +146,7 @@ def _dask_runner(config: CleanConfig, pages: int) -> Iterator[RunPass]:
 
         def run(step: Callable[[Chunk], list], items: Iterable[dict],
                 boilerplate: frozenset[bytes] = frozenset()) -> Iterator[list]:
-            shards = chunks(items, shard_sizes(config, pages, workers), config.shard_chars)
+            shards = chunks(items, shard_size(config, pages, workers), config.shard_chars)
             futures: deque = deque()
 
             def top_up() -> None:

@@ -3,6 +3,7 @@ near-duplicate index answer as plain Python dicts would, and the hash sets as Py
 merges of their sorted arrays; the Dask runner cuts few shards of bounded size."""
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -98,20 +99,23 @@ def test_hash_set_answers_as_a_python_set_across_merges(monkeypatch):
 
 
 def test_dask_shards_are_few_large_ones_then_small_ones_and_bounded_in_size():
-    from itertools import islice, repeat
-
     from corpus.config import CleanConfig
-    from corpus.runners import chunks, shard_sizes
+    from corpus.runners import chunks, shard_size
 
-    def shards(config: CleanConfig, pages: int, workers: int) -> list[int]:
-        return [len(c) for c in chunks([{}] * pages, shard_sizes(config, pages, workers))]
+    def shards(config: CleanConfig, pages: int, workers: int, items=None, max_chars: float = math.inf) -> list[int]:
+        items = [{}] * pages if items is None else items
+        return [len(c) for c in chunks(items, shard_size(config, pages, workers), max_chars)]
 
     # On 2 workers each shard a quarter of the pages left, down to a 32nd of the pass's.
     assert shards(CleanConfig(), 10_000, 2) == [2500, 1875, 1407, 1055, 791, 593, 445, 334, 313, 313, 313, 61]
     on_8 = shards(CleanConfig(), 10_000, 8)  # 625 first, then down to 79 (10,000 / 128)
     assert (on_8[0], max(on_8[:-1]) - min(on_8[:-1]), min(on_8[:-1]), len(on_8)) == (625, 546, 79, 48)
     assert shards(CleanConfig(), 30, 2) == [16, 14]  # never below a batch
-    assert list(islice(shard_sizes(CleanConfig(shard_pages=100), 10_000, 2), 3)) == [100, 100, 100]
+    assert shards(CleanConfig(shard_pages=100), 1_000, 2) == [100] * 10
+    # Shards cut short by their characters: the next size follows the pages really sent (200 large pages in
+    # shards of 10, then a quarter of the 800 left), not the sizes asked for.
+    large_then_small = [{"html": "x" * 1000}] * 200 + [{"html": "x"}] * 800
+    assert shards(CleanConfig(), 1_000, 2, large_then_small, max_chars=10_000)[19:22] == [10, 200, 150]
     pages = [{"html": "x" * 1000}] * 10 + [{"blocks": [["p", "y" * 3000]]}] * 3
-    assert [len(c) for c in chunks(pages, repeat(4))] == [4, 4, 4, 1]
-    assert [len(c) for c in chunks(pages, repeat(100), max_chars=2500)] == [3, 3, 3, 2, 1, 1]
+    assert [len(c) for c in chunks(pages, lambda sent: 4)] == [4, 4, 4, 1]
+    assert [len(c) for c in chunks(pages, lambda sent: 100, max_chars=2500)] == [3, 3, 3, 2, 1, 1]

@@ -11,8 +11,8 @@ from corpus.clean import clean
 pytestmark = pytest.mark.integration
 
 # Inputs that really make the lxml parse fail (checked by the test): a lone UTF-16 surrogate, which a JSON page
-# record can carry ("\udcff") and UTF-8 cannot encode, and nesting deeper than libxml2's limit of 256 levels,
-# past which it drops the rest of the page.
+# record can carry ("\udcff") and UTF-8 cannot encode, and nesting deeper than libxml2's limit of 2,048 levels
+# (with huge_tree), past which it would drop the rest of the page.
 BROKEN = {"surrogate.html": ("<html><body><p>\udcff half of a character</p></body></html>", "UnicodeEncodeError"),
           "nested.html": ("<html><body>" + "<b>" * 3000 + "deep</body></html>", "UnparseableHTML")}
 

@@ -115,3 +115,18 @@ def test_page_to_page_link_bars_and_legal_notices_are_furniture():
                       "<p>Next: <a href='b.html'>Basics</a> [<a href='i.html' rel='index'>Index</a>]</p></body></html>")
     assert text == ("### 2.1 The Basics\nRead the next page after this one, which explains how a call interface is "
                     "prepared before the first call.")
+
+
+def test_what_a_browser_does_not_show_or_read_as_the_page_is_not_its_content():
+    """A <template>'s article is not the page's article (CSS selectors do not see into templates), a ruby
+    reading in code is not its text, an XHTML page served as HTML keeps its xml:lang, and a page of old
+    markup nested 900 deep (unclosed <font>s) is read whole, past libxml2's default limit of 256 levels."""
+    page = extract_page('<template><article><h2>{{title}}</h2><p>{{summary}}</p></article></template>'
+                        '<article><h1>Real</h1><p>The body of the article.</p></article>')
+    assert page.text == "# Real\nThe body of the article."
+    assert extract_page('<pre><ruby>漢<rt>kan</rt></ruby> x = 1</pre>').text == "漢 x = 1"
+    xhtml_as_html = ('<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" "x.dtd">'
+                     '<html xmlns="http://www.w3.org/1999/xhtml" xml:lang="de"><body><p>Hallo</p></body></html>')
+    assert extract_page(xhtml_as_html).lang == "de"
+    deep = extract_page("<p>before</p>" + "<font>" * 900 + "deep" + "</font>" * 900 + "<p>after</p>")
+    assert deep.text.split() == ["before", "deep", "after"]
