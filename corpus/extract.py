@@ -8,9 +8,9 @@ filters see rows, not cells. An admonition's title ("Note", "Warning") leads its
 short definition-list term leads its definition, rather than standing alone as a line that repeats on
 every page. XHTML that declares itself XML is parsed as XML.
 
-The tree is lxml's own (libxml2's HTML parser, which BeautifulSoup's "lxml" builder drove underneath):
-building BeautifulSoup's Python tree on top of it and walking that was more than nine tenths of
-extraction's time. lxml keeps text as an element's `text` and each child's `tail`, so removing an element
+The tree is lxml's own (libxml2's HTML parser, which BeautifulSoup's "lxml" builder also drove, through
+lxml's feed interface): building BeautifulSoup's Python tree on top of it and walking that was more than
+nine tenths of extraction's time. lxml keeps text as an element's `text` and each child's `tail`, so removing an element
 keeps its tail."""
 from __future__ import annotations
 
