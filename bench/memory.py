@@ -61,8 +61,7 @@ LOW_PRECISION = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chun
 LOW_PRECISION_FAST = {k: v for k, v in LOW_PRECISION.items() if k != "late_head_grad"}
 # Long sequences at batch 8 as micro-batches of one sequence (activations of one at a time): gradients are
 # then kept through the step, so fp32 weights and gradients (accumulated exactly) with fp8 AdamW moments.
-LONG_SEQUENCES = {"activation_checkpointing": "full", "mlp_chunks": 4, "loss_chunk_size": 128,
-                  "loss_vocab_chunk_size": 1024, "micro_batch_size": 1, "optimizer": "adamw-fp8"}
+LONG_SEQUENCES = {**BEST_ADAMW_SHARDED, "loss_vocab_chunk_size": 1024, "micro_batch_size": 1, "optimizer": "adamw-fp8"}
 
 # name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate.
 ROWS: dict[str, dict] = {

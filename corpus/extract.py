@@ -101,24 +101,18 @@ def heading_lines(blocks: list[Block]) -> list[int]:
 
 
 def main_content(document: etree._Element) -> etree._Element:
-    elements = list(_outside_templates(document))
     for name in MAIN_TAGS:
-        if (found := next((e for e in elements if e.tag == name), None)) is not None:
+        if (found := _first_outside_templates(document.iter(name))) is not None:
             return found
-    if (found := next((e for e in elements if e.get("role") == "main"), None)) is not None:
+    if (found := _first_outside_templates(e for e in document.iter() if e.get("role") == "main")) is not None:
         return found
     return next(document.iter("body"), document)
 
 
-def _outside_templates(document: etree._Element):
-    """The elements in document order, a <template>'s contents left out: they are not part of the page
-    (a client-side template's `<article>{{title}}</article>` is not its article), as CSS selectors have it."""
-    stack = [document]
-    while stack:
-        element = stack.pop()
-        yield element
-        if element.tag != "template":
-            stack.extend(reversed([child for child in element if isinstance(child.tag, str)]))
+def _first_outside_templates(elements) -> etree._Element | None:
+    """The first of `elements` not inside a <template>: a template's contents are not part of the page (a
+    client-side template's `<article>{{title}}</article>` is not its article), as CSS selectors have it."""
+    return next((e for e in elements if next(e.iterancestors("template"), None) is None), None)
 
 
 def strip_furniture(root: etree._Element) -> None:
@@ -199,40 +193,32 @@ def text_of(node: etree._Element) -> str:
     """All the text inside `node`, as written: comments, processing instructions and ruby annotations
     (a reading given over a word: <rt>, <rp>) left out."""
     parts: list[str] = []
-
-    def walk(element: etree._Element) -> None:
-        if element.text:
-            parts.append(element.text)
-        for child in element:
-            if isinstance(child.tag, str) and child.tag not in RUBY_ANNOTATIONS:
-                walk(child)
-            if child.tail:
-                parts.append(child.tail)
-
-    walk(node)
+    _gather_text(node, parts, spaced=False)
     return "".join(parts)
 
 
 def inline_text(node: etree._Element) -> str:
     """The text of `node` on one line: block boundaries and line breaks become spaces."""
     parts: list[str] = []
-
-    def walk(element: etree._Element) -> None:
-        if element.text:
-            parts.append(element.text)
-        for child in element:
-            if isinstance(child.tag, str):
-                if child.tag in BLOCKS or child.tag == "br":
-                    parts.append(" ")
-                    walk(child)
-                    parts.append(" ")
-                else:
-                    walk(child)
-            if child.tail:
-                parts.append(child.tail)
-
-    walk(node)
+    _gather_text(node, parts, spaced=True)
     return " ".join("".join(parts).split())
+
+
+def _gather_text(element: etree._Element, parts: list[str], spaced: bool) -> None:
+    """The text of `element` and its descendants into `parts`: with a space around each block and line
+    break (`spaced`), or as written, ruby annotations left out."""
+    if element.text:
+        parts.append(element.text)
+    for child in element:
+        if isinstance(child.tag, str):
+            if spaced and (child.tag in BLOCKS or child.tag == "br"):
+                parts.append(" ")
+                _gather_text(child, parts, spaced)
+                parts.append(" ")
+            elif spaced or child.tag not in RUBY_ANNOTATIONS:
+                _gather_text(child, parts, spaced)
+        if child.tail:
+            parts.append(child.tail)
 
 
 def _cells(row: etree._Element) -> list[etree._Element]:

@@ -120,7 +120,8 @@ def find(text: str, cfg: PIIConfig) -> list[Found]:
                 for m in pattern.finditer(text):
                     if len(set(m.group(0))) >= 8:  # "ghp_xxxx...": a placeholder in the shape of a key
                         add("secret", m.start(), m.end())
-        if ("=" in text or ":" in text) and any(part in text.casefold() for part in SECRET_NAME_PARTS):
+        folded = text.casefold() if "=" in text or ":" in text else ""
+        if any(part in folded for part in SECRET_NAME_PARTS):
             for m in ASSIGNED_SECRET.finditer(text):
                 group = 2 if m.group(2) is not None else 3
                 if _secret_value(m.group(group)):
@@ -139,13 +140,11 @@ def find(text: str, cfg: PIIConfig) -> list[Found]:
                     continue  # "dead::beef", "Foo::bar": code, not an address
                 if not _keep_ip(m.group(0), text[max(0, m.start() - 24):m.start()], cfg):
                     add("ip", m.start(), m.end())
-    if not digits:  # cards and phones are digits
-        return sorted(found, key=lambda f: f.start)
-    if cfg.cards:
+    if cfg.cards and digits:
         for m in CARD.finditer(text):
             if _card_like(re.sub(r"\D", "", m.group(0))):
                 add("card", m.start(), m.end())
-    if cfg.phones:
+    if cfg.phones and digits:
         for m in INTERNATIONAL_PHONE.finditer(text):
             if _international_phone(m.group(0)):
                 add("phone", m.start(), m.end())

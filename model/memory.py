@@ -306,6 +306,12 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     return storage_id(storage), storage.nbytes()
 
 
+def storage_bytes(tensors) -> dict[tuple[int, int], None]:
+    """The distinct storages under `tensors` (subclass tensors unwrapped, as the tracker counts them), keyed
+    (storage id, bytes): a storage shared by several tensors is there once."""
+    return dict.fromkeys(_storage_key(plain) for t in tensors for plain in _plain_tensors(t))
+
+
 def storage_id(storage: torch.UntypedStorage) -> int:
     """A storage's address; for a fake tensor's (which has none), its storage object's identity."""
     if storage.device.type == "meta":

@@ -42,7 +42,7 @@ from model.gpt import GPTConfig
 from model.rnn import RNNConfig
 from model.step import TrainStep
 from model.generate import next_token_logits
-from model.memory import AllocationRecorder, MemoryTracker, attribute_tensors, storage_id
+from model.memory import AllocationRecorder, MemoryTracker, attribute_tensors, storage_bytes
 from model.techniques import BF16_WEIGHTS, TechniqueError, check
 
 MiB = 2**20
@@ -50,20 +50,21 @@ _UNITS = {"": MiB, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": MiB, "
 TRACKED_STEPS = (1, 2)
 VOCAB_TILE = 1024  # vocabulary rows per tile of the loss: 128 tokens x 1024 is 512 KiB of fp32 logits
 
-# The convergence benchmark's files: one per run of it, each row compared with its own file's fp32 AdamW.
-CONVERGENCE_RESULTS = sorted((Path(__file__).resolve().parents[1] / "bench/results").glob("convergence-cpu*.json"))
+# The convergence benchmark's files (convergence-cpu*.json): one per run of it, each row compared with its own
+# file's fp32 AdamW.
+BENCH_RESULTS = Path(__file__).resolve().parents[1] / "bench/results"
 TIMED_STEPS = (3, 4)
 
 
-def quality_costs(results: Path | list[Path] = CONVERGENCE_RESULTS) -> dict[tuple[str, str], float]:
+def quality_costs(results: list[Path] | None = None) -> dict[tuple[str, str], float]:
     """(precision, optimizer) -> final validation loss relative to fp32 AdamW's of the same seed and file,
     the mean over the seeds measured, from the convergence benchmark's committed results (`python
     bench/convergence.py`: the demo model, 500 steps, clipping on), for the rows that change nothing but the
     precision and the optimizer. Empty where it was not run."""
     from model.config import MemoryConfig
 
-    rows = [row for file in ([results] if isinstance(results, Path) else results) if file.exists()
-            for row in json.loads(file.read_text())]
+    files = sorted(BENCH_RESULTS.glob("convergence-cpu*.json")) if results is None else results
+    rows = [row for file in files if file.exists() for row in json.loads(file.read_text())]
     measured: dict[tuple[str, str], list[float]] = {}
     for row in rows:
         # fp32 AdamW is the reference (its seed rows measure chance, not a technique).
@@ -583,9 +584,7 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         # What a freshly built optimizer holds before any step (fp8 AdamW's pool of random bits): a resumed
         # run has it beside the weights it loads.
         # (One pool shared by the per-parameter optimizers of a step in backward: each storage once.)
-        fresh_optimizer = sum(round_size(n) for n in {
-            storage_id(t.untyped_storage()): t.untyped_storage().nbytes()
-            for t in attribute_tensors(train_step.optimizer)}.values())
+        fresh_optimizer = sum(round_size(n) for _, n in storage_bytes(attribute_tensors(train_step.optimizer)))
 
         def next_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1))

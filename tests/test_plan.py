@@ -132,8 +132,8 @@ def test_lossy_candidates_carry_the_convergence_benchmarks_quality_cost(tmp_path
     results = tmp_path / "convergence.json"
     results.write_text(json.dumps(rows))
     # Only measured rows that change the precision and the optimizer alone, rounded as the planner rounds.
-    assert quality_costs(results) == pytest.approx({("bf16-weights", "adamw8bit"): 0.003})  # the seeds' mean
-    assert quality_costs(tmp_path / "missing.json") == {}
+    assert quality_costs([results]) == pytest.approx({("bf16-weights", "adamw8bit"): 0.003})  # the seeds' mean
+    assert quality_costs([tmp_path / "missing.json"]) == {}
 
 
 @pytest.mark.integration
