@@ -19,6 +19,10 @@ and Dask on a local cluster of as many workers) in two rotated rounds, and timed
 
     python bench/data.py --scale 10000 100000 --sample-pages 10000 --json bench/results/data-scale-cpu.json
 
+`--runners N` compares the runners alone, on a generated site of N pages, in `--rounds` rotated rounds.
+
+    python bench/data.py --runners 10000 --rounds 3 --json bench/results/data-runners-cpu.json
+
 `--entry-sizes N` measures, with tracemalloc, the bytes per entry of what cleaning keeps as the corpus
 grows (boilerplate line counts, near-duplicate index, exact-duplicate hashes), built from N entries.
 
@@ -224,16 +228,29 @@ def stage_main(args: list[str]) -> None:
         if runner == "dask":
             prefect_api_url()
         prefect_api_s = time.monotonic() - started
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), cpu_seconds()
         report = clean(pages_file, out, CleanConfig(runner=runner, workers=workers)).report
-        elapsed = time.monotonic() - started
+        elapsed, cpu_s = time.monotonic() - started, cpu_seconds() - cpu_before
         result = {"runner": runner, "workers": workers, "pages": report["pages_in"], "docs_out": report["docs_out"],
                   "store_mb": round(mb, 2), "seconds": round(elapsed, 1), "pages_per_s": round(report["pages_in"] / elapsed, 1),
                   "mb_per_s": round(mb / elapsed, 3), "mb_per_s_per_core": round(mb / elapsed / workers, 3),
+                  "cpu_s": round(cpu_s, 1),
                   "extract_s": report["extract_s"], "prefect_api_start_s": round(prefect_api_s, 1),
                   "memory": report["memory"],
                   "docs_sha256": file_sha256(out / "docs.jsonl")}
     print(json.dumps(result))
+
+
+def cpu_seconds() -> float:
+    """CPU time (user and system) of this process and of its children, ended ones and running ones (the
+    Prefect server): on a shared machine a steadier measure of what a stage costs than its wall time."""
+    import resource
+
+    import psutil
+
+    ended = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    running = [child.cpu_times() for child in psutil.Process().children(recursive=True)]
+    return sum(u.ru_utime + u.ru_stime for u in ended) + sum(t.user + t.system for t in running)
 
 
 def step_times(pages_file: Path, n_pages: int) -> dict:
@@ -396,20 +413,11 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
     print(json.dumps(result["kill_and_resume"]), flush=True)
     save()
 
-    # Runners on the same pages, the first `sample_pages` of the smallest crawl, in rotated rounds
-    # (processes, Dask, then Dask, processes): speeds on this shared machine drift between runs.
+    # Runners on the same pages, the first `sample_pages` of the smallest crawl.
     sample = tmp / "sample.jsonl"
     with open(tmp / f"crawl-{smallest}" / "pages.jsonl", encoding="utf-8") as f, open(sample, "w", encoding="utf-8") as out_f:
         out_f.writelines(itertools.islice(f, sample_pages))
-    runners: dict[str, list] = {"processes": [], "dask": []}
-    for i, runner in enumerate(("processes", "dask", "dask", "processes")):
-        runners[runner].append(run_stage(["clean", str(sample), str(tmp / f"runner-{i}-{runner}"), runner, str(workers)]))
-    rounds = [runners["dask"][r]["mb_per_s"] / runners["processes"][r]["mb_per_s"] for r in range(2)]
-    mean = {runner: sum(run["mb_per_s"] for run in runs) / len(runs) for runner, runs in runners.items()}
-    result["runners"] = {**runners,
-                         "same_docs": len({run["docs_sha256"] for runs in runners.values() for run in runs}) == 1,
-                         "dask_over_processes_mb_per_s": round(mean["dask"] / mean["processes"], 3),
-                         "dask_over_processes_by_round": [round(r, 3) for r in rounds]}
+    result["runners"] = compare_runners(sample, tmp, workers, rounds=2)
     print(json.dumps(result["runners"]), flush=True)
     save()
     result["step_times"] = step_times(sample, min(sample_pages, 400))
@@ -423,6 +431,62 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
     print(json.dumps(result, indent=2))
     save()
     print_scale_table(result)
+
+
+def compare_runners(pages_file: Path, tmp: Path, workers: int, rounds: int) -> dict:
+    """Both runners cleaning the same pages on `workers` workers in rotated rounds (processes and Dask, then
+    Dask and processes, ...): speeds on this shared machine drift between runs."""
+    runs: dict[str, list] = {"processes": [], "dask": []}
+    for r in range(rounds):
+        for runner in ("processes", "dask")[::1 if r % 2 == 0 else -1]:
+            out = tmp / f"runner-{r}-{runner}"
+            runs[runner].append(run_stage(["clean", str(pages_file), str(out), runner, str(workers)]))
+            print(json.dumps({k: v for k, v in runs[runner][-1].items() if k != "memory"}), flush=True)
+    by_round = [runs["dask"][r]["mb_per_s"] / runs["processes"][r]["mb_per_s"] for r in range(rounds)]
+    mean = {runner: sum(run["mb_per_s"] for run in done) / rounds for runner, done in runs.items()}
+    return {**runs, "same_docs": len({run["docs_sha256"] for done in runs.values() for run in done}) == 1,
+            "dask_over_processes_mb_per_s": round(mean["dask"] / mean["processes"], 3),
+            "dask_over_processes_by_round": [round(r, 3) for r in by_round],
+            "dask_cpu_over_processes_cpu_by_round": [round(runs["dask"][r]["cpu_s"] / runs["processes"][r]["cpu_s"], 3)
+                                                     for r in range(rounds)]}
+
+
+def runners_main(pages: int, rounds: int, workers: int, json_out: Path | None) -> None:
+    """The runners alone, on a generated site of `pages` pages, in more rounds than --scale runs."""
+    from tests.big_site import build_big_site
+
+    tmp = Path(tempfile.mkdtemp(prefix="memlm-bench-runners-"))
+    paths = build_big_site(tmp / "site", pages)
+    crawl = run_stage(["crawl", str(tmp / "site"), str(tmp / "crawl"), str(len(paths))])
+    with open(tmp / "crawl" / "pages.jsonl", encoding="utf-8") as f, open(tmp / "sample.jsonl", "w") as out:
+        out.writelines(itertools.islice(f, pages))
+    result = {"cores": os.cpu_count(), "workers": workers, "site_files": len(paths), "crawl": crawl,
+              "note": "each clean in its own process; the Dask runner's local cluster starts inside the timing, "
+                      "the Prefect API before it (as in a flow run)",
+              "runners": compare_runners(tmp / "sample.jsonl", tmp, workers, rounds)}
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+    print_runners_table(result["runners"], pages)
+
+
+def print_runners_table(runners: dict, pages: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cleaning {pages:,} generated pages on {runners['processes'][0]['workers']} workers")
+    for col in ("round", "runner", "seconds", "MB/s", "CPU s", "Dask / processes MB/s", "Dask / processes CPU"):
+        table.add_column(col, justify="right")
+    for r, (ratio, cpu) in enumerate(zip(runners["dask_over_processes_by_round"],
+                                         runners["dask_cpu_over_processes_cpu_by_round"])):
+        for runner in ("processes", "dask"):
+            run = runners[runner][r]
+            dask = runner == "dask"
+            table.add_row(str(r + 1), runner, f"{run['seconds']:.1f}", f"{run['mb_per_s']:.3f}", f"{run['cpu_s']:.1f}",
+                          f"{ratio:.3f}" if dask else "", f"{cpu:.3f}" if dask else "")
+    Console(width=120).print(table)
+    print(f"Dask / processes, mean MB/s: {runners['dask_over_processes_mb_per_s']}x; "
+          f"same documents: {runners['same_docs']}")
 
 
 def print_scale_table(result: dict) -> None:
@@ -458,7 +522,10 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true", help="do not run the plain Scrapy crawl")
     parser.add_argument("--scale", type=int, nargs="+", metavar="PAGES",
                         help="instead: crawl and clean generated sites of these sizes (see the module's doc)")
-    parser.add_argument("--workers", type=int, default=2, help="cleaning workers at --scale")
+    parser.add_argument("--runners", type=int, metavar="PAGES",
+                        help="instead: both cleaning runners on a generated site of PAGES pages, in --rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="rotated rounds of the runners at --runners")
+    parser.add_argument("--workers", type=int, default=2, help="cleaning workers at --scale and --runners")
     parser.add_argument("--sample-pages", type=int, default=1000,
                         help="pages of the smallest site cleaned by both runners and timed step by step")
     parser.add_argument("--entry-sizes", type=int, metavar="ENTRIES",
@@ -478,6 +545,8 @@ def main() -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(sizes, indent=2))
         return
+    if args.runners:
+        return runners_main(args.runners, args.rounds, args.workers, args.json)
     if args.scale:
         return scale_main(args.scale, args.json, args.workers, args.sample_pages)
     if not args.site_dir.is_dir():

@@ -220,6 +220,39 @@ def max_over_ranks(value: float, ranks: Ranks, device: torch.device) -> float:
     return float(t.item())
 
 
+def replicas_that_differ(model: nn.Module, ranks: Ranks) -> list[str]:
+    """The parameters whose copies differ between DDP's ranks. Each rank steps its own copy, so they stay
+    equal only while every rank applies the same averaged gradient with the same random draws where
+    updates are rounded stochastically (bf16 weights, fp8 moments): every rank seeds its generators alike
+    and draws in the same order. Under fsdp the ranks hold different shards: nothing to compare."""
+    if ranks.strategy != "ddp":
+        return []
+    names, params = zip(*model.named_parameters())
+    digests = torch.stack([_bits_digest(p.detach()) for p in params])
+    low, high = digests.clone(), digests
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return [name.removeprefix("module.") for name, differs in zip(names, (low != high).any(dim=1).tolist()) if differs]
+
+
+# Integer views of a tensor's bits by element size, and the elements digested at a time (256 KiB of int64s).
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_DIGEST_SLICE = 1 << 15
+
+
+def _bits_digest(t: torch.Tensor) -> torch.Tensor:
+    """Two sums over a tensor's bits as integers, plain and weighted by position: equal tensors give equal
+    digests whatever order the sums run in (integer additions wrap exactly), and one flipped bit changes
+    both. A slice at a time, so that it allocates little beside the weights."""
+    bits = t.reshape(-1).view(_BITS[t.element_size()])
+    digest = torch.zeros(2, dtype=torch.int64, device=t.device)
+    for start in range(0, bits.numel(), _DIGEST_SLICE):
+        part = bits[start:start + _DIGEST_SLICE].to(torch.int64)
+        digest[0] += part.sum()
+        digest[1] += (part * torch.arange(start + 1, start + 1 + part.numel(), device=t.device)).sum()
+    return digest
+
+
 def gather_objects(obj, ranks: Ranks) -> list:
     """Every rank's `obj` (JSON-like), in rank order, on every rank."""
     if not ranks.distributed:

@@ -36,8 +36,9 @@ AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_d
   adamw8bit/adamw4bit/adamw-fp8/adam-mini/muon (not verified over sharded parameters) and bf16-true/bf16-weights (the
   rounding step is not written for sharded weights); cpu_offload off CUDA.
 - adamw8bit/adamw4bit under ddp too: the sharded checkpoint (DCP's safetensors writer) cannot write
-  torchao's quantized moments, which are tensor subclasses; adamw-fp8 under ddp: each rank draws the
-  random bits that round its moments, and that the replicas stay equal is not verified.
+  torchao's quantized moments, which are tensor subclasses. (adamw-fp8 and bf16 weights compose with ddp:
+  each rank rounds its replica's updates with the same random bits, and the replicas are compared bit for
+  bit at every checkpoint.)
 - compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
   before sharding it).
 """
@@ -94,10 +95,6 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} cannot run with {where}: torchao's quantized "
                              "moments are tensor subclasses that the sharded checkpoint (DCP's safetensors writer) "
                              "cannot write; use adamw, or run in one process")
-    if mem.optimizer == "adamw-fp8" and strategy == "ddp":
-        raise TechniqueError(f"train.memory.optimizer adamw-fp8 is not verified with {where}: each rank draws the "
-                             "random bits that round its moments, and nothing yet checks that the replicas stay "
-                             "equal; use adamw, or run in one process")
     if strategy == "fsdp" and mem.optimizer in ("adamw8bit", "adamw4bit", "adamw-fp8", "adam-mini", "muon"):
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} is not verified with train.distributed.strategy "
                              "fsdp (its state or update over sharded parameters; Muon needs each matrix whole); "

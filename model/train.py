@@ -18,7 +18,7 @@ from model.arch import build_model, config_for, config_from_dict
 from model.checkpoint import CheckpointError, has_checkpoint, load_model_config, load_train_state, load_weights, save_checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.data import TokenFile
-from model.distributed import Ranks, gather_objects, max_over_ranks, reshard, start, stop
+from model.distributed import Ranks, gather_objects, max_over_ranks, replicas_that_differ, reshard, start, stop
 from model.evaluate import evaluate_loss
 from model.hardware import matmul_peak_flops, peak_is_known, resolve_device
 from model.memory import MemoryBudgetError, MemoryTracker, meters_note, stage_entry
@@ -216,6 +216,11 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
                 val_loss = validate()
                 log({"val/loss": val_loss}, step)
             with tracker.stage("checkpoint_save"):
+                if differ := replicas_that_differ(model, ranks):
+                    raise RuntimeError(
+                        f"after step {step} the DDP ranks hold different weights ({', '.join(differ[:5])}): "
+                        "their replicas drifted apart, so no checkpoint was written; this is a bug in memlm: "
+                        "please report it with your train config (one process, strategy none, avoids it)")
                 if ranks.distributed:
                     save_distributed(sharded_dir, ckpt_dir, model, optimizer, arch_cfg, ranks, {
                         "step": step, "rng": _json_rng_state(_rng_state(device, data_rng)),

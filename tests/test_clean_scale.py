@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import tracemalloc
 
 import pytest
@@ -58,6 +59,21 @@ def test_the_dask_runner_gives_the_processes_runners_documents(crawled, tmp_path
     own = clean(crawled.pages_file, tmp_path / "own", CleanConfig(runner="dask", workers=2, **SETTINGS))
     assert own.docs_file.read_bytes() == processes.docs_file.read_bytes()
     same_report(own.report, processes.report)
+
+
+@pytest.mark.usefixtures("prefect_flows")
+def test_memlms_own_cluster_keeps_glibcs_adaptive_malloc_and_leaves_this_process_environment_alone(monkeypatch):
+    from distributed import Client
+
+    from corpus.runners import local_cluster
+
+    # As a user's shell has it (a cluster started without memlm, as in a test above, leaves it here).
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    before = dict(os.environ)
+    with local_cluster(2) as address, Client(address) as client:
+        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+    assert list(seen.values()) == [(None, "1")] * 2  # Dask's numeric-thread settings kept, its malloc one not
+    assert dict(os.environ) == before  # the nanny's variables (PYTHONHASHSEED, OMP_NUM_THREADS...) not left here
 
 
 def test_a_resumed_page_store_holds_no_pages_in_memory(tmp_path):

@@ -176,6 +176,65 @@ def test_fsdp_steps_each_shard_in_backward_as_one_process_does(corpus, tmp_path)
     assert _train_losses(resumed) == pytest.approx(_train_losses(single), rel=LOSS_RTOL)
 
 
+# bf16 matrices whose updates are rounded stochastically, and fp8 moments rounded the same way: every
+# rank rounds its own replica with random bits.
+ROUNDED = {"precision": "bf16-weights", "bf16_rounding": "stochastic", "optimizer": "adamw-fp8"}
+
+
+def test_ddp_replicas_rounded_stochastically_stay_equal_and_resume(corpus, tmp_path):
+    """Every rank draws the same rounding bits (seeded alike, drawn in the same order), so the replicas stay
+    bit for bit equal: the run compares them at each checkpoint (steps 2, 4 and 5) and stops if they differ.
+    The fp8 moments go through the sharded checkpoint and back, and the resumed run ends where the
+    uninterrupted one does (its random pool drawn afresh: close, not equal)."""
+    whole = _run(corpus, tmp_path / "whole", _config(corpus, ROUNDED, "ddp", checkpoint_interval=2))
+    assert whole.steps == STEPS and not whole.stopped_early
+    stopped = _run(corpus, tmp_path / "resumed", _config(corpus, ROUNDED, "ddp", max_minutes=1e-6))
+    assert stopped.stopped_early and stopped.steps == 1
+    resumed = _run(corpus, tmp_path / "resumed", _config(corpus, ROUNDED, "ddp"))
+    assert resumed.resumed_from == 1 and resumed.steps == STEPS
+    assert _train_losses(resumed)[STEPS] == pytest.approx(_train_losses(whole)[STEPS], rel=1e-2)
+
+
+def _replicas_rank(rank: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from model.distributed import Ranks, replicas_that_differ
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(300, 500), torch.nn.Linear(500, 2))
+    model[1].to(torch.bfloat16)
+    ranks = Ranks("ddp", rank, 2)
+    found = {"equal": replicas_that_differ(model, ranks)}
+    with torch.no_grad():
+        if rank == 1:  # one bit of one element, past the first slice of the digest
+            bits = model[0].weight.view(-1).view(torch.int32)
+            bits[140_000] ^= 1
+    found["one_bit"] = replicas_that_differ(model, ranks)
+    with torch.no_grad():
+        if rank == 1:  # the same bits in another order
+            bits[140_000] ^= 1
+            model[1].weight.copy_(model[1].weight.flip(1))
+    found["swapped"] = replicas_that_differ(model, ranks)
+    found["fsdp"] = replicas_that_differ(model, Ranks("fsdp", rank, 2))  # shards differ by design
+    with open(f"{out_file}.{rank}", "w") as f:
+        json.dump(found, f)
+    dist.destroy_process_group()
+
+
+def test_ddp_replicas_are_compared_bit_for_bit():
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/found.json"
+        mp.start_processes(_replicas_rank, args=(f"{tmp}/init", out), nprocs=2, start_method="spawn")
+        found = [json.load(open(f"{out}.{rank}")) for rank in range(2)]
+    assert found[0] == found[1]  # every rank reaches the same verdict
+    assert found[0] == {"equal": [], "one_bit": ["0.weight"], "swapped": ["1.weight"], "fsdp": []}
+
+
 def test_a_refused_combination_exits_2_before_any_rank_starts(tmp_path):
     import subprocess
     import sys
