@@ -1,7 +1,8 @@
 """Convergence benchmark: does a memory technique keep AdamW's quality over a real training run?
 
 Every row trains the demo's model shape (configs/demo.yaml: 4 layers, width 256, 4 heads, vocabulary 8192,
-sequence 128, batch 16, lr 3e-3 to 3e-4 cosine after 30 warm-up steps, clipping at 1.0) on the demo
+sequence 128, batch 16, lr 3e-3 to 3e-4 cosine after 30 warm-up steps, clipping at 1.0 but in the rows
+that say they are unclipped) on the demo
 corpus's tokens from the same seed, in the same data order, on the same schedule; only train.memory
 differs (in the seed rows, only the seed: how far fp32 AdamW runs differ by chance alone). At the end:
 validation loss and bits per byte over the whole validation split. A row "keeps
@@ -48,7 +49,12 @@ ROWS: dict[str, dict] = {
     "bf16-stochastic+adamw4bit": {**BF16_SR, "optimizer": "adamw4bit"},
     "adamw-fp8": {"optimizer": "adamw-fp8"},
     "bf16-stochastic+adamw-fp8": {**BF16_SR, "optimizer": "adamw-fp8"},
+    # The <= 150 MiB memory rows step each weight in backward, which leaves no whole gradient to clip:
+    # their optimizer unclipped, and fp32 AdamW unclipped, for what dropping the clipping costs alone.
+    "fp32-adamw-no-clip": {},
+    "bf16-stochastic+adamw-fp8-in-backward": {**BF16_SR, "optimizer": "adamw-fp8", "optimizer_in_backward": True},
 }
+UNCLIPPED = {"fp32-adamw-no-clip", "bf16-stochastic+adamw-fp8-in-backward"}
 # Rows again with other seeds (weights' initialization and data order), each compared with fp32 AdamW of
 # its own seed: the fp32 AdamW rows' spread is the noise floor for the verdicts.
 SEEDED = {f"{base}-seed-{seed}": (base, seed)
@@ -75,7 +81,8 @@ def run_row(name: str, tokens_dir: Path, steps: int) -> dict:
     model_cfg = demo.model
     train_cfg = TrainConfig.model_validate({
         **demo.train.model_dump(), "max_steps": steps, "max_minutes": None, "memory_sample_steps": [],
-        "memory": ROWS[name], "seed": SEEDED[name][1] if name in SEEDED else demo.train.seed})
+        "memory": ROWS[name], "seed": SEEDED[name][1] if name in SEEDED else demo.train.seed,
+        "grad_clip": 0.0 if name in UNCLIPPED else demo.train.grad_clip})
     torch.manual_seed(train_cfg.seed)
     model = GPT(GPTConfig(vocab_size=manifest["vocab_size"], block_size=model_cfg.block_size,
                           n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd))
@@ -97,7 +104,7 @@ def run_row(name: str, tokens_dir: Path, steps: int) -> dict:
     val_loss, val_count = evaluate_loss(model, val_tokens, train_cfg.batch_size, device)
     val = manifest["splits"]["val"]
     result = {
-        "name": name, "memory": ROWS[name], "seed": train_cfg.seed, "steps": steps,
+        "name": name, "memory": ROWS[name], "seed": train_cfg.seed, "grad_clip": train_cfg.grad_clip, "steps": steps,
         "val_loss": round(val_loss, 5), "val_tokens": val_count,
         "val_bits_per_byte": round(bits_per_byte(val_loss, val["tokens"], val["bytes"]), 5),
         "final_train_loss": round(sum(curve[-20:]) / 20, 5), "train_s": round(train_s, 1),
@@ -199,6 +206,12 @@ def summarize(rows: list[dict], default_seed: int) -> list[dict]:
         if ref is not None and "error" not in r:
             r["val_loss_vs_fp32_adamw"] = round(r["val_loss"] / ref["val_loss"] - 1, 5)
             r["keeps_adamw_quality"] = r["val_loss"] <= ref["val_loss"] * (1 + KEEPS_QUALITY)
+    # An unclipped row also against fp32 AdamW unclipped: what its technique costs, clipping aside.
+    unclipped = next((r for r in rows if r["name"] == "fp32-adamw-no-clip" and "error" not in r), None)
+    for r in rows:
+        r.pop("val_loss_vs_fp32_adamw_no_clip", None)
+        if unclipped is not None and r["name"] in UNCLIPPED and "error" not in r:
+            r["val_loss_vs_fp32_adamw_no_clip"] = round(r["val_loss"] / unclipped["val_loss"] - 1, 5)
     return rows
 
 

@@ -31,6 +31,7 @@ grows (boilerplate line counts, near-duplicate index, exact-duplicate hashes), b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -242,15 +243,19 @@ def stage_main(args: list[str]) -> None:
 
 
 def cpu_seconds() -> float:
-    """CPU time (user and system) of this process and of its children, ended ones and running ones (the
-    Prefect server): on a shared machine a steadier measure of what a stage costs than its wall time."""
+    """CPU time (user and system) of this process and of its children, ended ones (waited for) and running
+    ones (the Prefect server)."""
     import resource
 
     import psutil
 
     ended = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    running = [child.cpu_times() for child in psutil.Process().children(recursive=True)]
-    return sum(u.ru_utime + u.ru_stime for u in ended) + sum(t.user + t.system for t in running)
+    running = 0.0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = child.cpu_times()
+            running += times.user + times.system
+    return sum(u.ru_utime + u.ru_stime for u in ended) + running
 
 
 def step_times(pages_file: Path, n_pages: int) -> dict:

@@ -167,25 +167,34 @@ def local_cluster(workers: int) -> Iterator[str]:
                if name != "MALLOC_TRIM_THRESHOLD_"}
     # The workers report to this process's Prefect API (a temporary server if none is set), instead of each
     # starting a temporary server of its own.
+    api_url = prefect_api_url()
     with dask.config.set({"distributed.worker.profile.enabled": False,
                           "distributed.nanny.pre-spawn-environ": environ}), \
-            _environ_restored(), \
+            _variables_kept([*environ, "PYTHONHASHSEED"]) as restore, \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                         env={"PREFECT_API_URL": prefect_api_url()}) as cluster:
+                         env={"PREFECT_API_URL": api_url}) as cluster:
+        restore()
         yield cluster.scheduler_address
 
 
 @contextlib.contextmanager
-def _environ_restored() -> Iterator[None]:
-    """This process's environment as it was: a Dask nanny sets its workers' variables in its own process
-    (OMP_NUM_THREADS=1 and the like), which every process started from here afterwards would inherit."""
-    saved = dict(os.environ)
+def _variables_kept(names: list[str]) -> Iterator[Callable[[], None]]:
+    """Put these environment variables of this process back as they were, when called and at the end: a
+    Dask nanny sets its workers' variables (OMP_NUM_THREADS=1, PYTHONHASHSEED...) in its own process as it
+    starts them, and every process started from here afterwards would inherit them."""
+    saved = {name: os.environ.get(name) for name in names}
+
+    def restore() -> None:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
     try:
-        yield
+        yield restore
     finally:
-        for name in set(os.environ) - set(saved):
-            del os.environ[name]
-        os.environ.update(saved)
+        restore()
 
 
 def prefect_api_url() -> str:

@@ -220,37 +220,48 @@ def max_over_ranks(value: float, ranks: Ranks, device: torch.device) -> float:
     return float(t.item())
 
 
-def replicas_that_differ(model: nn.Module, ranks: Ranks) -> list[str]:
-    """The parameters whose copies differ between DDP's ranks. Each rank steps its own copy, so they stay
-    equal only while every rank applies the same averaged gradient with the same random draws where
-    updates are rounded stochastically (bf16 weights, fp8 moments): every rank seeds its generators alike
-    and draws in the same order. Under fsdp the ranks hold different shards: nothing to compare."""
+def replicas_that_differ(model: nn.Module, optimizer, ranks: Ranks) -> list[str]:
+    """The parameters, and optimizer state tensors, whose copies differ from rank 0's under DDP, bit for bit.
+    Each rank steps its own copy, so they stay equal only while every rank applies the same averaged
+    gradient with the same random draws where updates are rounded stochastically (bf16 weights, fp8
+    moments): every rank seeds its generators alike and draws in the same order. Under fsdp the ranks hold
+    different shards: nothing to compare."""
     if ranks.strategy != "ddp":
         return []
-    names, params = zip(*model.named_parameters())
-    digests = torch.stack([_bits_digest(p.detach()) for p in params])
-    low, high = digests.clone(), digests
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    return [name.removeprefix("module.") for name, differs in zip(names, (low != high).any(dim=1).tolist()) if differs]
+    named = []
+    for name, param in model.named_parameters():
+        name = name.removeprefix("module.")
+        named.append((name, param.detach()))
+        state = getattr(optimizer, "state", {}).get(param, {})
+        named += [(f"{name} ({key})", value.detach()) for key, value in sorted(state.items(), key=lambda kv: str(kv[0]))
+                  if isinstance(value, torch.Tensor)]
+    device = named[0][1].device
+    differs = torch.tensor([_differs_from_rank_0(t, ranks) for _, t in named], dtype=torch.int32, device=device)
+    dist.all_reduce(differs, op=dist.ReduceOp.MAX)
+    return [name for (name, _), flag in zip(named, differs.tolist()) if flag]
 
 
-# Integer views of a tensor's bits by element size, and the elements digested at a time (256 KiB of int64s).
-_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_DIGEST_SLICE = 1 << 15
+# The bytes sent at a time.
+_COMPARE_SLICE = 1 << 20
 
 
-def _bits_digest(t: torch.Tensor) -> torch.Tensor:
-    """Two sums over a tensor's bits as integers, plain and weighted by position: equal tensors give equal
-    digests whatever order the sums run in (integer additions wrap exactly), and one flipped bit changes
-    both. A slice at a time, so that it allocates little beside the weights."""
-    bits = t.reshape(-1).view(_BITS[t.element_size()])
-    digest = torch.zeros(2, dtype=torch.int64, device=t.device)
-    for start in range(0, bits.numel(), _DIGEST_SLICE):
-        part = bits[start:start + _DIGEST_SLICE].to(torch.int64)
-        digest[0] += part.sum()
-        digest[1] += (part * torch.arange(start + 1, start + 1 + part.numel(), device=t.device)).sum()
-    return digest
+def _differs_from_rank_0(t: torch.Tensor, ranks: Ranks) -> bool:
+    """Whether this rank's `t` differs from rank 0's in any bit (so -0.0 from 0.0, one NaN from another):
+    rank 0 broadcasts its bytes (a dtype every backend sends) a slice at a time, so that the others
+    allocate one slice beside their own."""
+    bits = t.reshape(-1).view(torch.uint8)
+    received = None if ranks.is_main else torch.empty(min(bits.numel(), _COMPARE_SLICE), dtype=bits.dtype,
+                                                      device=bits.device)
+    differs = False
+    for start in range(0, bits.numel(), _COMPARE_SLICE):
+        mine = bits[start:start + _COMPARE_SLICE]
+        if ranks.is_main:
+            dist.broadcast(mine.contiguous(), src=0)
+        else:
+            theirs = received[:mine.numel()]
+            dist.broadcast(theirs, src=0)
+            differs = differs or not torch.equal(theirs, mine)
+    return differs
 
 
 def gather_objects(obj, ranks: Ranks) -> list:

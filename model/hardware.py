@@ -29,8 +29,11 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, 
     key = (str(device), dtype, size, torch.get_num_threads())
     if key in _best_peak and not fresh:
         return _best_peak[key]
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # Its own generator: a run's random draws (stochastic rounding among them) must not depend on whether
+    # this process measured the peak already, or a resumed run would round otherwise than one never stopped.
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     torch.mm(a, b)  # warm-up
     best = _best_peak.get(key, 0.0)
     for _ in range(rounds):

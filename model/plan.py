@@ -60,7 +60,7 @@ def quality_costs(results: list[Path] | None = None) -> dict[tuple[str, str], fl
     """(precision, optimizer) -> final validation loss relative to fp32 AdamW's of the same seed and file,
     the mean over the seeds measured, from the convergence benchmark's committed results (`python
     bench/convergence.py`: the demo model, 500 steps, clipping on), for the rows that change nothing but the
-    precision and the optimizer. Empty where it was not run."""
+    precision and the optimizer (the unclipped rows left out). Empty where it was not run."""
     from model.config import MemoryConfig
 
     files = sorted(BENCH_RESULTS.glob("convergence-cpu*.json")) if results is None else results
@@ -68,7 +68,7 @@ def quality_costs(results: list[Path] | None = None) -> dict[tuple[str, str], fl
     measured: dict[tuple[str, str], list[float]] = {}
     for row in rows:
         # fp32 AdamW is the reference (its seed rows measure chance, not a technique).
-        if "val_loss_vs_fp32_adamw" not in row or not row["memory"] \
+        if "val_loss_vs_fp32_adamw" not in row or not row["memory"] or row.get("grad_clip", 1.0) == 0 \
                 or not set(row["memory"]) <= {"precision", "bf16_rounding", "optimizer"}:
             continue
         if row["memory"].get("bf16_rounding", "stochastic") != "stochastic":

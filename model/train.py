@@ -216,9 +216,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
                 val_loss = validate()
                 log({"val/loss": val_loss}, step)
             with tracker.stage("checkpoint_save"):
-                if differ := replicas_that_differ(model, ranks):
+                if differ := replicas_that_differ(model, optimizer, ranks):
                     raise RuntimeError(
-                        f"after step {step} the DDP ranks hold different weights ({', '.join(differ[:5])}): "
+                        f"after step {step} the DDP ranks hold different weights or optimizer state ({', '.join(differ[:5])}): "
                         "their replicas drifted apart, so no checkpoint was written; this is a bug in memlm: "
                         "please report it with your train config (one process, strategy none, avoids it)")
                 if ranks.distributed:

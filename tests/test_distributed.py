@@ -181,18 +181,21 @@ def test_fsdp_steps_each_shard_in_backward_as_one_process_does(corpus, tmp_path)
 ROUNDED = {"precision": "bf16-weights", "bf16_rounding": "stochastic", "optimizer": "adamw-fp8"}
 
 
-def test_ddp_replicas_rounded_stochastically_stay_equal_and_resume(corpus, tmp_path):
+def test_ddp_replicas_rounded_stochastically_stay_equal_and_resume_exactly(corpus, tmp_path):
     """Every rank draws the same rounding bits (seeded alike, drawn in the same order), so the replicas stay
-    bit for bit equal: the run compares them at each checkpoint (steps 2, 4 and 5) and stops if they differ.
-    The fp8 moments go through the sharded checkpoint and back, and the resumed run ends where the
-    uninterrupted one does (its random pool drawn afresh: close, not equal)."""
+    bit for bit equal: the run compares them, weights and optimizer state, at each checkpoint (steps 2, 4
+    and 5) and stops if they differ. A run stopped after step 1 resumes (fp8 moments through the sharded
+    checkpoint, the generators' states restored) onto the same weights, bit for bit."""
     whole = _run(corpus, tmp_path / "whole", _config(corpus, ROUNDED, "ddp", checkpoint_interval=2))
     assert whole.steps == STEPS and not whole.stopped_early
     stopped = _run(corpus, tmp_path / "resumed", _config(corpus, ROUNDED, "ddp", max_minutes=1e-6))
     assert stopped.stopped_early and stopped.steps == 1
     resumed = _run(corpus, tmp_path / "resumed", _config(corpus, ROUNDED, "ddp"))
     assert resumed.resumed_from == 1 and resumed.steps == STEPS
-    assert _train_losses(resumed)[STEPS] == pytest.approx(_train_losses(whole)[STEPS], rel=1e-2)
+    assert _train_losses(resumed) == _train_losses(whole)
+    resumed_weights, whole_weights = _weights(resumed), _weights(whole)
+    assert resumed_weights.keys() == whole_weights.keys()
+    assert all(torch.equal(resumed_weights[name], weight) for name, weight in whole_weights.items())
 
 
 def _replicas_rank(rank: int, init_file: str, out_file: str) -> None:
@@ -202,21 +205,28 @@ def _replicas_rank(rank: int, init_file: str, out_file: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(300, 500), torch.nn.Linear(500, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(600, 500), torch.nn.Linear(500, 2))
     model[1].to(torch.bfloat16)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model[1](model[0](torch.ones(3, 600)).bfloat16()).float().sum().backward()
+    optimizer.step()
     ranks = Ranks("ddp", rank, 2)
-    found = {"equal": replicas_that_differ(model, ranks)}
-    with torch.no_grad():
-        if rank == 1:  # one bit of one element, past the first slice of the digest
-            bits = model[0].weight.view(-1).view(torch.int32)
-            bits[140_000] ^= 1
-    found["one_bit"] = replicas_that_differ(model, ranks)
-    with torch.no_grad():
-        if rank == 1:  # the same bits in another order
-            bits[140_000] ^= 1
-            model[1].weight.copy_(model[1].weight.flip(1))
-    found["swapped"] = replicas_that_differ(model, ranks)
-    found["fsdp"] = replicas_that_differ(model, Ranks("fsdp", rank, 2))  # shards differ by design
+
+    def on_rank_1(change) -> list[str]:
+        with torch.no_grad():
+            if rank == 1:
+                change()
+        return replicas_that_differ(model, optimizer, ranks)
+
+    bits = model[0].weight.view(-1).view(torch.int32)
+    found = {"equal": replicas_that_differ(model, optimizer, ranks),
+             # one bit of one element, past the first slice sent
+             "one_bit": on_rank_1(lambda: bits.__setitem__(280_000, bits[280_000] ^ 1))}
+    on_rank_1(lambda: bits.__setitem__(280_000, bits[280_000] ^ 1))
+    found["swapped"] = on_rank_1(lambda: model[1].weight.copy_(model[1].weight.flip(1)))  # same bits, other order
+    on_rank_1(lambda: model[1].weight.copy_(model[1].weight.flip(1)))
+    found["moment"] = on_rank_1(lambda: optimizer.state[model[0].bias]["exp_avg_sq"].mul_(1.5))
+    found["fsdp"] = replicas_that_differ(model, optimizer, Ranks("fsdp", rank, 2))  # shards differ by design
     with open(f"{out_file}.{rank}", "w") as f:
         json.dump(found, f)
     dist.destroy_process_group()
@@ -232,7 +242,8 @@ def test_ddp_replicas_are_compared_bit_for_bit():
         mp.start_processes(_replicas_rank, args=(f"{tmp}/init", out), nprocs=2, start_method="spawn")
         found = [json.load(open(f"{out}.{rank}")) for rank in range(2)]
     assert found[0] == found[1]  # every rank reaches the same verdict
-    assert found[0] == {"equal": [], "one_bit": ["0.weight"], "swapped": ["1.weight"], "fsdp": []}
+    assert found[0] == {"equal": [], "one_bit": ["0.weight"], "swapped": ["1.weight"],
+                        "moment": ["0.bias (exp_avg_sq)"], "fsdp": []}
 
 
 def test_a_refused_combination_exits_2_before_any_rank_starts(tmp_path):
