@@ -227,6 +227,8 @@ def _replicas_rank(rank: int, init_file: str, out_file: str) -> None:
     on_rank_1(lambda: model[1].weight.copy_(model[1].weight.flip(1)))
     found["moment"] = on_rank_1(lambda: optimizer.state[model[0].bias]["exp_avg_sq"].mul_(1.5))
     found["fsdp"] = replicas_that_differ(model, optimizer, Ranks("fsdp", rank, 2))  # shards differ by design
+    # a moment missing on one rank: named, without sending out of step
+    found["missing"] = on_rank_1(lambda: optimizer.state[model[0].bias].pop("exp_avg"))
     with open(f"{out_file}.{rank}", "w") as f:
         json.dump(found, f)
     dist.destroy_process_group()
@@ -243,7 +245,7 @@ def test_ddp_replicas_are_compared_bit_for_bit():
         found = [json.load(open(f"{out}.{rank}")) for rank in range(2)]
     assert found[0] == found[1]  # every rank reaches the same verdict
     assert found[0] == {"equal": [], "one_bit": ["0.weight"], "swapped": ["1.weight"],
-                        "moment": ["0.bias (exp_avg_sq)"], "fsdp": []}
+                        "moment": ["0.bias (exp_avg_sq)"], "fsdp": [], "missing": ["0.bias (exp_avg)"]}
 
 
 def test_a_refused_combination_exits_2_before_any_rank_starts(tmp_path):
