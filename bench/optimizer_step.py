@@ -1,5 +1,6 @@
-"""One optimizer step over the reference config's weights (6 layers, width 384, vocabulary 16384: 17 M
-weights in 28 tensors), each weight stepped by an optimizer of its own as `optimizer_in_backward` does.
+"""One optimizer step over the reference config's weights (bench/memory.py's model: 6 layers, width 384,
+vocabulary 16384; 17 M weights in 39 tensors), each weight stepped by an optimizer of its own as
+`optimizer_in_backward` does.
 
     python bench/optimizer_step.py --rounds 3 --json bench/results/optimizer-step-cpu.json
 
@@ -27,9 +28,18 @@ from model.fp8_adamw import AdamWFp8, new_random_pool  # noqa: E402
 from model.lowbit import AdamWBF16, sliced_low_bit_adamw  # noqa: E402
 from model.memory import _plain_tensors  # noqa: E402
 
-LAYERS, WIDTH, VOCAB, CONTEXT = 6, 384, 16384, 256
-SHAPES = [(VOCAB, WIDTH), (CONTEXT, WIDTH), (WIDTH,)] + LAYERS * [
-    (WIDTH,), (3 * WIDTH, WIDTH), (WIDTH, WIDTH), (WIDTH,), (4 * WIDTH, WIDTH), (WIDTH, 4 * WIDTH)]
+
+
+def reference_shapes() -> list[tuple[int, ...]]:
+    """The reference config's weights, as the memory benchmark builds its model."""
+    from bench.memory import REFERENCE
+    from model.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=REFERENCE["vocab_size"], block_size=REFERENCE["block_size"],
+                          n_layer=REFERENCE["n_layer"], n_head=REFERENCE["n_head"], n_embd=REFERENCE["n_embd"]))
+    return [tuple(p.shape) for p in model.parameters()]
+
+
 HYPER = {"betas": (0.9, 0.95), "weight_decay": 0.1}
 
 
@@ -56,10 +66,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    shapes = reference_shapes()
     torch.manual_seed(0)
     setups = {}
     for name, (dtype, make) in rows().items():
-        params = [torch.nn.Parameter((torch.randn(*shape) * 0.02).to(dtype)) for shape in SHAPES]
+        params = [torch.nn.Parameter((torch.randn(*shape) * 0.02).to(dtype)) for shape in shapes]
         setups[name] = (params, [make([p]) for p in params])
 
     def step(name: str) -> float:
