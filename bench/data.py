@@ -381,9 +381,7 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
     from tests.big_site import build_big_site
 
     def save() -> None:  # after each part, so that a run stopped early leaves what it measured
-        if json_out:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(result, indent=2))
+        write_json(json_out, result)
 
     tmp = Path(tempfile.mkdtemp(prefix="memlm-bench-scale-"))
     result: dict = {"cores": os.cpu_count(), "workers": workers, "sizes": {}, "note":
@@ -419,9 +417,7 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
     save()
 
     # Runners on the same pages, the first `sample_pages` of the smallest crawl.
-    sample = tmp / "sample.jsonl"
-    with open(tmp / f"crawl-{smallest}" / "pages.jsonl", encoding="utf-8") as f, open(sample, "w", encoding="utf-8") as out_f:
-        out_f.writelines(itertools.islice(f, sample_pages))
+    sample = first_pages(tmp / f"crawl-{smallest}" / "pages.jsonl", tmp / "sample.jsonl", sample_pages)
     result["runners"] = compare_runners(sample, tmp, workers, rounds=2)
     print(json.dumps(result["runners"]), flush=True)
     save()
@@ -436,6 +432,19 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
     print(json.dumps(result, indent=2))
     save()
     print_scale_table(result)
+
+
+def write_json(path: Path | None, result: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=str))
+
+
+def first_pages(pages_file: Path, out: Path, n: int) -> Path:
+    """The first `n` records of a page store, in a store of their own."""
+    with open(pages_file, encoding="utf-8") as f, open(out, "w", encoding="utf-8") as out_f:
+        out_f.writelines(itertools.islice(f, n))
+    return out
 
 
 def compare_runners(pages_file: Path, tmp: Path, workers: int, rounds: int) -> dict:
@@ -463,15 +472,12 @@ def runners_main(pages: int, rounds: int, workers: int, json_out: Path | None) -
     tmp = Path(tempfile.mkdtemp(prefix="memlm-bench-runners-"))
     paths = build_big_site(tmp / "site", pages)
     crawl = run_stage(["crawl", str(tmp / "site"), str(tmp / "crawl"), str(len(paths))])
-    with open(tmp / "crawl" / "pages.jsonl", encoding="utf-8") as f, open(tmp / "sample.jsonl", "w") as out:
-        out.writelines(itertools.islice(f, pages))
+    sample = first_pages(tmp / "crawl" / "pages.jsonl", tmp / "sample.jsonl", pages)
     result = {"cores": os.cpu_count(), "workers": workers, "site_files": len(paths), "crawl": crawl,
               "note": "each clean in its own process; the Dask runner's local cluster starts inside the timing, "
                       "the Prefect API before it (as in a flow run)",
-              "runners": compare_runners(tmp / "sample.jsonl", tmp, workers, rounds)}
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+              "runners": compare_runners(sample, tmp, workers, rounds)}
+    write_json(json_out, result)
     print_runners_table(result["runners"], pages)
 
 
@@ -546,9 +552,7 @@ def main() -> None:
                 table.add_row(name, f"{row['bytes_per_entry']:.1f}", f"{row['peak_bytes_per_entry']:.1f}")
         Console(width=120).print(table)
         print(json.dumps(sizes, indent=2))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(sizes, indent=2))
+        write_json(args.json, sizes)
         return
     if args.runners:
         return runners_main(args.runners, args.rounds, args.workers, args.json)
@@ -598,9 +602,7 @@ def main() -> None:
     result["clean_scaling_2_over_1"] = round(cleans[0]["seconds"] / cleans[1]["seconds"], 2)
     result["tokenize"] = tokens
     print(json.dumps(result, indent=2, default=str))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

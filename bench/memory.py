@@ -153,6 +153,14 @@ def prepare_data(out_dir: Path, source: Path | None) -> tuple[Path, str]:
     return bin_file, "synthetic Zipf-Markov tokens (run `make demo` first to benchmark on the real corpus)"
 
 
+def reference_gpt(block_size: int = REFERENCE["block_size"]):
+    """memlm's GPT at the reference config (its position table as long as `block_size`)."""
+    from model.gpt import GPT, GPTConfig
+
+    return GPT(GPTConfig(vocab_size=REFERENCE["vocab_size"], block_size=block_size, n_layer=REFERENCE["n_layer"],
+                         n_head=REFERENCE["n_head"], n_embd=REFERENCE["n_embd"]))
+
+
 def hf_model(checkpointing: bool):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -178,7 +186,6 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
     from model.config import DistributedConfig, TrainConfig
     from model.distributed import Ranks, gather_objects, start, stop
     from model.data import TokenFile
-    from model.gpt import GPT, GPTConfig
     from model.memory import MemoryTracker
     from model.step import TrainStep
     from model.train import lr_at
@@ -215,9 +222,7 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         return lambda n: next(micro)
 
     if spec["impl"] == "memlm":
-        model = GPT(GPTConfig(vocab_size=REFERENCE["vocab_size"], block_size=block_size,
-                              n_layer=REFERENCE["n_layer"], n_head=REFERENCE["n_head"],
-                              n_embd=REFERENCE["n_embd"])).to(device)
+        model = reference_gpt(block_size).to(device)
         train_step = TrainStep(model, train_cfg, device, ranks=ranks)
         tracker = train_step.tracker
         flops_per_token = model.flops_per_token()

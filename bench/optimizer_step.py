@@ -31,13 +31,12 @@ from model.memory import _plain_tensors  # noqa: E402
 
 
 def reference_shapes() -> list[tuple[int, ...]]:
-    """The reference config's weights, as the memory benchmark builds its model."""
-    from bench.memory import REFERENCE
-    from model.gpt import GPT, GPTConfig
+    """The reference config's weights, as the memory benchmark builds its model (on the meta device: shapes
+    only)."""
+    from bench.memory import reference_gpt
 
-    model = GPT(GPTConfig(vocab_size=REFERENCE["vocab_size"], block_size=REFERENCE["block_size"],
-                          n_layer=REFERENCE["n_layer"], n_head=REFERENCE["n_head"], n_embd=REFERENCE["n_embd"]))
-    return [tuple(p.shape) for p in model.parameters()]
+    with torch.device("meta"):
+        return [tuple(p.shape) for p in reference_gpt().parameters()]
 
 
 HYPER = {"betas": (0.9, 0.95), "weight_decay": 0.1}

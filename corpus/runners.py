@@ -6,7 +6,7 @@ same whatever ran them.
 
 The runner cuts the pages into chunks. The processes runner sends `clean.batch_size` pages at a time (a
 chunk costs a pickle there). On Dask each chunk is a shard and one Prefect task, and a Prefect task run
-costs its worker about 0.15 s of CPU (1.5 s for a worker's first), so shards are large: `clean.shard_pages`
+costs its worker a share of a second of CPU (more for a worker's first), so shards are large: `clean.shard_pages`
 pages, or by default guided sizes, each shard 1/(2 x workers) of the pages not yet sent but at least
 1/(16 x workers) of the pass's pages. A pass opens with large shards and ends with small ones, so that no
 worker idles long at its end waiting for another's last shard (12 shards on 2 workers when none is cut
@@ -161,8 +161,8 @@ def local_cluster(workers: int) -> Iterator[str]:
 
     # Dask's MALLOC_TRIM_THRESHOLD_ for its workers turns off glibc's adaptive mmap threshold, so that
     # every large numpy or spaCy buffer is mapped and unmapped afresh: 9.8 s of system time against 3.8
-    # without it, cleaning 10,000 pages on 2 workers (1.9 on the processes runner). Its statistical
-    # profiler samples each worker's stack every 10 ms: 8% of a shard's time.
+    # without it, cleaning 10,000 pages on 2 workers (1.9 on the processes runner; timed by hand). Its
+    # statistical profiler samples each worker's stack every 10 ms: 8% of a shard's time (a profile).
     environ = {name: value for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
                if name != "MALLOC_TRIM_THRESHOLD_"}
     # The workers report to this process's Prefect API (a temporary server if none is set), instead of each

@@ -229,20 +229,20 @@ def replicas_that_differ(model: nn.Module, optimizer, ranks: Ranks) -> list[str]
     if ranks.strategy != "ddp":
         return []
     named = []
+    states = getattr(optimizer, "state", {})  # a composite optimizer's is a property, built on each read
     for name, param in model.named_parameters():
         name = name.removeprefix("module.")
         named.append((name, param.detach()))
-        state = getattr(optimizer, "state", {}).get(param, {})
         # (AdamW keeps its step count on the CPU beside CUDA weights; NCCL sends only CUDA tensors.)
         named += [(f"{name} ({key})", value.detach().to(param.device))
-                  for key, value in sorted(state.items(), key=lambda kv: str(kv[0])) if isinstance(value, torch.Tensor)]
+                  for key, value in sorted(states.get(param, {}).items(), key=lambda kv: str(kv[0]))
+                  if isinstance(value, torch.Tensor)]
     # Ranks whose tensors differ in number, dtype or size would send out of step: named from a gather first.
     layouts = gather_objects([[name, str(t.dtype), t.numel()] for name, t in named], ranks)
     if any(layout != layouts[0] for layout in layouts):
         entries = [{name: (dtype, numel) for name, dtype, numel in layout} for layout in layouts]
         return [name for name in sorted(set().union(*entries)) if len({e.get(name) for e in entries}) > 1]
-    device = named[0][1].device
-    differs = torch.tensor([_differs_from_rank_0(t, ranks) for _, t in named], dtype=torch.int32, device=device)
+    differs = torch.stack([_differs_from_rank_0(t, ranks) for _, t in named]).to(torch.int32)
     dist.all_reduce(differs, op=dist.ReduceOp.MAX)
     return [name for (name, _), flag in zip(named, differs.tolist()) if flag]
 
@@ -251,22 +251,22 @@ def replicas_that_differ(model: nn.Module, optimizer, ranks: Ranks) -> list[str]
 _COMPARE_SLICE = 1 << 20
 
 
-def _differs_from_rank_0(t: torch.Tensor, ranks: Ranks) -> bool:
-    """Whether this rank's `t` differs from rank 0's in any bit (so -0.0 from 0.0, one NaN from another):
-    rank 0 broadcasts its bytes (a dtype every backend sends) a slice at a time, so that the others
-    allocate one slice beside their own."""
+def _differs_from_rank_0(t: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Whether this rank's `t` differs from rank 0's in any bit (so -0.0 from 0.0, one NaN from another), as
+    a flag on its device (not read back slice by slice): rank 0 broadcasts its bytes (a dtype every backend
+    sends) a slice at a time, so that the others allocate one slice beside their own."""
     bits = t.contiguous().reshape(-1).view(torch.uint8)
     received = None if ranks.is_main else torch.empty(min(bits.numel(), _COMPARE_SLICE), dtype=bits.dtype,
                                                       device=bits.device)
-    differs = False
+    differs = torch.zeros((), dtype=torch.bool, device=bits.device)
     for start in range(0, bits.numel(), _COMPARE_SLICE):
         mine = bits[start:start + _COMPARE_SLICE]
         if ranks.is_main:
-            dist.broadcast(mine.contiguous(), src=0)
+            dist.broadcast(mine, src=0)
         else:
             theirs = received[:mine.numel()]
             dist.broadcast(theirs, src=0)
-            differs = differs or not torch.equal(theirs, mine)
+            differs |= (theirs != mine).any()
     return differs
 
 

@@ -306,10 +306,10 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     return storage_id(storage), storage.nbytes()
 
 
-def storage_bytes(tensors) -> dict[tuple[int, int], None]:
-    """The distinct storages under `tensors` (subclass tensors unwrapped, as the tracker counts them), keyed
-    (storage id, bytes): a storage shared by several tensors is there once."""
-    return dict.fromkeys(_storage_key(plain) for t in tensors for plain in _plain_tensors(t))
+def storage_bytes(tensors) -> dict[int, int]:
+    """Storage id -> bytes of the distinct storages under `tensors` (subclass tensors unwrapped, as the
+    tracker counts them): a storage shared by several tensors is there once."""
+    return dict(_storage_key(plain) for t in tensors for plain in _plain_tensors(t))
 
 
 def storage_id(storage: torch.UntypedStorage) -> int:

@@ -584,7 +584,7 @@ def _predict(arch_cfg: GPTConfig | RNNConfig, cfg: TrainConfig, device_type: str
         # What a freshly built optimizer holds before any step (fp8 AdamW's pool of random bits): a resumed
         # run has it beside the weights it loads.
         # (One pool shared by the per-parameter optimizers of a step in backward: each storage once.)
-        fresh_optimizer = sum(round_size(n) for _, n in storage_bytes(attribute_tensors(train_step.optimizer)))
+        fresh_optimizer = sum(round_size(n) for n in storage_bytes(attribute_tensors(train_step.optimizer)).values())
 
         def next_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.randint(0, arch_cfg.vocab_size, (n, arch_cfg.block_size + 1))

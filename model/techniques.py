@@ -188,6 +188,13 @@ BF16_WEIGHTS = ("bf16-true", "bf16-weights")
 LOW_BIT = {"adamw8bit": "AdamW8bit", "adamw4bit": "AdamW4bit"}
 
 
+def rounds_with_random_bits(mem: MemoryConfig) -> bool:
+    """Whether the optimizer rounds its updates with random bits (bf16 weights rounded stochastically, fp8 or
+    low-bit moments): DDP's replicas then stay equal only while every rank draws the same bits."""
+    return (mem.precision in BF16_WEIGHTS and mem.bf16_rounding == "stochastic") or \
+        mem.optimizer in ("adamw-fp8", *LOW_BIT)
+
+
 def _cpu_has_native_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

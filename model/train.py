@@ -25,6 +25,7 @@ from model.memory import MemoryBudgetError, MemoryTracker, meters_note, stage_en
 from model.sharded_checkpoint import STATE_FILE as SHARDED_STATE_FILE
 from model.sharded_checkpoint import has_sharded_checkpoint, load_sharded, save_sharded
 from model.step import TrainStep
+from model.techniques import rounds_with_random_bits
 
 CHECKPOINT_DIR = "checkpoint"
 SHARDED_CHECKPOINT_DIR = "checkpoint_sharded"
@@ -216,11 +217,12 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, tokens_dir: Path, out_dir: 
                 val_loss = validate()
                 log({"val/loss": val_loss}, step)
             with tracker.stage("checkpoint_save"):
-                if differ := replicas_that_differ(model, optimizer, ranks):
+                if rounds_with_random_bits(cfg.memory) and (differ := replicas_that_differ(model, optimizer, ranks)):
                     raise RuntimeError(
-                        f"after step {step} the DDP ranks hold different weights or optimizer state ({', '.join(differ[:5])}): "
-                        "their replicas drifted apart, so no checkpoint was written; this is a bug in memlm: "
-                        "please report it with your train config (one process, strategy none, avoids it)")
+                        f"after step {step} the DDP ranks hold different weights or optimizer state "
+                        f"({', '.join(differ[:5])}): their replicas drifted apart, so no checkpoint was written; this "
+                        "is a bug in memlm: please report it with your train config (one process, strategy none, "
+                        "avoids it)")
                 if ranks.distributed:
                     save_distributed(sharded_dir, ckpt_dir, model, optimizer, arch_cfg, ranks, {
                         "step": step, "rng": _json_rng_state(_rng_state(device, data_rng)),

@@ -311,3 +311,13 @@ def test_in_backward_composes_with_fsdp_only():
         check_distributed(cfg("ddp"), torch.device("cpu"))
     with pytest.raises(TechniqueError, match="split_head_step cannot run with train.distributed.strategy fsdp"):
         check_distributed(cfg("fsdp", split_head_step=True), torch.device("cpu"))
+
+
+def test_only_optimizers_that_round_with_random_bits_have_their_ddp_replicas_compared():
+    from model.config import MemoryConfig
+    from model.techniques import rounds_with_random_bits
+
+    assert rounds_with_random_bits(MemoryConfig(optimizer="adamw-fp8"))
+    assert rounds_with_random_bits(MemoryConfig(precision="bf16-weights", bf16_rounding="stochastic"))
+    assert not rounds_with_random_bits(MemoryConfig(precision="bf16-weights", bf16_rounding="kahan"))
+    assert not rounds_with_random_bits(MemoryConfig())
