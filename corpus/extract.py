@@ -18,6 +18,7 @@ import html.entities
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 
 from lxml import etree
@@ -130,8 +131,11 @@ def strip_furniture(root: etree._Element) -> None:
 
 def _strip_furniture_classes(node: etree._Element) -> None:
     """Remove the elements whose class (or id) words name furniture. Highlighters' classes ("hljs-comment")
-    inside code name code, not furniture, so code's insides are not looked at."""
-    for tag in list(node):
+    inside code name code, not furniture, so code's insides are not looked at. In document order, from a
+    stack of the elements still to look at rather than by recursion: pages nest deeper than Python recurses."""
+    pending = list(reversed(node))
+    while pending:
+        tag = pending.pop()
         if not isinstance(tag.tag, str):
             continue
         # A heading's or section's id is a slug of its title ("why-is-my-page-not-in-the-navigation").
@@ -139,7 +143,7 @@ def _strip_furniture_classes(node: etree._Element) -> None:
         if marks.strip() and FURNITURE.search(marks):
             _remove(tag)
         elif tag.tag not in ("pre", "code"):
-            _strip_furniture_classes(tag)
+            pending.extend(reversed(tag))
 
 
 def _attached(element: etree._Element, root: etree._Element) -> bool:
@@ -206,19 +210,24 @@ def inline_text(node: etree._Element) -> str:
 
 def _gather_text(element: etree._Element, parts: list[str], spaced: bool) -> None:
     """The text of `element` and its descendants into `parts`: with a space around each block and line
-    break (`spaced`), or as written, ruby annotations left out."""
-    if element.text:
-        parts.append(element.text)
-    for child in element:
-        if isinstance(child.tag, str):
-            if spaced and (child.tag in BLOCKS or child.tag == "br"):
-                parts.append(" ")
-                _gather_text(child, parts, spaced)
-                parts.append(" ")
-            elif spaced or child.tag not in RUBY_ANNOTATIONS:
-                _gather_text(child, parts, spaced)
-        if child.tail:
-            parts.append(child.tail)
+    break (`spaced`), or as written, ruby annotations left out. From a stack of what is still to add (text,
+    or an element to open) rather than by recursion: pages nest deeper than Python recurses."""
+    pending: list[str | etree._Element] = [element]
+    while pending:
+        item = pending.pop()
+        if type(item) is str:
+            parts.append(item)
+            continue
+        if item.text:
+            parts.append(item.text)
+        for child in reversed(item):  # onto the stack last first
+            if child.tail:
+                pending.append(child.tail)
+            if isinstance(child.tag, str):
+                if spaced and (child.tag in BLOCKS or child.tag == "br"):
+                    pending += (" ", child, " ")
+                elif spaced or child.tag not in RUBY_ANNOTATIONS:
+                    pending.append(child)
 
 
 def _cells(row: etree._Element) -> list[etree._Element]:
@@ -270,59 +279,76 @@ def render_blocks(root: etree._Element) -> list[Block]:
         if lead:
             blocks.append(Block("text", _nfc(lead.pop())))
 
-    def walk(node: etree._Element) -> None:
-        if node.text:
-            inline.append(node.text)
-        for child in node:
-            name = child.tag
-            if not isinstance(name, str):
-                pass  # a comment or processing instruction; its tail is text
-            elif name == "pre":
-                flush()
-                flush_lead()
-                code = "\n".join(line.rstrip() for line in text_of(child).strip("\n").splitlines())
-                if code.strip():
-                    blocks.append(Block("code", _nfc(code)))
-            elif name == "br":
-                inline.append(" ")
-            elif name == "table" and is_data_table(child):
-                flush()
-                flush_lead()
-                caption = next(child.iterdescendants("caption"), None)
-                if caption is not None and (text := inline_text(caption)):
-                    blocks.append(Block("text", _nfc(text)))
-                if lines := table_lines(child):
-                    blocks.append(Block("table", _nfc("\n".join(lines))))
-            elif _is_admonition(child) and (title := _admonition_title(child)) is not None:
-                flush()
-                flush_lead()
-                text = inline_text(title)
-                _remove(title)
-                if text:
-                    lead.append(text.rstrip(":"))
-                walk(child)
-                flush()
-                flush_lead()
-            elif name == "dt" and _next_tag_name(child) == "dd" and len(term := inline_text(child)) <= TERM_MAX_CHARS:
-                flush()
-                flush_lead()
-                if term:
-                    lead.append(term.rstrip(":"))
-            elif name in HEADINGS:
-                flush()
-                flush_lead()
-                walk(child)
-                flush("heading", "#" * HEADINGS[name] + " ")
-            elif name in BLOCKS:
-                flush()
-                walk(child)
-                flush("item" if name == "li" else "text", "- " if name == "li" else "")
-            else:
-                walk(child)
-            if child.tail:
-                inline.append(child.tail)
+    def flush_all() -> None:
+        flush()
+        flush_lead()
 
-    walk(root)
+    # The elements still to render, in document order, and for each element opened, what to do after its
+    # children (a heading's or a block's flush) and its tail: a stack rather than recursion, since pages
+    # nest deeper than Python recurses.
+    if root.text:
+        inline.append(root.text)
+    pending: list = list(reversed(root))
+    while pending:
+        child = pending.pop()
+        if type(child) is tuple:
+            after, finished = child
+            if after is not None:
+                after()
+            if finished.tail:
+                inline.append(finished.tail)
+            continue
+        name = child.tag
+        descend, after = False, None
+        if not isinstance(name, str):
+            pass  # a comment or processing instruction; its tail is text
+        elif name == "pre":
+            flush()
+            flush_lead()
+            code = "\n".join(line.rstrip() for line in text_of(child).strip("\n").splitlines())
+            if code.strip():
+                blocks.append(Block("code", _nfc(code)))
+        elif name == "br":
+            inline.append(" ")
+        elif name == "table" and is_data_table(child):
+            flush()
+            flush_lead()
+            caption = next(child.iterdescendants("caption"), None)
+            if caption is not None and (text := inline_text(caption)):
+                blocks.append(Block("text", _nfc(text)))
+            if lines := table_lines(child):
+                blocks.append(Block("table", _nfc("\n".join(lines))))
+        elif _is_admonition(child) and (title := _admonition_title(child)) is not None:
+            flush()
+            flush_lead()
+            text = inline_text(title)
+            _remove(title)
+            if text:
+                lead.append(text.rstrip(":"))
+            descend, after = True, flush_all
+        elif name == "dt" and _next_tag_name(child) == "dd" and len(term := inline_text(child)) <= TERM_MAX_CHARS:
+            flush()
+            flush_lead()
+            if term:
+                lead.append(term.rstrip(":"))
+        elif name in HEADINGS:
+            flush()
+            flush_lead()
+            descend, after = True, partial(flush, "heading", "#" * HEADINGS[name] + " ")
+        elif name in BLOCKS:
+            flush()
+            descend, after = True, partial(flush, "item", "- ") if name == "li" else flush
+        else:
+            descend = True
+        if descend:
+            if child.text:
+                inline.append(child.text)
+            if len(child) or after is not None:
+                pending.append((after, child))
+                pending.extend(reversed(child))
+                continue
+        if child.tail:
+            inline.append(child.tail)
     flush()
     flush_lead()
     return blocks

@@ -130,3 +130,19 @@ def test_what_a_browser_does_not_show_or_read_as_the_page_is_not_its_content():
     assert extract_page(xhtml_as_html).lang == "de"
     deep = extract_page("<p>before</p>" + "<font>" * 900 + "deep" + "</font>" * 900 + "<p>after</p>")
     assert deep.text.split() == ["before", "deep", "after"]
+
+
+def test_pages_nested_as_deep_as_the_parser_reads_are_extracted_whole():
+    """Nesting past Python's recursion limit (1,000 frames) but within the parser's 2,048 levels: every walk
+    over the tree (furniture, blocks, inline text, a table's cells, code) goes down it without recursing."""
+    depth = 1500
+    nested = ("<main><h1>Top</h1>" + "<div class='section'>" * depth + "<h2>Deep <span>heading</span></h2>"
+              + "<p>Deep " + "<em>" * 10 + "te<!-- a comment's tail is text -->xt" + "</em>" * 10 + " here.</p>"
+              + "<div class='note'><p class='admonition-title'>Note</p><p>Mind the depth.</p></div>"
+              + "<table><tr><th>key</th><th>value</th></tr><tr><td>depth</td><td>" + "<b>" * 30 + "<!-- c -->" + str(depth)
+              + "</b>" * 30 + "</td></tr></table>"
+              + "<pre>" + "<span>" * 300 + "x = <?pi?>1" + "</span>" * 300 + "</pre>"
+              + "</div>" * depth + "<p>After.</p></main>")
+    assert extract_page(nested).text.split("\n") == [
+        "# Top", "## Deep heading", "Deep text here.", "Note: Mind the depth.",
+        "| key | value |", "| --- | --- |", f"| depth | {depth} |", "x = 1", "After."]
