@@ -17,6 +17,7 @@ from __future__ import annotations
 import html.entities
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -215,7 +216,7 @@ def _gather_text(element: etree._Element, parts: list[str], spaced: bool) -> Non
     pending: list[str | etree._Element] = [element]
     while pending:
         item = pending.pop()
-        if type(item) is str:
+        if type(item) is str:  # lxml's text and tails are plain str; an element never is
             parts.append(item)
             continue
         if item.text:
@@ -288,10 +289,10 @@ def render_blocks(root: etree._Element) -> list[Block]:
     # nest deeper than Python recurses.
     if root.text:
         inline.append(root.text)
-    pending: list = list(reversed(root))
+    pending: list[etree._Element | tuple[Callable[[], None] | None, etree._Element]] = list(reversed(root))
     while pending:
         child = pending.pop()
-        if type(child) is tuple:
+        if type(child) is tuple:  # an element whose children are rendered
             after, finished = child
             if after is not None:
                 after()
@@ -301,39 +302,34 @@ def render_blocks(root: etree._Element) -> list[Block]:
         name = child.tag
         descend, after = False, None
         if not isinstance(name, str):
-            pass  # a comment or processing instruction; its tail is text
+            pass  # a comment, processing instruction or entity; its tail is text
         elif name == "pre":
-            flush()
-            flush_lead()
+            flush_all()
             code = "\n".join(line.rstrip() for line in text_of(child).strip("\n").splitlines())
             if code.strip():
                 blocks.append(Block("code", _nfc(code)))
         elif name == "br":
             inline.append(" ")
         elif name == "table" and is_data_table(child):
-            flush()
-            flush_lead()
+            flush_all()
             caption = next(child.iterdescendants("caption"), None)
             if caption is not None and (text := inline_text(caption)):
                 blocks.append(Block("text", _nfc(text)))
             if lines := table_lines(child):
                 blocks.append(Block("table", _nfc("\n".join(lines))))
         elif _is_admonition(child) and (title := _admonition_title(child)) is not None:
-            flush()
-            flush_lead()
+            flush_all()
             text = inline_text(title)
             _remove(title)
             if text:
                 lead.append(text.rstrip(":"))
             descend, after = True, flush_all
         elif name == "dt" and _next_tag_name(child) == "dd" and len(term := inline_text(child)) <= TERM_MAX_CHARS:
-            flush()
-            flush_lead()
+            flush_all()
             if term:
                 lead.append(term.rstrip(":"))
         elif name in HEADINGS:
-            flush()
-            flush_lead()
+            flush_all()
             descend, after = True, partial(flush, "heading", "#" * HEADINGS[name] + " ")
         elif name in BLOCKS:
             flush()
@@ -343,14 +339,13 @@ def render_blocks(root: etree._Element) -> list[Block]:
         if descend:
             if child.text:
                 inline.append(child.text)
-            if len(child) or after is not None:
+            if len(child) or after is not None:  # else nothing is left to do before its tail (most inline tags)
                 pending.append((after, child))
                 pending.extend(reversed(child))
                 continue
         if child.tail:
             inline.append(child.tail)
-    flush()
-    flush_lead()
+    flush_all()
     return blocks
 
 

@@ -133,8 +133,9 @@ def test_what_a_browser_does_not_show_or_read_as_the_page_is_not_its_content():
 
 
 def test_pages_nested_as_deep_as_the_parser_reads_are_extracted_whole():
-    """Nesting past Python's recursion limit (1,000 frames) but within the parser's 2,048 levels: every walk
-    over the tree (furniture, blocks, inline text, a table's cells, code) goes down it without recursing."""
+    """Nesting past Python's recursion limit (1,000 frames) but within the parser's 2,048 levels: each of
+    extraction's walks (furniture, blocks, and the inline text that table cells and code are read with)
+    goes down it without recursing."""
     depth = 1500
     nested = ("<main><h1>Top</h1>" + "<div class='section'>" * depth + "<h2>Deep <span>heading</span></h2>"
               + "<p>Deep " + "<em>" * 10 + "te<!-- a comment's tail is text -->xt" + "</em>" * 10 + " here.</p>"
@@ -146,3 +147,8 @@ def test_pages_nested_as_deep_as_the_parser_reads_are_extracted_whole():
     assert extract_page(nested).text.split("\n") == [
         "# Top", "## Deep heading", "Deep text here.", "Note: Mind the depth.",
         "| key | value |", "| --- | --- |", f"| depth | {depth} |", "x = 1", "After."]
+    # Inline text deep inside a block that sits high: a table's cell and code are read by their own walk.
+    deep_cell = "<table><tr><td>" + "<b>" * depth + "cell <!-- c -->text" + "</b>" * depth + "</td></tr></table>"
+    assert extract_page(deep_cell).text == "| cell text |"
+    deep_code = "<pre>" + "<span>" * depth + "y = <?pi?>2" + "</span>" * depth + "</pre>"
+    assert extract_page(deep_code).text == "y = 2"
