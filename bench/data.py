@@ -22,6 +22,12 @@ and Dask on a local cluster of as many workers) in two rotated rounds, and timed
 `--runners N` compares the runners alone, on a generated site of N pages, in `--rounds` rotated rounds.
 
     python bench/data.py --runners 10000 --rounds 3 --json bench/results/data-runners-cpu.json
+    python bench/data.py --runners 100000 --rounds 2 --json bench/results/data-runners-100k-cpu.json
+
+`--task-cost N` measures what one Prefect task run costs on memlm's Dask cluster, in CPU time of the
+parent (client and scheduler), the Prefect server and the workers, over N task runs that do nothing.
+
+    python bench/data.py --task-cost 100 --json bench/results/data-task-cost-cpu.json
 
 `--entry-sizes N` measures, with tracemalloc, the bytes per entry of what cleaning keeps as the corpus
 grows (boilerplate line counts, near-duplicate index, exact-duplicate hashes), built from N entries.
@@ -434,6 +440,50 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
     print_scale_table(result)
 
 
+def noop(i: int) -> int:
+    return i
+
+
+def task_cost(tasks: int, workers: int) -> dict:
+    """CPU milliseconds a Prefect task run costs through the Dask runner's machinery (memlm's local cluster,
+    Prefect's Dask task runner, the shard task's options), by process, over `tasks` runs of a task that
+    does nothing (after a few to warm each worker); the Prefect server's time includes its idle loops."""
+    import psutil
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect_dask import DaskTaskRunner
+
+    from corpus.runners import local_cluster, prefect_api_url
+
+    def cpu_by_role() -> dict[str, float]:
+        roles = {"parent (client, scheduler, nannies)": psutil.Process().cpu_times()}
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                cmdline = " ".join(child.cmdline())
+                role = "Prefect server" if "uvicorn" in cmdline or "prefect.server" in cmdline else \
+                    "workers" if "spawn_main" in cmdline and "resource_tracker" not in cmdline else None
+                if role:
+                    roles[f"{role}|{child.pid}"] = child.cpu_times()
+        totals: dict[str, float] = {}
+        for role, times in roles.items():
+            name = role.split("|")[0]
+            totals[name] = totals.get(name, 0.0) + times.user + times.system
+        return totals
+
+    prefect_api_url()
+    noop_task = task(noop, name="noop", cache_policy=NO_CACHE, persist_result=False)
+    with local_cluster(workers) as address, DaskTaskRunner(address=address) as runner:
+        for future in [runner.submit(noop_task, parameters={"i": i}) for i in range(2 * workers)]:
+            future.result()
+        before, started = cpu_by_role(), time.monotonic()
+        for future in [runner.submit(noop_task, parameters={"i": i}) for i in range(tasks)]:
+            future.result()
+        elapsed, after = time.monotonic() - started, cpu_by_role()
+    per_task = {role: round(1000 * (after[role] - before.get(role, 0.0)) / tasks, 1) for role in after}
+    return {"tasks": tasks, "workers": workers, "seconds": round(elapsed, 2), "cpu_ms_per_task_run": per_task,
+            "cpu_ms_per_task_run_total": round(sum(per_task.values()), 1)}
+
+
 def write_json(path: Path | None, result: dict) -> None:
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -541,7 +591,20 @@ def main() -> None:
                         help="pages of the smallest site cleaned by both runners and timed step by step")
     parser.add_argument("--entry-sizes", type=int, metavar="ENTRIES",
                         help="instead: bytes per entry of cleaning's line counts and duplicate indexes")
+    parser.add_argument("--task-cost", type=int, metavar="TASKS",
+                        help="instead: CPU time of one Prefect task run on memlm's Dask cluster, by process")
     args = parser.parse_args()
+    if args.task_cost:
+        cost = task_cost(args.task_cost, args.workers)
+        table = Table(title=f"one Prefect task run on a local Dask cluster of {args.workers} workers "
+                            f"({args.task_cost} runs)")
+        table.add_column("process")
+        table.add_column("CPU ms a task run", justify="right")
+        for role, ms in [*cost["cpu_ms_per_task_run"].items(), ("all", cost["cpu_ms_per_task_run_total"])]:
+            table.add_row(role, f"{ms:.1f}")
+        Console(width=120).print(table)
+        write_json(args.json, cost)
+        return
     if args.entry_sizes:
         sizes = entry_sizes(args.entry_sizes)
         table = Table(title=f"what cleaning keeps per entry ({args.entry_sizes:,} entries, tracemalloc)")
