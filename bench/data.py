@@ -25,7 +25,7 @@ and Dask on a local cluster of as many workers) in two rotated rounds, and timed
     python bench/data.py --runners 100000 --rounds 2 --json bench/results/data-runners-100k-cpu.json
 
 `--task-cost N` measures what one Prefect task run costs on memlm's Dask cluster, in CPU time of the
-parent (client and scheduler), the Prefect server and the workers, over N task runs that do nothing.
+parent (client, scheduler, nannies), the Prefect server and the workers, over N task runs that do nothing.
 
     python bench/data.py --task-cost 100 --json bench/results/data-task-cost-cpu.json
 
@@ -440,46 +440,53 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
     print_scale_table(result)
 
 
-def noop(i: int) -> int:
-    return i
+def worker_pid(i: int) -> int:
+    return os.getpid()
 
 
 def task_cost(tasks: int, workers: int) -> dict:
     """CPU milliseconds a Prefect task run costs through the Dask runner's machinery (memlm's local cluster,
     Prefect's Dask task runner, the shard task's options), by process, over `tasks` runs of a task that
-    does nothing (after a few to warm each worker); the Prefect server's time includes its idle loops."""
+    does nothing but name its worker, once every worker has run one (its first imports Prefect's task
+    engine). Each process's idle loops over the same time are included (the Prefect server's, Dask's
+    heartbeats), as they are in a clean."""
     import psutil
     from prefect import task
     from prefect.cache_policies import NO_CACHE
     from prefect_dask import DaskTaskRunner
 
-    from corpus.runners import local_cluster, prefect_api_url
+    from corpus.runners import local_cluster
 
-    def cpu_by_role() -> dict[str, float]:
-        roles = {"parent (client, scheduler, nannies)": psutil.Process().cpu_times()}
-        for child in psutil.Process().children(recursive=True):
+    def role(process: psutil.Process) -> str | None:
+        if process.pid == os.getpid():
+            return "parent (client, scheduler, nannies)"
+        cmdline = " ".join(process.cmdline())
+        return "Prefect server" if "prefect.server" in cmdline else "workers" if "spawn_main" in cmdline else None
+
+    def cpu_by_process() -> dict[int, tuple[str, float]]:
+        seen = {}
+        for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):
-                cmdline = " ".join(child.cmdline())
-                role = "Prefect server" if "uvicorn" in cmdline or "prefect.server" in cmdline else \
-                    "workers" if "spawn_main" in cmdline and "resource_tracker" not in cmdline else None
-                if role:
-                    roles[f"{role}|{child.pid}"] = child.cpu_times()
-        totals: dict[str, float] = {}
-        for role, times in roles.items():
-            name = role.split("|")[0]
-            totals[name] = totals.get(name, 0.0) + times.user + times.system
-        return totals
+                if name := role(process):
+                    times = process.cpu_times()
+                    seen[process.pid] = (name, times.user + times.system)
+        return seen
 
-    prefect_api_url()
-    noop_task = task(noop, name="noop", cache_policy=NO_CACHE, persist_result=False)
+    named_task = task(worker_pid, name="noop", cache_policy=NO_CACHE, persist_result=False)
     with local_cluster(workers) as address, DaskTaskRunner(address=address) as runner:
-        for future in [runner.submit(noop_task, parameters={"i": i}) for i in range(2 * workers)]:
-            future.result()
-        before, started = cpu_by_role(), time.monotonic()
-        for future in [runner.submit(noop_task, parameters={"i": i}) for i in range(tasks)]:
-            future.result()
-        elapsed, after = time.monotonic() - started, cpu_by_role()
-    per_task = {role: round(1000 * (after[role] - before.get(role, 0.0)) / tasks, 1) for role in after}
+        warmed: set[int] = set()
+        while len(warmed) < workers:
+            warmed |= {f.result() for f in [runner.submit(named_task, parameters={"i": i}) for i in range(workers)]}
+        before, started = cpu_by_process(), time.monotonic()
+        ran_on = {f.result() for f in [runner.submit(named_task, parameters={"i": i}) for i in range(tasks)]}
+        elapsed, after = time.monotonic() - started, cpu_by_process()
+    if before.keys() != after.keys() or not ran_on <= warmed:
+        raise RuntimeError(f"processes changed while measuring (before {sorted(before)}, after {sorted(after)}, "
+                           f"tasks ran on {sorted(ran_on)}): run again")
+    per_task: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        per_task[name] = per_task.get(name, 0.0) + 1000 * (cpu - before[pid][1]) / tasks
+    per_task = {name: round(ms, 1) for name, ms in per_task.items()}
     return {"tasks": tasks, "workers": workers, "seconds": round(elapsed, 2), "cpu_ms_per_task_run": per_task,
             "cpu_ms_per_task_run_total": round(sum(per_task.values()), 1)}
 

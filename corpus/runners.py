@@ -6,7 +6,8 @@ same whatever ran them.
 
 The runner cuts the pages into chunks. The processes runner sends `clean.batch_size` pages at a time (a
 chunk costs a pickle there). On Dask each chunk is a shard and one Prefect task, and a Prefect task run
-costs its worker a share of a second of CPU (more for a worker's first), so shards are large: `clean.shard_pages`
+costs about 0.16 s of CPU, most of it in its worker (`bench/data.py --task-cost`; more for a
+worker's first), so shards are large: `clean.shard_pages`
 pages, or by default guided sizes, each shard 1/(2 x workers) of the pages not yet sent but at least
 1/(16 x workers) of the pass's pages. A pass opens with large shards and ends with small ones, so that no
 worker idles long at its end waiting for another's last shard (12 shards on 2 workers when none is cut
