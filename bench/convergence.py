@@ -1,9 +1,8 @@
 """Convergence benchmark: does a memory technique keep AdamW's quality over a real training run?
 
 Every row trains the demo's model shape (configs/demo.yaml: 4 layers, width 256, 4 heads, vocabulary 8192,
-sequence 128, batch 16, lr 3e-3 to 3e-4 cosine after 30 warm-up steps, clipping at 1.0 but in the rows
-that say they are unclipped) on the demo
-corpus's tokens from the same seed, in the same data order, on the same schedule; only train.memory
+sequence 128, batch 16, lr 3e-3 to 3e-4 cosine after 30 warm-up steps, clipping at 1.0 except in the
+rows that say they are unclipped) on the demo corpus's tokens from the same seed, in the same data order, on the same schedule; only train.memory
 differs (in the seed rows, only the seed: how far fp32 AdamW runs differ by chance alone). At the end:
 validation loss and bits per byte over the whole validation split. A row "keeps
 AdamW's quality" when its final validation loss is within 1% of the fp32 AdamW row's.

@@ -235,7 +235,7 @@ def stage_main(args: list[str]) -> None:
         if runner == "dask":
             prefect_api_url()
         prefect_api_s = time.monotonic() - started
-        started, cpu_before = time.monotonic(), cpu_seconds()
+        cpu_before, started = cpu_seconds(), time.monotonic()
         report = clean(pages_file, out, CleanConfig(runner=runner, workers=workers)).report
         elapsed, cpu_s = time.monotonic() - started, cpu_seconds() - cpu_before
         result = {"runner": runner, "workers": workers, "pages": report["pages_in"], "docs_out": report["docs_out"],
@@ -256,12 +256,21 @@ def cpu_seconds() -> float:
     import psutil
 
     ended = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    running = 0.0
-    for child in psutil.Process().children(recursive=True):
+    running = cpu_of(psutil.Process())
+    running.pop(os.getpid())  # counted by RUSAGE_SELF
+    return sum(u.ru_utime + u.ru_stime for u in ended) + sum(running.values())
+
+
+def cpu_of(process) -> dict[int, float]:
+    """pid -> CPU seconds (user and system) of `process` (psutil's) and of its descendants still running."""
+    import psutil
+
+    cpu = {}
+    for p in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            times = child.cpu_times()
-            running += times.user + times.system
-    return sum(u.ru_utime + u.ru_stime for u in ended) + running
+            times = p.cpu_times()
+            cpu[p.pid] = times.user + times.system
+    return cpu
 
 
 def step_times(pages_file: Path, n_pages: int) -> dict:
@@ -386,9 +395,6 @@ def entry_sizes(entries: int) -> dict:
 def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pages: int) -> None:
     from tests.big_site import build_big_site
 
-    def save() -> None:  # after each part, so that a run stopped early leaves what it measured
-        write_json(json_out, result)
-
     tmp = Path(tempfile.mkdtemp(prefix="memlm-bench-scale-"))
     result: dict = {"cores": os.cpu_count(), "workers": workers, "sizes": {}, "note":
                     "peak RSS: the stage's process and its children summed, sampled every 0.1 s"}
@@ -402,7 +408,7 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
         clean = run_stage(["clean", str(pages_file), str(tmp / f"clean-{n}"), "processes", str(workers)])
         result["sizes"][n] = {"files": len(paths), "generated_s": round(generated_s, 1), "crawl": crawl, "clean": clean}
         print(json.dumps({n: result["sizes"][n]}), flush=True)
-        save()
+        write_json(json_out, result)  # after each part, so that a run stopped early leaves what it measured
     smallest, largest = min(sizes), max(sizes)
     base, top = result["sizes"][smallest], result["sizes"][largest]
     result["ratios_largest_over_smallest"] = {
@@ -420,15 +426,15 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
                                  "stored_pages": len(urls), "distinct_pages": len(set(urls))}
     del urls
     print(json.dumps(result["kill_and_resume"]), flush=True)
-    save()
+    write_json(json_out, result)
 
     # Runners on the same pages, the first `sample_pages` of the smallest crawl.
     sample = first_pages(tmp / f"crawl-{smallest}" / "pages.jsonl", tmp / "sample.jsonl", sample_pages)
     result["runners"] = compare_runners(sample, tmp, workers, rounds=2)
     print(json.dumps(result["runners"]), flush=True)
-    save()
+    write_json(json_out, result)
     result["step_times"] = step_times(sample, min(sample_pages, 400))
-    save()
+    write_json(json_out, result)
     from crawlers.config import DEFAULT_SITE_DIR
 
     if DEFAULT_SITE_DIR.is_dir():  # the same on real documentation pages (larger, table- and link-heavy)
@@ -436,11 +442,11 @@ def scale_main(sizes: list[int], json_out: Path | None, workers: int, sample_pag
         result["step_times_python_docs"] = {"site_dir": str(DEFAULT_SITE_DIR), "crawl": docs,
                                             **step_times(tmp / "crawl-python-docs" / "pages.jsonl", 300)}
     print(json.dumps(result, indent=2))
-    save()
+    write_json(json_out, result)
     print_scale_table(result)
 
 
-def worker_pid(i: int) -> int:
+def worker_pid() -> int:
     return os.getpid()
 
 
@@ -457,28 +463,24 @@ def task_cost(tasks: int, workers: int) -> dict:
 
     from corpus.runners import local_cluster
 
-    def role(process: psutil.Process) -> str | None:
-        if process.pid == os.getpid():
+    def role(pid: int) -> str | None:
+        if pid == os.getpid():
             return "parent (client, scheduler, nannies)"
-        cmdline = " ".join(process.cmdline())
-        return "Prefect server" if "prefect.server" in cmdline else "workers" if "spawn_main" in cmdline else None
+        with contextlib.suppress(psutil.NoSuchProcess):
+            cmdline = " ".join(psutil.Process(pid).cmdline())
+            return "Prefect server" if "prefect.server" in cmdline else "workers" if "spawn_main" in cmdline else None
+        return None
 
     def cpu_by_process() -> dict[int, tuple[str, float]]:
-        seen = {}
-        for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if name := role(process):
-                    times = process.cpu_times()
-                    seen[process.pid] = (name, times.user + times.system)
-        return seen
+        return {pid: (name, cpu) for pid, cpu in cpu_of(psutil.Process()).items() if (name := role(pid))}
 
     named_task = task(worker_pid, name="noop", cache_policy=NO_CACHE, persist_result=False)
     with local_cluster(workers) as address, DaskTaskRunner(address=address) as runner:
         warmed: set[int] = set()
         while len(warmed) < workers:
-            warmed |= {f.result() for f in [runner.submit(named_task, parameters={"i": i}) for i in range(workers)]}
+            warmed |= {f.result() for f in [runner.submit(named_task, parameters={}) for _ in range(workers)]}
         before, started = cpu_by_process(), time.monotonic()
-        ran_on = {f.result() for f in [runner.submit(named_task, parameters={"i": i}) for i in range(tasks)]}
+        ran_on = {f.result() for f in [runner.submit(named_task, parameters={}) for _ in range(tasks)]}
         elapsed, after = time.monotonic() - started, cpu_by_process()
     if before.keys() != after.keys() or not ran_on <= warmed:
         raise RuntimeError(f"processes changed while measuring (before {sorted(before)}, after {sorted(after)}, "
@@ -557,6 +559,19 @@ def print_runners_table(runners: dict, pages: int) -> None:
           f"same documents: {runners['same_docs']}")
 
 
+def print_task_cost_table(cost: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"one Prefect task run on a local Dask cluster of {cost['workers']} workers "
+                        f"({cost['tasks']} runs)")
+    table.add_column("process")
+    table.add_column("CPU ms a task run", justify="right")
+    for role, ms in [*cost["cpu_ms_per_task_run"].items(), ("all", cost["cpu_ms_per_task_run_total"])]:
+        table.add_row(role, f"{ms:.1f}")
+    Console(width=120).print(table)
+
+
 def print_scale_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -603,15 +618,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.task_cost:
         cost = task_cost(args.task_cost, args.workers)
-        table = Table(title=f"one Prefect task run on a local Dask cluster of {args.workers} workers "
-                            f"({args.task_cost} runs)")
-        table.add_column("process")
-        table.add_column("CPU ms a task run", justify="right")
-        for role, ms in [*cost["cpu_ms_per_task_run"].items(), ("all", cost["cpu_ms_per_task_run_total"])]:
-            table.add_row(role, f"{ms:.1f}")
-        Console(width=120).print(table)
         write_json(args.json, cost)
-        return
+        return print_task_cost_table(cost)
     if args.entry_sizes:
         sizes = entry_sizes(args.entry_sizes)
         table = Table(title=f"what cleaning keeps per entry ({args.entry_sizes:,} entries, tracemalloc)")

@@ -6,7 +6,7 @@ same whatever ran them.
 
 The runner cuts the pages into chunks. The processes runner sends `clean.batch_size` pages at a time (a
 chunk costs a pickle there). On Dask each chunk is a shard and one Prefect task, and a Prefect task run
-costs about 0.16 s of CPU, most of it in its worker (`bench/data.py --task-cost`; more for a
+costs about 0.16 s of CPU, 0.1 of it in its worker (`bench/data.py --task-cost`; more for a
 worker's first), so shards are large: `clean.shard_pages`
 pages, or by default guided sizes, each shard 1/(2 x workers) of the pages not yet sent but at least
 1/(16 x workers) of the pass's pages. A pass opens with large shards and ends with small ones, so that no
@@ -164,14 +164,13 @@ def local_cluster(workers: int) -> Iterator[str]:
     # every large numpy or spaCy buffer is mapped and unmapped afresh: 9.8 s of system time against 3.8
     # without it, cleaning 10,000 pages on 2 workers (1.9 on the processes runner; timed by hand). Its
     # statistical profiler samples each worker's stack every 10 ms: 8% of a shard's time (a profile).
-    environ = {name: value for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
-               if name != "MALLOC_TRIM_THRESHOLD_"}
+    nanny_sets = list(dask.config.get("distributed.nanny.pre-spawn-environ"))
     # The workers report to this process's Prefect API (a temporary server if none is set), instead of each
     # starting a temporary server of its own.
     api_url = prefect_api_url()
     with dask.config.set({"distributed.worker.profile.enabled": False,
-                          "distributed.nanny.pre-spawn-environ": environ}), \
-            _variables_kept([*environ, "PYTHONHASHSEED"]) as restore, \
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            _variables_kept([*nanny_sets, "PYTHONHASHSEED"]) as restore, \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                          env={"PREFECT_API_URL": api_url}) as cluster:
         restore()

@@ -67,7 +67,8 @@ def quality_costs(results: list[Path] | None = None) -> dict[tuple[str, str], fl
     rows = [row for file in files if file.exists() for row in json.loads(file.read_text())]
     measured: dict[tuple[str, str], list[float]] = {}
     for row in rows:
-        # fp32 AdamW is the reference (its seed rows measure chance, not a technique).
+        # fp32 AdamW is the reference (its seed rows measure chance, not a technique); an unclipped row's
+        # cost includes the clipping it lacks, not only its technique's.
         if "val_loss_vs_fp32_adamw" not in row or not row["memory"] or row.get("grad_clip", 1.0) == 0 \
                 or not set(row["memory"]) <= {"precision", "bf16_rounding", "optimizer"}:
             continue

@@ -189,10 +189,10 @@ LOW_BIT = {"adamw8bit": "AdamW8bit", "adamw4bit": "AdamW4bit"}
 
 
 def rounds_with_random_bits(mem: MemoryConfig) -> bool:
-    """Whether the optimizer rounds its updates with random bits (bf16 weights rounded stochastically, fp8 or
-    low-bit moments): DDP's replicas then stay equal only while every rank draws the same bits."""
-    return (mem.precision in BF16_WEIGHTS and mem.bf16_rounding == "stochastic") or \
-        mem.optimizer in ("adamw-fp8", *LOW_BIT)
+    """Whether the optimizer rounds its updates with random bits (bf16 weights rounded stochastically, fp8
+    moments; torchao's 8-bit and 4-bit moments round to nearest): DDP's replicas then stay equal only while
+    every rank draws the same bits."""
+    return (mem.precision in BF16_WEIGHTS and mem.bf16_rounding == "stochastic") or mem.optimizer == "adamw-fp8"
 
 
 def _cpu_has_native_bf16() -> bool:

@@ -37,12 +37,17 @@ def test_line_counts_spilled_to_disk_give_the_same_documents(crawled, tmp_path):
     assert not (tmp_path / "spilled" / "line-counts.sqlite").exists()  # the spill is removed at the end
 
 
+NANNY_SETS = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED")
+
+
 @pytest.mark.usefixtures("prefect_flows")
-def test_the_dask_runner_gives_the_processes_runners_documents(crawled, tmp_path):
+def test_the_dask_runner_gives_the_processes_runners_documents(crawled, tmp_path, monkeypatch):
     from distributed import LocalCluster
 
     from corpus.runners import prefect_api_url
 
+    for name in NANNY_SETS:  # a plain LocalCluster's nanny sets them here: taken back after the test
+        monkeypatch.delenv(name, raising=False)
     processes = clean(crawled.pages_file, tmp_path / "processes", CleanConfig(workers=2, **SETTINGS))
     # The workers report their task runs to this process's Prefect server, as a cluster's workers would
     # (without it each starts a temporary server of its own).
@@ -67,17 +72,14 @@ def test_memlms_own_cluster_keeps_glibcs_adaptive_malloc_and_leaves_this_process
 
     from corpus.runners import local_cluster
 
-    # As a user's shell has them (a cluster started without memlm, as in a test above, leaves them here).
-    nanny_sets = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                  "PYTHONHASHSEED")
-    for name in nanny_sets:
+    for name in NANNY_SETS:  # as a user's shell has them
         monkeypatch.delenv(name, raising=False)
     with local_cluster(2) as address, Client(address) as client:
         seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
-        during = {name for name in nanny_sets if name in os.environ}
+        during = {name for name in NANNY_SETS if name in os.environ}
     assert list(seen.values()) == [(None, "1")] * 2  # Dask's numeric-thread settings kept, its malloc one not
     assert during == set()  # the nanny's variables taken back from this process once the workers started
-    assert not {name for name in nanny_sets if name in os.environ}
+    assert not {name for name in NANNY_SETS if name in os.environ}
 
 
 def test_a_resumed_page_store_holds_no_pages_in_memory(tmp_path):
