@@ -146,9 +146,10 @@ class CleanConfig(Strict):
         default=None, description="Scheduler of an existing Dask cluster (tcp://host:8786) for runner dask; "
         "none starts a local cluster of `workers` processes.")
     shard_pages: int = Field(
-        default=0, ge=0, description="Pages per Dask task (runner dask); 0: guided, each task 1/(2 x workers) of "
-        "the pages left, at least 1/(16 x workers) of the pass's (a Prefect task run costs about 0.16 s of CPU, 0.1 of "
-        "it in its worker, so a few large tasks beat many small ones, and small last ones end the pass together).")
+        default=0, ge=0, description="Pages per Dask task (runner dask); 0: guided, small tasks first (one per "
+        "worker) and last, in between up to 1/(2 x workers) of the pages left (a Prefect task run costs about "
+        "0.16 s of CPU, 0.1 of it in its worker, so a few large tasks beat many small ones; small first ones start "
+        "every worker at once, small last ones end the pass together).")
     shard_chars: int = Field(default=8_000_000, ge=1, description="Most characters of HTML (pass 1) or text "
                              "(pass 2) in one Dask task: what the parent, the scheduler and a worker hold of one task.")
 

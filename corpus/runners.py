@@ -7,11 +7,11 @@ same whatever ran them.
 The runner cuts the pages into chunks. The processes runner sends `clean.batch_size` pages at a time (a
 chunk costs a pickle there). On Dask each chunk is a shard and one Prefect task, and a Prefect task run
 costs about 0.16 s of CPU, 0.1 of it in its worker (`bench/data.py --task-cost`; more for a
-worker's first), so shards are large: `clean.shard_pages`
-pages, or by default guided sizes, each shard 1/(2 x workers) of the pages not yet sent but at least
-1/(16 x workers) of the pass's pages. A pass opens with large shards and ends with small ones, so that no
-worker idles long at its end waiting for another's last shard (12 shards on 2 workers when none is cut
-short by `clean.shard_chars`, more when pages are large). A shard never
+worker's first), so shards are large: `clean.shard_pages` pages, or by default guided sizes (see
+`shard_size`): small ones first, one per worker, so that every worker starts at once; then growing to
+1/(2 x workers) of the pages not yet sent; small ones again last, so that no worker idles long at the end
+of a pass waiting for another's last shard. On 2 workers that is 16 shards a pass of 10,000 pages and 27
+of 100,000 (more when `clean.shard_chars` cuts shards short). A shard never
 holds more than `clean.shard_chars` characters of HTML or text (what the parent, the scheduler and a
 worker hold of it), and at most two shards per Dask worker are in flight, so that the parent holds a
 bounded number of pages."""
@@ -32,10 +32,11 @@ from corpus.workers import ensure_worker, run_chunk, start_dedicated_worker, sta
 Chunk = list
 # run(step, items, boilerplate): the step's results per chunk of the items, in the order of the items.
 RunPass = Callable[[Callable[[Chunk], list], Iterable[dict], frozenset], Iterator[list]]
-# A shard is at most 1/(GUIDED_SHARE * workers) of the pages left and at least 1/(SMALLEST_SHARE * workers)
-# of the pass's pages: about 12 shards a pass on 2 workers.
+# A shard is at most 1/(GUIDED_SHARE * workers) of the pages left, and at least the smaller of
+# SMALLEST_SHARD_PAGES and 1/(SMALLEST_SHARE * workers) of the pass's pages.
 GUIDED_SHARE = 2
 SMALLEST_SHARE = 16
+SMALLEST_SHARD_PAGES = 256
 
 
 def workers_of(config: CleanConfig) -> int:
@@ -44,11 +45,21 @@ def workers_of(config: CleanConfig) -> int:
 
 def shard_size(config: CleanConfig, pages: int, workers: int) -> Callable[[int], int]:
     """Pages of the next Dask shard of a pass over `pages`, given how many were sent: `clean.shard_pages`,
-    or guided."""
+    or guided. Guided, each worker's first shard is the smallest, so that every worker starts as soon as the
+    parent has read a few pages (it reads a shard whole before sending it); then a shard is at most the
+    pages sent so far (doubling) and 1/(2 x workers) of the pages left; the last ones are the smallest
+    again, so that the workers end the pass together. The smallest is bounded in pages, not a share of the
+    pass, lest the wait at a pass's start and end grow with the corpus."""
     if config.shard_pages:
         return lambda sent: config.shard_pages
-    smallest = max(config.batch_size, math.ceil(pages / (workers * SMALLEST_SHARE)))
-    return lambda sent: max(smallest, math.ceil(max(pages - sent, 0) / (workers * GUIDED_SHARE)))
+    smallest = max(config.batch_size, min(SMALLEST_SHARD_PAGES, math.ceil(pages / (workers * SMALLEST_SHARE))))
+
+    def size(sent: int) -> int:
+        if sent < workers * smallest:
+            return smallest
+        return max(smallest, min(sent, math.ceil((pages - sent) / (workers * GUIDED_SHARE))))
+
+    return size
 
 
 def chunks(items: Iterable[dict], size: Callable[[int], int], max_chars: float = math.inf) -> Iterator[Chunk]:

@@ -106,10 +106,16 @@ def test_dask_shards_are_few_large_ones_then_small_ones_and_bounded_in_size():
         items = [{}] * pages if items is None else items
         return [len(c) for c in chunks(items, shard_size(config, pages, workers), max_chars)]
 
-    # On 2 workers each shard a quarter of the pages left, down to a 32nd of the pass's.
-    assert shards(CleanConfig(), 10_000, 2) == [2500, 1875, 1407, 1055, 791, 593, 445, 334, 313, 313, 313, 61]
-    on_8 = shards(CleanConfig(), 10_000, 8)  # 625 first, then down to 79 (10,000 / 128)
-    assert (on_8[0], max(on_8[:-1]) - min(on_8[:-1]), min(on_8[:-1]), len(on_8)) == (625, 546, 79, 48)
+    # On 2 workers: one smallest shard (256 pages) per worker, then doubling up to a quarter of the pages
+    # left, then down to the smallest again.
+    assert shards(CleanConfig(), 10_000, 2) == [256, 256, 512, 1024, 1988, 1491, 1119, 839, 629, 472, 354, 265,
+                                                256, 256, 256, 27]
+    # The smallest is bounded in pages, not a share of the pass: the first and last shards of a pass ten
+    # times larger are no larger, and the number of shards grows with the logarithm of the pages.
+    on_100k = shards(CleanConfig(), 100_000, 2)
+    assert (on_100k[:2], on_100k[-4:-1], max(on_100k), len(on_100k)) == ([256, 256], [256] * 3, 16808, 27)
+    on_8 = shards(CleanConfig(), 10_000, 8)  # a 128th of the pass (79) for each worker's first, at most 586
+    assert (on_8[:8], on_8[8], min(on_8[:-1]), len(on_8)) == ([79] * 8, 586, 79, 55)
     assert shards(CleanConfig(), 30, 2) == [16, 14]  # never below a batch
     assert shards(CleanConfig(shard_pages=100), 1_000, 2) == [100] * 10
     # Shards cut short by their characters: the next size follows the pages really sent (200 large pages in
