@@ -2,7 +2,7 @@
 
 Every row trains the demo's model shape (configs/demo.yaml: 4 layers, width 256, 4 heads, vocabulary 8192,
 sequence 128, batch 16, lr 3e-3 to 3e-4 cosine after 30 warm-up steps, clipping at 1.0 except in the
-rows that say they are unclipped) on the demo corpus's tokens from the same seed, in the same data order, on the same schedule; only train.memory
+rows of CLIPPING) on the demo corpus's tokens from the same seed, in the same data order, on the same schedule; only train.memory
 differs (in the seed rows, only the seed: how far fp32 AdamW runs differ by chance alone). At the end:
 validation loss and bits per byte over the whole validation split. A row "keeps
 AdamW's quality" when its final validation loss is within 1% of the fp32 AdamW row's.
@@ -49,11 +49,19 @@ ROWS: dict[str, dict] = {
     "adamw-fp8": {"optimizer": "adamw-fp8"},
     "bf16-stochastic+adamw-fp8": {**BF16_SR, "optimizer": "adamw-fp8"},
     # The <= 150 MiB memory rows step each weight in backward, which leaves no whole gradient to clip:
-    # their optimizer unclipped, and fp32 AdamW unclipped, for what dropping the clipping costs alone.
+    # their optimizer unclipped, and fp32 AdamW unclipped, for what dropping the clipping costs alone; then
+    # both stepped in backward with StableAdamW's per-weight update clipping, which works there.
     "fp32-adamw-no-clip": {},
     "bf16-stochastic+adamw-fp8-in-backward": {**BF16_SR, "optimizer": "adamw-fp8", "optimizer_in_backward": True},
+    "fp32-adamw-in-backward-update-clip": {"optimizer_in_backward": True},
+    "bf16-stochastic+adamw-fp8-in-backward-update-clip": {**BF16_SR, "optimizer": "adamw-fp8",
+                                                          "optimizer_in_backward": True},
 }
-UNCLIPPED = {"fp32-adamw-no-clip", "bf16-stochastic+adamw-fp8-in-backward"}
+# How a row clips, when not by the gradients' global norm (train.grad_clip, the demo's 1.0): not at all,
+# or by update clipping (train.update_clip, grad_clip 0).
+CLIPPING = {"fp32-adamw-no-clip": "none", "bf16-stochastic+adamw-fp8-in-backward": "none",
+            "fp32-adamw-in-backward-update-clip": "update",
+            "bf16-stochastic+adamw-fp8-in-backward-update-clip": "update"}
 # Rows again with other seeds (weights' initialization and data order), each compared with fp32 AdamW of
 # its own seed: the fp32 AdamW rows' spread is the noise floor for the verdicts.
 SEEDED = {f"{base}-seed-{seed}": (base, seed)
@@ -81,7 +89,8 @@ def run_row(name: str, tokens_dir: Path, steps: int) -> dict:
     train_cfg = TrainConfig.model_validate({
         **demo.train.model_dump(), "max_steps": steps, "max_minutes": None, "memory_sample_steps": [],
         "memory": ROWS[name], "seed": SEEDED[name][1] if name in SEEDED else demo.train.seed,
-        "grad_clip": 0.0 if name in UNCLIPPED else demo.train.grad_clip})
+        "grad_clip": demo.train.grad_clip if name not in CLIPPING else 0.0,
+        "update_clip": CLIPPING.get(name) == "update"})
     torch.manual_seed(train_cfg.seed)
     model = GPT(GPTConfig(vocab_size=manifest["vocab_size"], block_size=model_cfg.block_size,
                           n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd))
@@ -103,7 +112,8 @@ def run_row(name: str, tokens_dir: Path, steps: int) -> dict:
     val_loss, val_count = evaluate_loss(model, val_tokens, train_cfg.batch_size, device)
     val = manifest["splits"]["val"]
     result = {
-        "name": name, "memory": ROWS[name], "seed": train_cfg.seed, "grad_clip": train_cfg.grad_clip, "steps": steps,
+        "name": name, "memory": ROWS[name], "seed": train_cfg.seed, "grad_clip": train_cfg.grad_clip,
+        "update_clip": train_cfg.update_clip, "steps": steps,
         "val_loss": round(val_loss, 5), "val_tokens": val_count,
         "val_bits_per_byte": round(bits_per_byte(val_loss, val["tokens"], val["bytes"]), 5),
         "final_train_loss": round(sum(curve[-20:]) / 20, 5), "train_s": round(train_s, 1),
@@ -205,11 +215,12 @@ def summarize(rows: list[dict], default_seed: int) -> list[dict]:
         if ref is not None and "error" not in r:
             r["val_loss_vs_fp32_adamw"] = round(r["val_loss"] / ref["val_loss"] - 1, 5)
             r["keeps_adamw_quality"] = r["val_loss"] <= ref["val_loss"] * (1 + KEEPS_QUALITY)
-    # An unclipped row also against fp32 AdamW unclipped: what its technique costs, clipping aside.
+    # A row that does not clip by the global norm also against fp32 AdamW unclipped: what its technique
+    # costs, clipping aside, or what its update clipping recovers.
     unclipped = next((r for r in rows if r["name"] == "fp32-adamw-no-clip" and "error" not in r), None)
     for r in rows:
         r.pop("val_loss_vs_fp32_adamw_no_clip", None)
-        if unclipped is not None and r["name"] in UNCLIPPED and "error" not in r:
+        if unclipped is not None and r["name"] in CLIPPING and "error" not in r:
             r["val_loss_vs_fp32_adamw_no_clip"] = round(r["val_loss"] / unclipped["val_loss"] - 1, 5)
     return rows
 

@@ -145,6 +145,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(default=1.0, ge=0, description="Max gradient norm (0: no clipping).")
+    update_clip: bool = Field(
+        default=False, description="StableAdamW's update clipping, where memory.optimizer_in_backward steps each "
+        "weight before the others' gradients exist (so grad_clip must be 0): each weight's step size divided by "
+        "max(1, RMS of grad^2 / AdamW's second moment) over its own tensor. For adamw and adamw-fp8.")
     eval_interval: int = Field(default=100, ge=1, description="Steps between validation passes.")
     eval_batches: int = Field(default=20, ge=1, description="Batches per periodic validation pass.")
     checkpoint_interval: int = Field(default=100, ge=1)

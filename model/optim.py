@@ -1,11 +1,16 @@
-"""Stepping the optimizer inside backward, and the tied head weight's split step."""
+"""Stepping the optimizer inside backward, the tied head weight's split step, and the update clipping that
+stands in for gradient clipping there."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.optim.adamw import adamw as adamw_step
+
+from model.fp8_adamw import BLOCK, dequantize_fp8
+from model.lowbit import SLICE
 
 
 class SplitHeadStep:
@@ -69,15 +74,45 @@ class SplitHeadStep:
         self.head_rows = self.rows = None
 
 
+def update_rms(grad: torch.Tensor, state: dict, group: dict) -> float:
+    """StableAdamW's measure of one weight tensor's coming AdamW step (Wortsman et al. 2023, "Stable and
+    low-precision training for large-scale vision-language models"; optimi's StableAdamW): the root mean
+    square of grad^2 / v, where v is the bias-corrected second moment with this gradient already in it.
+    About 1 where gradients are steady; large where this gradient is far above the tensor's recent ones
+    (a spike that v has not caught up with). Reads the second moment of torch's and memlm's AdamWs, fp32
+    (`exp_avg_sq`) or fp8 (`exp_avg_sq_root`, its root per block), a slice at a time (1 MiB temporaries)."""
+    if "step" not in state:
+        return 1.0  # the first step: v is this gradient squared, so every ratio is 1
+    beta2, eps_sq = group["betas"][1], group["eps"] ** 2
+    bias2 = 1 - beta2 ** (float(state["step"]) + 1)
+    flat, total = grad.reshape(-1), torch.zeros((), dtype=torch.float64, device=grad.device)
+    for start in range(0, flat.numel(), SLICE):
+        end = min(start + SLICE, flat.numel())
+        g = flat[start:end].float()
+        if "exp_avg_sq" in state:
+            v = state["exp_avg_sq"].reshape(-1)[start:end].to(torch.float32, copy=True)
+        else:
+            v = dequantize_fp8(state["exp_avg_sq_root"][start:end],
+                               state["exp_avg_sq_root_scale"][start // BLOCK:end // BLOCK], signed=False).square_()
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2).div_(bias2).clamp_(min=eps_sq)
+        total += g.square().div_(v).sum(dtype=torch.float64)
+    return math.sqrt(total.item() / max(flat.numel(), 1))
+
+
 class OptimizerInBackward:
     """One optimizer per parameter, stepped from the parameter's post-accumulate-grad hook, after which
     the gradient is freed: at most a few gradients are ever alive. Looks enough like an optimizer for the
     trainer (param_groups for the learning rate, state and state_dict for checkpoints).
 
-    With `split_head` (a tied head weight and its embedding), that weight is stepped by a SplitHeadStep."""
+    With `split_head` (a tied head weight and its embedding), that weight is stepped by a SplitHeadStep.
+    With `update_clip`, each weight's step size (and its weight decay) is divided by max(1, update_rms) of
+    its own step, as StableAdamW does: a clip that needs no other weight's gradient, where a clip by the
+    global norm would need them all before the first step."""
 
     def __init__(self, model: nn.Module, make_optimizer: Callable[[list[dict]], torch.optim.Optimizer],
-                 weight_decay: float, split_head: tuple[nn.Parameter, nn.Embedding] | None = None):
+                 weight_decay: float, split_head: tuple[nn.Parameter, nn.Embedding] | None = None,
+                 update_clip: bool = False):
+        self.update_clip = update_clip
         self.optimizers: dict[nn.Parameter, torch.optim.Optimizer] = {}
         self._handles = []
         for p in dict.fromkeys(model.parameters()):  # a tied weight once
@@ -95,6 +130,15 @@ class OptimizerInBackward:
     def _step_and_free(self, param: nn.Parameter) -> None:
         if self.split_head is not None and param is self.split_head.weight:
             self.split_head.step_touched_rows()
+        elif self.update_clip:
+            optimizer = self.optimizers[param]
+            group = optimizer.param_groups[0]
+            lr = group["lr"]
+            group["lr"] = lr / max(1.0, update_rms(param.grad, optimizer.state[param], group))
+            try:
+                optimizer.step()
+            finally:
+                group["lr"] = lr
         else:
             self.optimizers[param].step()
         param.grad = None

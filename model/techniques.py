@@ -3,7 +3,11 @@
 Refused combinations, each with the reason given to the user:
 - optimizer_in_backward with gradient accumulation: a parameter would be stepped after every micro-batch
   instead of once per batch.
-- optimizer_in_backward with grad_clip > 0: clipping needs the norm of all gradients before any step.
+- optimizer_in_backward with grad_clip > 0: clipping needs the norm of all gradients before any step
+  (update_clip, StableAdamW's per-weight clip, is the one that works there).
+- update_clip without optimizer_in_backward (grad_clip is the clip there), with an optimizer other than
+  adamw or adamw-fp8 (it reads AdamW's second moment), with split_head_step (the head's step is split
+  by rows), or under fsdp (each rank would measure its own shard).
 - optimizer_in_backward with fp16-mixed: the gradient scaler must unscale and check every gradient for
   overflow before any step.
 - late_head_grad without the chunked loss (loss_chunk_size 0): it postpones that loss's head gradient.
@@ -39,6 +43,7 @@ AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_d
   torchao's quantized moments, which are tensor subclasses. (adamw-fp8 and bf16 weights compose with ddp:
   each rank rounds its replica's updates with the same random bits, and the replicas are compared bit for
   bit at every checkpoint.)
+- update_clip under fsdp: each rank would measure its own shard of a weight, not the weight.
 - compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
   before sharding it).
 """
@@ -99,6 +104,9 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} is not verified with train.distributed.strategy "
                              "fsdp (its state or update over sharded parameters; Muon needs each matrix whole); "
                              "use adamw, or strategy ddp")
+    if strategy == "fsdp" and cfg.update_clip:
+        raise TechniqueError("train.update_clip cannot run with train.distributed.strategy fsdp: each rank would "
+                             "measure its own shard of a weight, not the weight; set update_clip: false")
     if strategy == "fsdp" and mem.precision in BF16_WEIGHTS:
         raise TechniqueError(f"train.memory.precision {mem.precision} cannot run with train.distributed.strategy "
                              "fsdp: its optimizer rounds each weight's update with random bits made as a plain "
@@ -121,7 +129,22 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
     if mem.optimizer_in_backward and cfg.grad_clip > 0:
         raise TechniqueError(
             "train.memory.optimizer_in_backward cannot clip gradients by their global norm (each parameter "
-            "is stepped before the others' gradients exist): set train.grad_clip: 0")
+            "is stepped before the others' gradients exist): set train.grad_clip: 0 (and train.update_clip: true "
+            "for StableAdamW's per-weight clip, which works there)")
+    if cfg.update_clip:
+        if not mem.optimizer_in_backward:
+            raise TechniqueError(
+                "train.update_clip is the clip for memory.optimizer_in_backward, which cannot clip by the global "
+                "norm: turn memory.optimizer_in_backward on (with grad_clip: 0), or set update_clip: false and "
+                "clip with train.grad_clip (for example 1.0)")
+        if mem.optimizer not in ("adamw", "adamw-fp8"):
+            raise TechniqueError(
+                f"train.update_clip reads AdamW's second moment; {mem.optimizer} keeps none it can read: use "
+                "optimizer adamw or adamw-fp8, or set update_clip: false")
+        if mem.split_head_step:
+            raise TechniqueError(
+                "train.update_clip measures a weight's whole step, which split_head_step takes in two parts: use "
+                "late_head_grad instead, or set update_clip: false")
     if mem.optimizer_in_backward and mem.precision == "fp16-mixed":
         raise TechniqueError(
             "train.memory.optimizer_in_backward cannot run with fp16-mixed: the gradient scaler must see every "
@@ -275,7 +298,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
 
     if mem.optimizer_in_backward:
         split_head = (model.lm_head.weight, model.wte) if mem.split_head_step else None
-        optimizer = OptimizerInBackward(model, make, cfg.weight_decay, split_head)
+        optimizer = OptimizerInBackward(model, make, cfg.weight_decay, split_head, update_clip=cfg.update_clip)
         if optimizer.split_head is not None:
             model.head_grad = optimizer.split_head
         return optimizer

@@ -3,6 +3,7 @@ combinations that cannot work are refused with a message that says why."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -218,6 +219,11 @@ def test_optimizer_in_backward_resumes(corpus, tmp_path):
      "cannot split adafactor"),
     ({"grad_clip": 0.0, "memory": {"split_head_step": True, "optimizer_in_backward": True, "late_head_grad": True}},
      "choose one"),
+    ({"update_clip": True}, "update_clip is the clip for memory.optimizer_in_backward"),
+    ({"grad_clip": 0.0, "update_clip": True, "memory": {"optimizer_in_backward": True, "optimizer": "adafactor"}},
+     "adafactor keeps none it can read"),
+    ({"grad_clip": 0.0, "update_clip": True, "memory": {"optimizer_in_backward": True, "split_head_step": True,
+                                                        "loss_chunk_size": 64}}, "use late_head_grad instead"),
 ])
 def test_refused_combinations_say_why(train_cfg, message):
     with pytest.raises(TechniqueError, match=message):
@@ -311,6 +317,91 @@ def test_in_backward_composes_with_fsdp_only():
         check_distributed(cfg("ddp"), torch.device("cpu"))
     with pytest.raises(TechniqueError, match="split_head_step cannot run with train.distributed.strategy fsdp"):
         check_distributed(cfg("fsdp", split_head_step=True), torch.device("cpu"))
+    with pytest.raises(TechniqueError, match="each rank would measure its own shard"):
+        check_distributed(cfg("fsdp").model_copy(update={"update_clip": True}), torch.device("cpu"))
+
+
+def _second_moment_after_step(state: dict, grad: torch.Tensor, beta2: float) -> torch.Tensor:
+    """AdamW's bias-corrected second moment with `grad` in it, from an fp32 or fp8 state (test reference)."""
+    from model.fp8_adamw import dequantize_fp8
+
+    if "exp_avg_sq" in state:
+        v = state["exp_avg_sq"].float()
+    else:
+        v = dequantize_fp8(state["exp_avg_sq_root"], state["exp_avg_sq_root_scale"]).square().view_as(grad)
+    return (beta2 * v + (1 - beta2) * grad.float().square()) / (1 - beta2 ** (float(state["step"]) + 1))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-fp8"])
+def test_update_rms_is_stable_adamw_s_measure_over_the_whole_tensor(optimizer):
+    from model.fp8_adamw import AdamWFp8
+    from model.optim import update_rms
+
+    torch.manual_seed(0)
+    # 307,200 elements, whole 256-element blocks (so fp8 moments), past one 1 MiB slice.
+    weight = torch.nn.Parameter(torch.randn(1024, 300))
+    make = {"adamw": lambda: torch.optim.AdamW([weight], betas=(0.9, 0.95), fused=True),
+            "adamw-fp8": lambda: AdamWFp8([weight], betas=(0.9, 0.95))}[optimizer]
+    opt = make()
+    grad = torch.randn(1024, 300)
+    assert update_rms(grad, opt.state[weight], opt.param_groups[0]) == 1.0  # before the first step
+    for _ in range(30):
+        weight.grad = torch.randn(1024, 300)
+        opt.step()
+    assert ("exp_avg_sq" in opt.state[weight]) == (optimizer == "adamw")
+    for scale in (1.0, 30.0):
+        g = grad * scale
+        v = _second_moment_after_step(opt.state[weight], g, 0.95)
+        expected = (g.square() / v.clamp(min=1e-16)).mean().sqrt().item()
+        assert update_rms(g, opt.state[weight], opt.param_groups[0]) == pytest.approx(expected, rel=1e-5)
+    # A spike stands out, up to sqrt(bias correction / (1 - beta2)): 3.99 after 30 steps at beta2 0.95.
+    assert update_rms(grad * 30, opt.state[weight], opt.param_groups[0]) > 3.5
+
+
+@pytest.mark.parametrize("memory", [{"optimizer": "adamw-fp8", "precision": "bf16-weights", "loss_chunk_size": 16,
+                                     "late_head_grad": True}, {}], ids=["bf16-fp8-late-head", "fp32-adamw"])
+def test_update_clip_is_wired_from_the_config_and_trains(memory):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    cfg = TrainConfig.model_validate({"batch_size": 4, "grad_clip": 0.0, "update_clip": True, "lr": 1e-2,
+                                      "memory_sample_steps": [],
+                                      "memory": {"optimizer_in_backward": True, **memory}})
+    train_step = TrainStep(model, cfg, CPU)
+    assert train_step.optimizer.update_clip
+    g = torch.Generator().manual_seed(3)
+    batch = torch.randint(0, 300, (4, 32), generator=g), torch.randint(0, 300, (4, 32), generator=g)
+    losses = [train_step(step, lambda n: batch)[0] for step in range(1, 6)]  # one batch, learnt by heart
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-fp8"])
+def test_update_clip_shrinks_a_spike_s_step_and_leaves_steady_steps(optimizer):
+    """Stepped in backward: with a steady gradient the second moment holds it (exactly in fp32) and the steps
+    are AdamW's; a gradient 100 times larger gets a step divided by update_rms (about 4 here), the clip."""
+    from model.fp8_adamw import AdamWFp8
+    from model.optim import OptimizerInBackward, update_rms
+
+    def run(update_clip: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(256, 64, bias=False)
+        make = {"adamw": lambda groups: torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), fused=True),
+                "adamw-fp8": lambda groups: AdamWFp8(groups, lr=1e-2, betas=(0.9, 0.95))}[optimizer]
+        opt = OptimizerInBackward(model, make, weight_decay=0.1, update_clip=update_clip)
+        gradient = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+        for _ in range(30):
+            (model.weight * gradient).sum().backward()
+        before = model.weight.detach().clone()
+        rms = update_rms(gradient * 100, opt.state[model.weight], opt.param_groups[0])
+        (model.weight * gradient * 100).sum().backward()
+        return before, model.weight.detach() - before, rms
+
+    steady_plain, spike_plain, rms = run(update_clip=False)
+    steady_clipped, spike_clipped, _ = run(update_clip=True)
+    # fp8 moments hold the steady gradient within their rounding noise, so their measure sits near 1, not at it.
+    torch.testing.assert_close(steady_clipped, steady_plain, rtol=1e-5 if optimizer == "adamw" else 1e-2, atol=1e-6)
+    assert rms > 3
+    torch.testing.assert_close(spike_clipped, spike_plain / rms, rtol=1e-3 if optimizer == "adamw" else 0.05,
+                               atol=1e-6)
 
 
 def test_only_optimizers_that_round_with_random_bits_have_their_ddp_replicas_compared():
