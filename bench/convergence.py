@@ -50,12 +50,16 @@ ROWS: dict[str, dict] = {
     "bf16-stochastic+adamw-fp8": {**BF16_SR, "optimizer": "adamw-fp8"},
     # The <= 150 MiB memory rows step each weight in backward, which leaves no whole gradient to clip:
     # their optimizer unclipped, and fp32 AdamW unclipped, for what dropping the clipping costs alone; then
-    # both stepped in backward with StableAdamW's per-weight update clipping, which works there.
+    # both stepped in backward with StableAdamW's per-weight update clipping, and with the global norm clip
+    # one step late (what train.grad_clip does in backward).
     "fp32-adamw-no-clip": {},
     "bf16-stochastic+adamw-fp8-in-backward": {**BF16_SR, "optimizer": "adamw-fp8", "optimizer_in_backward": True},
     "fp32-adamw-in-backward-update-clip": {"optimizer_in_backward": True},
     "bf16-stochastic+adamw-fp8-in-backward-update-clip": {**BF16_SR, "optimizer": "adamw-fp8",
                                                           "optimizer_in_backward": True},
+    "fp32-adamw-in-backward-late-clip": {"optimizer_in_backward": True},
+    "bf16-stochastic+adamw-fp8-in-backward-late-clip": {**BF16_SR, "optimizer": "adamw-fp8",
+                                                        "optimizer_in_backward": True},
 }
 # How a row clips, when not by the gradients' global norm (train.grad_clip, the demo's 1.0): not at all,
 # or by update clipping (train.update_clip, grad_clip 0).

@@ -105,14 +105,23 @@ class OptimizerInBackward:
     trainer (param_groups for the learning rate, state and state_dict for checkpoints).
 
     With `split_head` (a tied head weight and its embedding), that weight is stepped by a SplitHeadStep.
-    With `update_clip`, each weight's step size (and its weight decay) is divided by max(1, update_rms) of
-    its own step, as StableAdamW does: a clip that needs no other weight's gradient, where a clip by the
-    global norm would need them all before the first step."""
+
+    Two clips, neither needing the other weights' gradients before a weight is stepped:
+    - `grad_clip` (> 0): the global norm clip one step late. A step's gradients are scaled by
+      min(1, grad_clip / the previous step's global norm), while their own norm is summed for the next
+      step (`step()` closes it; the first step is unclipped). Gradient norms move slowly from step to
+      step, so this is the usual clip wherever it clips for more than one step at a time (early training);
+      a lone spike is clipped one step after it.
+    - `update_clip`: each weight's step size (and its weight decay) divided by max(1, update_rms) of its own
+      step, as StableAdamW does."""
 
     def __init__(self, model: nn.Module, make_optimizer: Callable[[list[dict]], torch.optim.Optimizer],
                  weight_decay: float, split_head: tuple[nn.Parameter, nn.Embedding] | None = None,
-                 update_clip: bool = False):
-        self.update_clip = update_clip
+                 update_clip: bool = False, grad_clip: float = 0.0):
+        self.update_clip, self.grad_clip = update_clip, grad_clip
+        self.clip_factor = 1.0  # from the previous step's global norm
+        self.grad_norm: float | None = None  # the last step's global norm, before clipping
+        self._norm_sq: torch.Tensor | float = 0.0
         self.optimizers: dict[nn.Parameter, torch.optim.Optimizer] = {}
         self._handles = []
         for p in dict.fromkeys(model.parameters()):  # a tied weight once
@@ -128,6 +137,10 @@ class OptimizerInBackward:
             self._handles.append(self.split_head.handle)
 
     def _step_and_free(self, param: nn.Parameter) -> None:
+        if self.grad_clip:
+            self._norm_sq = self._norm_sq + torch.linalg.vector_norm(param.grad, dtype=torch.float32).square()
+            if self.clip_factor < 1.0:
+                param.grad.mul_(self.clip_factor)
         if self.split_head is not None and param is self.split_head.weight:
             self.split_head.step_touched_rows()
         elif self.update_clip:
@@ -152,17 +165,24 @@ class OptimizerInBackward:
         return {p: s for opt in self.optimizers.values() for p, s in opt.state.items()}
 
     def step(self) -> None:
-        """Nothing to do: every parameter was stepped during backward."""
+        """Every parameter was stepped during backward; with `grad_clip`, this step's global norm (summed
+        as the gradients came) sets the next step's clip."""
+        if self.grad_clip:
+            self.grad_norm = math.sqrt(float(self._norm_sq))
+            self.clip_factor = min(1.0, self.grad_clip / (self.grad_norm + 1e-6))
+            self._norm_sq = 0.0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Nothing to do: gradients are freed as they are applied."""
 
     def state_dict(self) -> dict:
-        return {"per_parameter": [opt.state_dict() for opt in self.optimizers.values()]}
+        return {"per_parameter": [opt.state_dict() for opt in self.optimizers.values()],
+                "clip_factor": self.clip_factor}
 
     def load_state_dict(self, state: dict) -> None:
         for opt, opt_state in zip(self.optimizers.values(), state["per_parameter"], strict=True):
             opt.load_state_dict(opt_state)
+        self.clip_factor = state.get("clip_factor", 1.0)
 
     def remove_hooks(self) -> None:
         for handle in self._handles:

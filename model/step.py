@@ -64,7 +64,7 @@ class TrainStep:
                 del loss
             tracker.note_gradients()
             with tracker.phase("optimizer"):
-                if cfg.grad_clip > 0:
+                if cfg.grad_clip > 0 and not mem.optimizer_in_backward:  # there the optimizer clips, a step late
                     if self.scaler:
                         self.scaler.unscale_(self.optimizer)
                     grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
@@ -74,6 +74,8 @@ class TrainStep:
                     self.scaler.update()
                 else:
                     self.optimizer.step()
+                if cfg.grad_clip > 0 and mem.optimizer_in_backward:
+                    grad_norm = self.optimizer.grad_norm
                 # DDP's gradients are views into its all-reduce buckets, which it keeps anyway: zeroed, they
                 # stay visible to the memory tracker as gradients (set to None, they would be unaccounted).
                 self.optimizer.zero_grad(set_to_none=cfg.distributed.strategy != "ddp")

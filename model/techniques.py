@@ -3,8 +3,9 @@
 Refused combinations, each with the reason given to the user:
 - optimizer_in_backward with gradient accumulation: a parameter would be stepped after every micro-batch
   instead of once per batch.
-- optimizer_in_backward with grad_clip > 0: clipping needs the norm of all gradients before any step
-  (update_clip, StableAdamW's per-weight clip, is the one that works there).
+- optimizer_in_backward with grad_clip > 0 and split_head_step (the head's gradient is stepped in two
+  parts, outside the clip), or under fsdp (each rank would sum its own shards' norms). Elsewhere it runs,
+  clipping each step by the previous step's global norm (model/optim.py), with a warning.
 - update_clip without optimizer_in_backward (grad_clip is the clip there), with an optimizer other than
   adamw or adamw-fp8 (it reads AdamW's second moment), with split_head_step (the head's step is split
   by rows), or under fsdp (each rank would measure its own shard).
@@ -104,6 +105,10 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
         raise TechniqueError(f"train.memory.optimizer {mem.optimizer} is not verified with train.distributed.strategy "
                              "fsdp (its state or update over sharded parameters; Muon needs each matrix whole); "
                              "use adamw, or strategy ddp")
+    if strategy == "fsdp" and mem.optimizer_in_backward and cfg.grad_clip > 0:
+        raise TechniqueError("train.grad_clip with memory.optimizer_in_backward cannot run with "
+                             "train.distributed.strategy fsdp: each rank would sum its own shards' norms, not the "
+                             "model's; set train.grad_clip: 0")
     if strategy == "fsdp" and cfg.update_clip:
         raise TechniqueError("train.update_clip cannot run with train.distributed.strategy fsdp: each rank would "
                              "measure its own shard of a weight, not the weight; set update_clip: false")
@@ -126,17 +131,19 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
             "train.memory.optimizer_in_backward steps each parameter as soon as its gradient is ready, so it "
             "cannot accumulate gradients over micro-batches: unset memory.micro_batch_size or turn "
             "optimizer_in_backward off")
-    if mem.optimizer_in_backward and cfg.grad_clip > 0:
+    if mem.optimizer_in_backward and cfg.grad_clip > 0 and mem.split_head_step:
         raise TechniqueError(
-            "train.memory.optimizer_in_backward cannot clip gradients by their global norm (each parameter "
-            "is stepped before the others' gradients exist): set train.grad_clip: 0 (and train.update_clip: true "
-            "for StableAdamW's per-weight clip, which works there)")
+            "train.memory.split_head_step steps the head's gradient in two parts, outside the clip that "
+            "optimizer_in_backward applies: set train.grad_clip: 0, or use late_head_grad instead")
     if cfg.update_clip:
         if not mem.optimizer_in_backward:
             raise TechniqueError(
                 "train.update_clip is the clip for memory.optimizer_in_backward, which cannot clip by the global "
-                "norm: turn memory.optimizer_in_backward on (with grad_clip: 0), or set update_clip: false and "
-                "clip with train.grad_clip (for example 1.0)")
+                "norm at once: turn memory.optimizer_in_backward on (with grad_clip: 0), or set update_clip: false "
+                "and clip with train.grad_clip (for example 1.0)")
+        if cfg.grad_clip > 0:
+            raise TechniqueError("train.update_clip and train.grad_clip are two clips: choose one (set grad_clip: 0 "
+                                 "or update_clip: false)")
         if mem.optimizer not in ("adamw", "adamw-fp8"):
             raise TechniqueError(
                 f"train.update_clip reads AdamW's second moment; {mem.optimizer} keeps none it can read: use "
@@ -188,6 +195,10 @@ def check(cfg: TrainConfig, device: torch.device) -> list[str]:
             f"train.memory.optimizer {mem.optimizer} steps bf16 weights by rounding to nearest, which drops small "
             "updates: with bf16 weights use adamw, adamw-fp8, adamw8bit or adamw4bit, or set precision fp32")
     warnings = []
+    if mem.optimizer_in_backward and cfg.grad_clip > 0:
+        warnings.append("optimizer_in_backward steps each weight before the step's global gradient norm is "
+                        "known: train.grad_clip clips each step by the previous step's norm (the first step "
+                        "unclipped)")
     if mem.optimizer in LOW_BIT:
         try:
             import torchao.optim  # noqa: F401
@@ -298,7 +309,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
 
     if mem.optimizer_in_backward:
         split_head = (model.lm_head.weight, model.wte) if mem.split_head_step else None
-        optimizer = OptimizerInBackward(model, make, cfg.weight_decay, split_head, update_clip=cfg.update_clip)
+        optimizer = OptimizerInBackward(model, make, cfg.weight_decay, split_head, update_clip=cfg.update_clip,
+                                        grad_clip=cfg.grad_clip)
         if optimizer.split_head is not None:
             model.head_grad = optimizer.split_head
         return optimizer

@@ -211,7 +211,9 @@ def test_optimizer_in_backward_resumes(corpus, tmp_path):
 
 @pytest.mark.parametrize("train_cfg, message", [
     ({"grad_clip": 0.0, "memory": {"optimizer_in_backward": True, "micro_batch_size": 2}}, "cannot accumulate"),
-    ({"grad_clip": 1.0, "memory": {"optimizer_in_backward": True}}, "grad_clip: 0"),
+    ({"grad_clip": 1.0, "memory": {"optimizer_in_backward": True, "split_head_step": True, "loss_chunk_size": 64}},
+     "outside the clip"),
+    ({"grad_clip": 1.0, "update_clip": True, "memory": {"optimizer_in_backward": True}}, "choose one"),
     ({"memory": {"precision": "fp16-mixed"}}, "fp16-mixed needs CUDA"),
     ({"memory": {"activation_offload": True}}, "nowhere to move them"),
     ({"grad_clip": 0.0, "memory": {"split_head_step": True}}, "optimizer_in_backward: true"),
@@ -356,6 +358,50 @@ def test_update_rms_is_stable_adamw_s_measure_over_the_whole_tensor(optimizer):
         assert update_rms(g, opt.state[weight], opt.param_groups[0]) == pytest.approx(expected, rel=1e-5)
     # A spike stands out, up to sqrt(bias correction / (1 - beta2)): 3.99 after 30 steps at beta2 0.95.
     assert update_rms(grad * 30, opt.state[weight], opt.param_groups[0]) > 3.5
+
+
+def test_in_backward_the_global_norm_clip_comes_one_step_late():
+    """Stepped in backward, step t's gradients are scaled by min(1, clip / step t-1's global norm): the same
+    weights as AdamW stepped after backward with that factor applied by hand, the norm reported, and the
+    factor kept in the optimizer's state for a resumed run."""
+    clip = 0.05  # below every step's norm here, so each step after the first is clipped
+
+    def model_and_batches():
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32))
+        g = torch.Generator().manual_seed(3)
+        return model, [(torch.randint(0, 300, (4, 32), generator=g), torch.randint(0, 300, (4, 32), generator=g))
+                       for _ in range(4)]
+
+    model, batches = model_and_batches()
+    cfg = TrainConfig.model_validate({"batch_size": 4, "grad_clip": clip, "lr": 1e-2, "memory_sample_steps": [],
+                                      "memory": {"optimizer_in_backward": True}})
+    with pytest.warns(UserWarning, match="clips each step by the previous step's norm"):
+        train_step = TrainStep(model, cfg, CPU)
+    norms = [train_step(step, lambda n, b=b: b)[1] for step, b in enumerate(batches, 1)]
+
+    reference, batches = model_and_batches()
+    params = [p for p in reference.parameters()]
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=1e-2,
+                                  betas=cfg.betas, fused=True)
+    factor, expected_norms = 1.0, []
+    for x, y in batches:
+        reference.loss(reference(x), y).backward()
+        expected_norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in params])))
+        for p in params:
+            p.grad.mul_(factor)
+        optimizer.step()
+        optimizer.zero_grad()
+        factor = min(1.0, clip / (expected_norms[-1] + 1e-6))
+    assert norms == pytest.approx(expected_norms, rel=1e-4)
+    for (name, weight), expected in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(weight, expected, rtol=1e-4, atol=1e-5, msg=name)
+    state = train_step.optimizer.state_dict()
+    assert state["clip_factor"] == pytest.approx(clip / expected_norms[-1], rel=1e-4)
+    fresh = TrainStep(model_and_batches()[0], cfg, CPU).optimizer
+    fresh.load_state_dict(state)
+    assert fresh.clip_factor == state["clip_factor"]
 
 
 @pytest.mark.parametrize("memory", [{"optimizer": "adamw-fp8", "precision": "bf16-weights", "loss_chunk_size": 16,
