@@ -219,12 +219,12 @@ def summarize(rows: list[dict], default_seed: int) -> list[dict]:
         if ref is not None and "error" not in r:
             r["val_loss_vs_fp32_adamw"] = round(r["val_loss"] / ref["val_loss"] - 1, 5)
             r["keeps_adamw_quality"] = r["val_loss"] <= ref["val_loss"] * (1 + KEEPS_QUALITY)
-    # A row that does not clip by the global norm also against fp32 AdamW unclipped: what its technique
-    # costs, clipping aside, or what its update clipping recovers.
+    # Where fp32 AdamW unclipped ran too, every row also against it: what an unclipped row's technique
+    # costs, clipping aside, and how much of the clipping's gain another way of clipping keeps.
     unclipped = next((r for r in rows if r["name"] == "fp32-adamw-no-clip" and "error" not in r), None)
     for r in rows:
         r.pop("val_loss_vs_fp32_adamw_no_clip", None)
-        if unclipped is not None and r["name"] in CLIPPING and "error" not in r:
+        if unclipped is not None and "error" not in r:
             r["val_loss_vs_fp32_adamw_no_clip"] = round(r["val_loss"] / unclipped["val_loss"] - 1, 5)
     return rows
 

@@ -63,8 +63,7 @@ LOW_PRECISION_FAST = {k: v for k, v in LOW_PRECISION.items() if k != "late_head_
 # then kept through the step, so fp32 weights and gradients (accumulated exactly) with fp8 AdamW moments.
 LONG_SEQUENCES = {**BEST_ADAMW_SHARDED, "loss_vocab_chunk_size": 1024, "micro_batch_size": 1, "optimizer": "adamw-fp8"}
 
-# name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate;
-# "update_clip" turns on train.update_clip.
+# name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate.
 ROWS: dict[str, dict] = {
     "memlm-baseline": {"impl": "memlm", "memory": PLAIN},
     "memlm-ckpt-full": {"impl": "memlm", "memory": {**PLAIN, "activation_checkpointing": "full"}},
@@ -95,9 +94,6 @@ ROWS: dict[str, dict] = {
     "memlm-bf16-adamw-fp8-fast": {"impl": "memlm", "memory": {**LOW_PRECISION_FAST, "optimizer": "adamw-fp8"}},
     # ... and the loss's vocabulary whole: the head's products in 128-token chunks, not 128 x 1024 tiles.
     "memlm-bf16-adamw-fp8-whole-vocab": {"impl": "memlm", "memory": {
-        **{k: v for k, v in LOW_PRECISION_FAST.items() if k != "loss_vocab_chunk_size"}, "optimizer": "adamw-fp8"}},
-    # ... with StableAdamW's update clipping, the clip that works where each weight is stepped in backward.
-    "memlm-bf16-adamw-fp8-whole-vocab-update-clip": {"impl": "memlm", "update_clip": True, "memory": {
         **{k: v for k, v in LOW_PRECISION_FAST.items() if k != "loss_vocab_chunk_size"}, "optimizer": "adamw-fp8"}},
     # The longest sequences at batch 8 (the reference model, its position table lengthened) in the least memory.
     **{f"memlm-seq-{n}": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw8bit"}, "block_size": n,
@@ -213,7 +209,7 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         "batch_size": batch, "max_steps": steps, "lr": lr, "min_lr": lr / 10, "warmup_steps": WARMUP,
         # DDP rebuilds its gradient buckets in step 2's forward: its rows are measured from step 3 on.
         "grad_clip": 0.0, "memory_sample_steps": [3, 4] if strategy == "ddp" else [2, 3], "memory_sample_every": 10**9,
-        "memory": memory, "distributed": distributed, "update_clip": spec.get("update_clip", False),
+        "memory": memory, "distributed": distributed,
     })
 
     def next_batch(n: int):
@@ -306,7 +302,6 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         "cuda_max_allocated_mib": (round(peak.cuda_max_allocated / 2**20, 1)
                                    if peak.cuda_max_allocated is not None else None),
         "memory": memory if spec["impl"] == "memlm" else None,
-        "update_clip": train_cfg.update_clip,
         "precision": memory["precision"],
         "lr": lr,
         "block_size": block_size,
