@@ -198,6 +198,50 @@ def test_ddp_replicas_rounded_stochastically_stay_equal_and_resume_exactly(corpu
     assert all(torch.equal(resumed_weights[name], weight) for name, weight in whole_weights.items())
 
 
+def _drifting_rank(rank: int, port: int, model_cfg, cfg, tokens_dir: str, out_dir: str, outcome_file: str) -> None:
+    """One rank of a DDP run as torchrun would start it, rank 1 seeding its generator apart: DDP's start still
+    gives it rank 0's weights, but it draws other rounding bits. Writes how the run ended."""
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if rank == 1:
+        seed = torch.manual_seed
+        torch.manual_seed = lambda value: seed(value + 1)
+    try:
+        train(model_cfg, cfg, tokens_dir, out_dir)
+        outcome = "finished"
+    except RuntimeError as e:
+        outcome = str(e)
+    with open(f"{outcome_file}.{rank}", "w") as f:
+        f.write(outcome)
+    os._exit(0)  # both ranks stop at the same check; leaving the process group behind cannot hang either
+
+
+def test_ddp_ranks_that_draw_other_rounding_bits_stop_before_a_checkpoint(corpus, tmp_path):
+    """The run's own check (weights and optimizer state compared at each checkpoint) catches replicas that
+    drifted apart and stops every rank, with nothing written."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from model.train import CHECKPOINT_DIR, SHARDED_CHECKPOINT_DIR
+
+    config, parts = corpus
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _config(corpus, ROUNDED, "ddp", checkpoint_interval=2)
+    out = tmp_path / "run"
+    mp.start_processes(_drifting_rank, args=(port, config.model, cfg, str(parts["tokens"].manifest_file.parent),
+                                             str(out), str(tmp_path / "outcome")), nprocs=2, start_method="spawn")
+    outcomes = [(tmp_path / f"outcome.{rank}").read_text() for rank in range(2)]
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0].startswith("after step 2 the DDP ranks hold different weights or optimizer state (")
+    assert "drifted apart, so no checkpoint was written" in outcomes[0]
+    assert not (out / CHECKPOINT_DIR).exists() and not (out / SHARDED_CHECKPOINT_DIR).exists()
+
+
 def _replicas_rank(rank: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
 
