@@ -224,7 +224,8 @@ def summarize(rows: list[dict], default_seed: int) -> list[dict]:
     unclipped = next((r for r in rows if r["name"] == "fp32-adamw-no-clip" and "error" not in r), None)
     for r in rows:
         r.pop("val_loss_vs_fp32_adamw_no_clip", None)
-        if unclipped is not None and "error" not in r:
+        if unclipped is not None and "error" not in r \
+                and r.get("seed", default_seed) == unclipped.get("seed", default_seed):
             r["val_loss_vs_fp32_adamw_no_clip"] = round(r["val_loss"] / unclipped["val_loss"] - 1, 5)
     return rows
 

@@ -32,8 +32,9 @@ from corpus.workers import ensure_worker, run_chunk, start_dedicated_worker, sta
 Chunk = list
 # run(step, items, boilerplate): the step's results per chunk of the items, in the order of the items.
 RunPass = Callable[[Callable[[Chunk], list], Iterable[dict], frozenset], Iterator[list]]
-# A shard is at most 1/(GUIDED_SHARE * workers) of the pages left, and at least the smaller of
-# SMALLEST_SHARD_PAGES and 1/(SMALLEST_SHARE * workers) of the pass's pages.
+# A guided shard is at most 1/(GUIDED_SHARE * workers) of the pages left (and at most the pages sent
+# so far), and at least the smaller of SMALLEST_SHARD_PAGES and 1/(SMALLEST_SHARE * workers) of the
+# pass's pages, never under a batch.
 GUIDED_SHARE = 2
 SMALLEST_SHARE = 16
 SMALLEST_SHARD_PAGES = 256

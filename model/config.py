@@ -147,8 +147,8 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(default=1.0, ge=0, description="Max gradient norm (0: no clipping).")
     update_clip: bool = Field(
         default=False, description="StableAdamW's update clipping, where memory.optimizer_in_backward steps each "
-        "weight before the others' gradients exist (so grad_clip must be 0): each weight's step size divided by "
-        "max(1, RMS of grad^2 / AdamW's second moment) over its own tensor. For adamw and adamw-fp8.")
+        "weight before the others' gradients exist, instead of grad_clip (set it to 0): each weight's step size "
+        "divided by max(1, RMS of grad^2 / AdamW's second moment) over its own tensor. For adamw and adamw-fp8.")
     eval_interval: int = Field(default=100, ge=1, description="Steps between validation passes.")
     eval_batches: int = Field(default=20, ge=1, description="Batches per periodic validation pass.")
     checkpoint_interval: int = Field(default=100, ge=1)

@@ -109,9 +109,8 @@ class OptimizerInBackward:
     Two clips, neither needing the other weights' gradients before a weight is stepped:
     - `grad_clip` (> 0): the global norm clip one step late. A step's gradients are scaled by
       min(1, grad_clip / the previous step's global norm), while their own norm is summed for the next
-      step (`step()` closes it; the first step is unclipped). Gradient norms move slowly from step to
-      step, so this is the usual clip wherever it clips for more than one step at a time (early training);
-      a lone spike is clipped one step after it.
+      step (`step()` closes it; the first step is unclipped). An approximation: on the demo model it kept
+      about a third of the exact clip's gain (bench/results/convergence-cpu-backward-clips.json).
     - `update_clip`: each weight's step size (and its weight decay) divided by max(1, update_rms) of its own
       step, as StableAdamW does."""
 
@@ -169,7 +168,8 @@ class OptimizerInBackward:
         as the gradients came) sets the next step's clip."""
         if self.grad_clip:
             self.grad_norm = math.sqrt(float(self._norm_sq))
-            self.clip_factor = min(1.0, self.grad_clip / (self.grad_norm + 1e-6))
+            if math.isfinite(self.grad_norm):  # else the factor stays: an overflow says nothing of the next step
+                self.clip_factor = min(1.0, self.grad_clip / (self.grad_norm + 1e-6))
             self._norm_sq = 0.0
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -13,7 +13,7 @@ same steps traced under fake tensors, for models larger than this machine and de
 The candidates form a ladder from the least recomputation to the most frugal; they are tried in order
 until one fits (or all of them). By default only exact techniques are tried (the run computes the same
 losses up to floating-point rounding; the loss's vocabulary in tiles is one); `lossy` adds candidates that
-change the training itself: no gradient clipping (which lets the optimizer step during backward), bf16
+change the training itself: no gradient clipping (so the optimizer steps during backward exactly), bf16
 weights with stochastic rounding, fp8, 8- and 4-bit AdamW states, and Adafactor, each shown with its quality
 cost as the convergence benchmark measured it.
 """

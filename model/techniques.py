@@ -31,8 +31,8 @@ reaches the reduce-scatter; with late_head_grad it is made in the embedding look
 tied weight's one gradient), accumulation (gradients reduced on the last micro-batch only), bf16 modes,
 AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_distributed`):
 - optimizer_in_backward under ddp: a parameter's hook sees the gradient before DDP all-reduces its bucket.
-  Under fsdp it composes: FSDP2 runs the sharded parameters' post-accumulate-grad hooks itself, right after
-  the reduce-scatter, so each shard is stepped with the averaged gradient and freed.
+  Under fsdp it composes (with grad_clip 0): FSDP2 runs the sharded parameters' post-accumulate-grad hooks
+  itself, right after the reduce-scatter, so each shard is stepped with the averaged gradient and freed.
 - split_head_step (both strategies): it steps the head's rows with the gradient the chunked loss makes in
   forward, before the ranks' gradients are averaged.
 - fsdp with fp16-mixed (the gradient scaler does not unscale sharded gradients; use bf16-mixed), with
@@ -86,7 +86,7 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
         raise TechniqueError(
             f"train.memory.split_head_step cannot run with {where}: it steps the head's rows with the gradient the "
             "chunked loss makes in forward, before FSDP reduce-scatters it over the ranks; turn it off "
-            "(optimizer_in_backward alone composes with fsdp)")
+            "(optimizer_in_backward alone, with grad_clip 0, composes with fsdp)")
     if mem.compile:
         raise TechniqueError(f"train.memory.compile is not wired for {where}: turn compile off")
     if strategy == "fsdp" and mem.precision == "fp16-mixed":

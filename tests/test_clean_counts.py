@@ -98,7 +98,7 @@ def test_hash_set_answers_as_a_python_set_across_merges(monkeypatch):
     assert not any(rng.getrandbits(64) in held for _ in range(300))
 
 
-def test_dask_shards_are_few_large_ones_then_small_ones_and_bounded_in_size():
+def test_dask_shards_start_small_grow_then_end_small_and_are_bounded_in_size():
     from corpus.config import CleanConfig
     from corpus.runners import chunks, shard_size
 

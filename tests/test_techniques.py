@@ -319,6 +319,8 @@ def test_in_backward_composes_with_fsdp_only():
         check_distributed(cfg("ddp"), torch.device("cpu"))
     with pytest.raises(TechniqueError, match="split_head_step cannot run with train.distributed.strategy fsdp"):
         check_distributed(cfg("fsdp", split_head_step=True), torch.device("cpu"))
+    with pytest.raises(TechniqueError, match="each rank would sum its own shards' norms"):
+        check_distributed(cfg("fsdp").model_copy(update={"grad_clip": 1.0}), torch.device("cpu"))
     with pytest.raises(TechniqueError, match="each rank would measure its own shard"):
         check_distributed(cfg("fsdp").model_copy(update={"update_clip": True}), torch.device("cpu"))
 
