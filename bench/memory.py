@@ -63,7 +63,8 @@ LOW_PRECISION_FAST = {k: v for k, v in LOW_PRECISION.items() if k != "late_head_
 # then kept through the step, so fp32 weights and gradients (accumulated exactly) with fp8 AdamW moments.
 LONG_SEQUENCES = {**BEST_ADAMW_SHARDED, "loss_vocab_chunk_size": 1024, "micro_batch_size": 1, "optimizer": "adamw-fp8"}
 
-# name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate.
+# name -> what the row changes. "memory" is memlm's train.memory section; "lr" overrides the learning rate;
+# "grad_clip" clips (every row runs unclipped otherwise; stepped in backward, the clip comes a step late).
 ROWS: dict[str, dict] = {
     "memlm-baseline": {"impl": "memlm", "memory": PLAIN},
     "memlm-ckpt-full": {"impl": "memlm", "memory": {**PLAIN, "activation_checkpointing": "full"}},
@@ -94,6 +95,9 @@ ROWS: dict[str, dict] = {
     "memlm-bf16-adamw-fp8-fast": {"impl": "memlm", "memory": {**LOW_PRECISION_FAST, "optimizer": "adamw-fp8"}},
     # ... and the loss's vocabulary whole: the head's products in 128-token chunks, not 128 x 1024 tiles.
     "memlm-bf16-adamw-fp8-whole-vocab": {"impl": "memlm", "memory": {
+        **{k: v for k, v in LOW_PRECISION_FAST.items() if k != "loss_vocab_chunk_size"}, "optimizer": "adamw-fp8"}},
+    # ... clipped at 1.0 a step late: the <= 150 MiB recipe with a clip.
+    "memlm-bf16-adamw-fp8-whole-vocab-late-clip": {"impl": "memlm", "grad_clip": 1.0, "memory": {
         **{k: v for k, v in LOW_PRECISION_FAST.items() if k != "loss_vocab_chunk_size"}, "optimizer": "adamw-fp8"}},
     # The longest sequences at batch 8 (the reference model, its position table lengthened) in the least memory.
     **{f"memlm-seq-{n}": {"impl": "memlm", "memory": {**LOW_PRECISION, "optimizer": "adamw8bit"}, "block_size": n,
@@ -208,7 +212,7 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
     train_cfg = TrainConfig.model_validate({
         "batch_size": batch, "max_steps": steps, "lr": lr, "min_lr": lr / 10, "warmup_steps": WARMUP,
         # DDP rebuilds its gradient buckets in step 2's forward: its rows are measured from step 3 on.
-        "grad_clip": 0.0, "memory_sample_steps": [3, 4] if strategy == "ddp" else [2, 3], "memory_sample_every": 10**9,
+        "grad_clip": spec.get("grad_clip", 0.0), "memory_sample_steps": [3, 4] if strategy == "ddp" else [2, 3], "memory_sample_every": 10**9,
         "memory": memory, "distributed": distributed,
     })
 
@@ -302,6 +306,7 @@ def run_row(name: str, steps: int, data_file: Path, threads: int, peak_flops: fl
         "cuda_max_allocated_mib": (round(peak.cuda_max_allocated / 2**20, 1)
                                    if peak.cuda_max_allocated is not None else None),
         "memory": memory if spec["impl"] == "memlm" else None,
+        "grad_clip": train_cfg.grad_clip,
         "precision": memory["precision"],
         "lr": lr,
         "block_size": block_size,
