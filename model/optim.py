@@ -1,5 +1,5 @@
-"""Stepping the optimizer inside backward, the tied head weight's split step, and the update clipping that
-stands in for gradient clipping there."""
+"""Stepping the optimizer inside backward, the tied head weight's split step, and the two clips that work
+there."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.optim.adamw import adamw as adamw_step
 
-from model.fp8_adamw import BLOCK, dequantize_fp8
+from model.fp8_adamw import AdamWFp8, dequantize_fp8
 from model.lowbit import SLICE
 
 
@@ -93,7 +93,7 @@ def update_rms(grad: torch.Tensor, state: dict, group: dict) -> float:
             v = state["exp_avg_sq"].reshape(-1)[start:end].to(torch.float32, copy=True)
         else:
             v = dequantize_fp8(state["exp_avg_sq_root"][start:end],
-                               state["exp_avg_sq_root_scale"][start // BLOCK:end // BLOCK], signed=False).square_()
+                               AdamWFp8._scales(state, "exp_avg_sq_root", start, end), signed=False).square_()
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2).div_(bias2).clamp_(min=eps_sq)
         total += g.square().div_(v).sum(dtype=torch.float64)
     return math.sqrt(total.item() / max(flat.numel(), 1))

@@ -44,7 +44,6 @@ AdamW (and Adafactor under ddp). Refused there, before any rank starts (`check_d
   torchao's quantized moments, which are tensor subclasses. (adamw-fp8 and bf16 weights compose with ddp:
   each rank rounds its replica's updates with the same random bits, and the replicas are compared bit for
   bit at every checkpoint.)
-- update_clip under fsdp: each rank would measure its own shard of a weight, not the weight.
 - compile: torch.compile over a wrapped or sharded model is not wired (torchtitan compiles each block
   before sharding it).
 """
